@@ -1,0 +1,315 @@
+"""Configuration: one frozen dataclass per stage, loaded from YAML with dotted overrides.
+
+A config file has one section per stage (``simulate:``, ``train:``). Presets ship in
+``galcae/configs/`` and are usable by name (``paper``). Unknown keys and out-of-range
+values raise :class:`ConfigError` with the dotted key in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .params import PARAMETERS, SIMULATED
+
+
+class ConfigError(ValueError):
+    """A config file, key or value that galcae cannot use."""
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config value '{key}': {message}")
+
+
+def _check_range(value, key: str, lo: float, hi: float) -> None:
+    _check(lo <= value <= hi, key, f"{value} is outside the allowed range [{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class PSFConfig:
+    """The point-spread function convolved with every galaxy."""
+
+    profile: str = "gaussian"  # "gaussian" or "moffat"
+    fwhm: float = 0.7  # arcsec; the paper says "typical ground-based seeing"
+    beta: float = 3.5  # Moffat index, used only when profile is "moffat"
+
+    def __post_init__(self):
+        _check(self.profile in ("gaussian", "moffat"), "psf.profile",
+               f"'{self.profile}' is not one of 'gaussian', 'moffat'")
+        _check_range(self.fwhm, "psf.fwhm", 0.05, 10.0)
+        _check_range(self.beta, "psf.beta", 1.1, 20.0)
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """CCD noise: Poisson on source + sky (in electrons), Gaussian read noise.
+
+    Images are stored sky-subtracted, as survey pipelines deliver them.
+    """
+
+    sky_level: float = 100.0  # ADU per pixel (paper: unstated)
+    gain: float = 1.0  # electrons per ADU
+    read_noise: float = 5.0  # electrons per pixel
+
+    def __post_init__(self):
+        _check_range(self.sky_level, "noise.sky_level", 0.0, 1e7)
+        _check_range(self.gain, "noise.gain", 1e-3, 1e3)
+        _check_range(self.read_noise, "noise.read_noise", 0.0, 1e4)
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """Closed ranges from which each galaxy parameter is drawn (Table 1 of the paper)."""
+
+    flux: tuple[float, float] = (500.0, 50000.0)  # ADU
+    half_light_radius: tuple[float, float] = (0.3, 5.0)  # arcsec
+    sersic_n: tuple[float, float] = (0.5, 4.0)
+    ellipticity: tuple[float, float] = (0.0, 0.6)
+    position_angle: tuple[float, float] = (0.0, 180.0)  # deg
+    x: tuple[float, float] = (0.0, 64.0)  # pixels, see galcae.params
+    y: tuple[float, float] = (0.0, 64.0)
+
+    def __post_init__(self):
+        for name in SIMULATED:
+            lo, hi = getattr(self, name)
+            key = f"ranges.{name}"
+            _check(lo <= hi, key, f"lower end {lo} is above upper end {hi}")
+            bounds = PARAMETERS[name].bounds
+            _check_range(lo, key, *bounds)
+            _check_range(hi, key, *bounds)
+        _check(self.flux[0] > 0 and self.half_light_radius[0] > 0, "ranges",
+               "flux and half_light_radius must be positive")
+
+
+@dataclass(frozen=True)
+class Galaxy:
+    """One galaxy's parameters; the values held fixed in a controlled sweep."""
+
+    flux: float = 10000.0
+    half_light_radius: float = 1.0
+    sersic_n: float = 1.0
+    ellipticity: float = 0.2
+    position_angle: float = 45.0
+    x: float = 32.0
+    y: float = 32.0
+
+    def __post_init__(self):
+        for name in SIMULATED:
+            _check_range(getattr(self, name), f"sweep.fixed.{name}", *PARAMETERS[name].bounds)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A controlled set (the paper's Fig. 3): one parameter swept, the others fixed.
+
+    With ``parameter`` set, galaxy i takes the i-th of ``n_galaxies`` evenly spaced
+    values over ``ranges.<parameter>``; the rest come from ``fixed``.
+    """
+
+    parameter: str | None = None  # None: every parameter drawn at random
+    fixed: Galaxy = field(default_factory=Galaxy)
+
+    def __post_init__(self):
+        _check(self.parameter is None or self.parameter in SIMULATED, "sweep.parameter",
+               f"'{self.parameter}' is not one of {', '.join(SIMULATED)}")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything ``galcae simulate`` needs; the same config gives the same bytes."""
+
+    n_galaxies: int = 1000
+    seed: int = 1  # every random draw derives from this
+    stamp_size: int = 64  # pixels per side
+    pixel_scale: float = 0.2  # arcsec per pixel (LSST-like; the paper leaves it unstated)
+    ranges: Ranges = field(default_factory=Ranges)
+    log_uniform: tuple[str, ...] = ()  # parameters drawn uniformly in log10 rather than linearly
+    psf: PSFConfig = field(default_factory=PSFConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    chunk_size: int = 128  # galaxies per parallel task and per Zarr chunk
+    max_fft_size: int = 8192  # GalSim FFT cap: larger FFTs fail the galaxy (memory guard)
+
+    def __post_init__(self):
+        _check_range(self.n_galaxies, "n_galaxies", 1, 10**9)
+        _check_range(self.seed, "seed", 0, 2**63 - 1)
+        _check_range(self.stamp_size, "stamp_size", 8, 4096)
+        _check_range(self.pixel_scale, "pixel_scale", 1e-3, 10.0)
+        _check_range(self.chunk_size, "chunk_size", 1, 10**6)
+        _check_range(self.max_fft_size, "max_fft_size", 256, 65536)
+        for name in self.log_uniform:
+            _check(name in ("flux", "half_light_radius", "sersic_n"), "log_uniform",
+                   f"'{name}' cannot be drawn log-uniformly (flux, half_light_radius, sersic_n can)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training of the CAE (paper: Adam, 100 epochs, batch 64, 10:1 split)."""
+
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1e-3  # Adam; unstated in the paper
+    lambda_phys: float = 1.0  # weight of the supervised-latent MSE (Eq. 4); unstated
+    lambda_l1: float = 1e-3  # weight of the L1 penalty on residual latents (Eq. 5); unstated
+    test_fraction: float = 1.0 / 11.0  # the paper's 10:1 train:test split
+    seed: int = 0  # split, initialisation and batch order
+    latent_dim: int = 64  # supervised + residual latents
+    supervised: tuple[str, ...] = ("flux", "half_light_radius")  # one latent axis each, in order
+    log_scaled: tuple[str, ...] = ("flux", "half_light_radius")  # targets standardised in log10
+    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
+
+    def __post_init__(self):
+        _check_range(self.epochs, "epochs", 1, 100000)
+        _check_range(self.batch_size, "batch_size", 1, 65536)
+        _check_range(self.learning_rate, "learning_rate", 1e-8, 1.0)
+        _check_range(self.lambda_phys, "lambda_phys", 0.0, 1e6)
+        _check_range(self.lambda_l1, "lambda_l1", 0.0, 1e6)
+        _check(0.0 < self.test_fraction < 1.0, "test_fraction",
+               f"{self.test_fraction} is not strictly between 0 and 1")
+        _check_range(self.latent_dim, "latent_dim", len(self.supervised) + 1, 4096)
+        for name in self.supervised + self.log_scaled:
+            _check(name in SIMULATED, "supervised", f"'{name}' is not one of {', '.join(SIMULATED)}")
+        _check(set(self.log_scaled) <= set(self.supervised), "log_scaled",
+               "names parameters that are not in 'supervised'")
+        _check(self.device in ("auto", "cpu", "cuda"), "device",
+               f"'{self.device}' is not one of 'auto', 'cpu', 'cuda'")
+
+
+STAGES = {"simulate": SimConfig, "train": TrainConfig}
+
+
+# --- building dataclasses from plain data -------------------------------------------------
+
+
+def from_dict(cls, data: dict | None, prefix: str = ""):
+    """Build dataclass ``cls`` from nested plain data, refusing unknown keys."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or cls.__name__}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, key: str):
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key + ".")
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        return _coerce(hint, value, key)
+    if origin is tuple:
+        if isinstance(value, str) or not hasattr(value, "__iter__"):
+            raise ConfigError(f"config value '{key}': expected a list, got {value!r}")
+        value = list(value)
+        if args and args[-1] is not Ellipsis and len(value) != len(args):
+            raise ConfigError(f"config value '{key}': expected {len(args)} values, got {len(value)}")
+        item = args[0] if args else object
+        return tuple(_coerce(item, v, key) for v in value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config value '{key}': expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config value '{key}': expected an integer, got {value!r}")
+        return value
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"config value '{key}': expected a string, got {value!r}")
+    return value
+
+
+def to_dict(cfg) -> dict:
+    """Plain nested data (lists, not tuples) that :func:`from_dict` turns back into ``cfg``."""
+
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+# --- files, presets and overrides ----------------------------------------------------------
+
+
+def _configs_dir():
+    return resources.files("galcae").joinpath("configs")
+
+
+def preset_names() -> list[str]:
+    """Names of the configs shipped in ``galcae/configs``."""
+    return sorted(p.name[:-5] for p in _configs_dir().iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def read_config_file(name_or_path: str | Path) -> dict:
+    """The raw mapping of a YAML config file, or of a shipped preset by name."""
+    path = Path(name_or_path)
+    if not path.exists() and str(name_or_path) in preset_names():
+        text = _configs_dir().joinpath(f"{name_or_path}.yaml").read_text()
+        source = f"preset '{name_or_path}'"
+    elif path.is_file():
+        text = path.read_text()
+        source = str(path)
+    else:
+        raise ConfigError(f"config '{name_or_path}' is neither a file nor a preset "
+                          f"({', '.join(preset_names())})")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {source} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {source} must be a mapping of stage sections")
+    unknown = set(data) - set(STAGES)
+    if unknown:
+        raise ConfigError(f"config {source}: unknown section '{sorted(unknown)[0]}' "
+                          f"(sections are {', '.join(STAGES)})")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested mapping copy."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override '{item}': value is not valid YAML") from None
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_stage(stage: str, config: str | Path | None = None, overrides=()):
+    """The config of one stage from a preset or file (default: ``paper``) plus overrides."""
+    data = read_config_file(config or "paper").get(stage) or {}
+    return from_dict(STAGES[stage], apply_overrides(data, overrides))

@@ -1,0 +1,81 @@
+"""Where chunked work runs: in-process, on a local Dask cluster of processes, or on any
+Dask cluster by scheduler address (e.g. one started by dask-jobqueue on Slurm)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
+
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+# One BLAS/OpenMP/torch thread per worker process, so N workers on N cores do not
+# oversubscribe; set before the worker imports numpy or torch.
+_SINGLE_THREAD_ENV = {name: "1" for name in (
+    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")}
+
+
+@contextmanager
+def dask_client(workers: int = 1, scheduler: str | None = None):
+    """A ``distributed.Client`` for the run, or ``None`` to run in-process.
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes of a local cluster; ``1`` runs in-process. [default: 1]
+    scheduler : str, optional
+        Address of a running Dask scheduler; overrides ``workers``.
+    """
+    if scheduler is None and workers <= 1:
+        yield None
+        return
+    import dask
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        with Client(scheduler) as client:
+            log.info("using Dask scheduler %s", scheduler)
+            yield client
+        return
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": _SINGLE_THREAD_ENV}):
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None, host="127.0.0.1") as cluster, \
+                Client(cluster) as client:
+            log.info("local Dask cluster of %d worker processes", workers)
+            yield client
+
+
+def map_chunks(func: Callable, args: Iterable[tuple], client=None, *, total: int | None = None,
+               desc: str = "", unit_scale: Iterable[int] | None = None) -> Iterator[tuple[int, object]]:
+    """Yield ``(index, func(*args[index]))`` as each call finishes, with a progress bar.
+
+    In-process when ``client`` is None; otherwise each call is a Dask task. Results come
+    in completion order; the index says which input each belongs to.
+    """
+    args = list(args)
+    weights = list(unit_scale) if unit_scale is not None else [1] * len(args)
+    bar = tqdm(total=total if total is not None else sum(weights), desc=desc, disable=None,
+               leave=False)
+    try:
+        if client is None:
+            for index, a in enumerate(args):
+                yield index, func(*a)
+                bar.update(weights[index])
+            return
+        from distributed import as_completed
+
+        futures = {client.submit(func, *a, pure=False): i for i, a in enumerate(args)}
+        for future in as_completed(futures):
+            index = futures[future]
+            yield index, future.result()
+            bar.update(weights[index])
+    finally:
+        bar.close()
+
+
+def cpu_count() -> int:
+    """Cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
