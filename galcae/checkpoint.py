@@ -1,0 +1,160 @@
+"""A trained model on disk: ``model.safetensors`` (weights) + ``model.json`` (everything else).
+
+``model.json`` holds the architecture, the pixel normalisation, the parameter scaling,
+the training config, the dataset's provenance and the SHA-256 of the weights file, so
+a model is used exactly as it was trained and a mismatched pair is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .model import CAE, Architecture
+from .scaling import ParameterScaling, PixelNormalization
+
+WEIGHTS = "model.safetensors"
+META = "model.json"
+FORMAT = "galcae-model/1"
+
+
+class ModelError(ValueError):
+    """A model file that is missing, corrupt or does not match its ``model.json``."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pick_device(choice: str = "auto") -> torch.device:
+    """CUDA when asked or, for ``auto``, when present; CPU otherwise."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but no CUDA device is available")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class TrainedModel:
+    """A CAE with the preprocessing it was trained with; encodes ADU images to parameters."""
+
+    network: CAE
+    normalization: PixelNormalization
+    scaling: ParameterScaling
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @property
+    def supervised(self) -> tuple[str, ...]:
+        return self.scaling.names
+
+    def to_input(self, images: np.ndarray) -> torch.Tensor:
+        """ADU images ``(N, H, W)`` -> normalised network input ``(N, 1, H, W)`` on the device."""
+        x = torch.as_tensor(np.asarray(images, dtype=np.float32), device=self.device)
+        return self.normalization.forward(x).unsqueeze(1).contiguous(
+            memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def encode(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Latent vectors ``(N, latent_dim)`` of ADU images, encoder only."""
+        self.network.eval()
+        out = [self.network.encode(self.to_input(images[i:i + batch_size])).float().cpu().numpy()
+               for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.empty((0, self.network.arch.latent_dim), np.float32)
+
+    def predict(self, images: np.ndarray, batch_size: int = 512) -> dict[str, np.ndarray]:
+        """Physical parameters (one array per supervised name) and ``latents`` of ADU images."""
+        z = self.encode(images, batch_size)
+        return {**self.scaling.to_physical(z[:, :len(self.supervised)]), "latents": z}
+
+    @torch.inference_mode()
+    def decode(self, latents: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """ADU images ``(N, H, W)`` decoded from latent vectors."""
+        self.network.eval()
+        out = []
+        for i in range(0, len(latents), batch_size):
+            z = torch.as_tensor(np.asarray(latents[i:i + batch_size], np.float32), device=self.device)
+            out.append(self.normalization.inverse(self.network.decode(z)[:, 0]).cpu().numpy())
+        return np.concatenate(out)
+
+    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+        """Encode then decode: the model's reconstruction of each image, in ADU."""
+        return self.decode(self.encode(images))
+
+
+def save_model(run_dir: Path, model: TrainedModel) -> None:
+    """Write weights then ``model.json``, each through a temporary file and a rename."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
+    tmp = run_dir / f".{WEIGHTS}.tmp"
+    save_file(state, str(tmp))
+    meta = {
+        **model.meta,
+        "format": FORMAT,
+        "galcae_version": __version__,
+        "architecture": model.network.arch.to_dict(),
+        "normalization": model.normalization.to_dict(),
+        "parameter_scaling": model.scaling.to_dict(),
+        "weights_sha256": sha256_of(tmp),
+    }
+    os.replace(tmp, run_dir / WEIGHTS)
+    write_json_atomic(run_dir / META, meta)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def model_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(weights, meta)`` from a run directory or either file of the pair."""
+    path = Path(path)
+    if path.is_dir():
+        return path / WEIGHTS, path / META
+    if path.suffix == ".json":
+        return path.with_name(WEIGHTS), path
+    return path, path.with_name(META)
+
+
+def load_model(path: str | Path, device: str = "auto") -> TrainedModel:
+    """Load a model written by ``galcae train`` from its run directory or either file."""
+    weights, meta_path = model_paths(path)
+    for p in (weights, meta_path):
+        if not p.is_file():
+            raise ModelError(f"model file {p} does not exist")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"{meta_path} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelError(f"{meta_path} is not a galcae model description (format != {FORMAT!r})")
+    if sha256_of(weights) != meta.get("weights_sha256"):
+        raise ModelError(f"{weights} does not match {meta_path} (SHA-256 differs): "
+                         "corrupt, or from another run")
+    try:
+        network = CAE(Architecture.from_dict(meta["architecture"]))
+        network.load_state_dict(load_file(str(weights)))
+        normalization = PixelNormalization(**meta["normalization"])
+        scaling = ParameterScaling.from_dict(meta["parameter_scaling"])
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelError(f"{meta_path}: cannot rebuild the model ({first})") from None
+    network = network.to(pick_device(device), memory_format=torch.channels_last).eval()
+    return TrainedModel(network, normalization, scaling, meta)

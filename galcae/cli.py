@@ -1,0 +1,137 @@
+"""The ``galcae`` command line: subcommands only parse arguments and call the library.
+
+``main(argv)`` is testable directly and returns the exit code: 0 on success, 1 for bad
+input or a failed stage (one line on stderr), 2 for a malformed command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from . import __version__
+
+log = logging.getLogger("galcae")
+
+OVERRIDES = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+OUTPUT_HELP = "Refuse to replace an existing output unless --overwrite is given."
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("galcae").setLevel(level)
+    # Dask is chatty at INFO; show it only at -vv.
+    logging.getLogger("distributed").setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.version_option(__version__, prog_name="galcae")
+def cli(verbose: int) -> None:
+    """Measure galaxy photometric parameters with a conditional autoencoder (arXiv:2507.15898).
+
+    Stages: simulate -> train -> evaluate; `galcae demo` runs them all on the paper's protocol.
+    """
+    _setup_logging(verbose)
+
+
+@cli.command()
+@click.argument("config")
+@OVERRIDES
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="Dataset directory to create.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+              help="Worker processes of a local Dask cluster (1: in-process).")
+@click.option("--scheduler", default=None, help="Address of a running Dask scheduler to use instead.")
+@click.option("--overwrite", is_flag=True, help=OUTPUT_HELP)
+def simulate(config, overrides, out, workers, scheduler, overwrite):
+    """Render galaxies with GalSim into a dataset (images.zarr + params.parquet).
+
+    CONFIG is a YAML file or a shipped preset name (paper); KEY=VALUE pairs override the
+    `simulate` section, e.g. `n_galaxies=200 psf.profile=moffat sweep.parameter=flux`.
+    """
+    from .config import load_stage
+    from .simulate import simulate_dataset
+
+    cfg = load_stage("simulate", config, overrides)
+    dataset = simulate_dataset(cfg, out, workers=workers, scheduler=scheduler, overwrite=overwrite)
+    failed = len(dataset) - len(dataset.usable)
+    click.echo(f"Wrote {len(dataset)} galaxies to {out}"
+               + (f" ({failed} could not be rendered; see the status column)" if failed else ""))
+
+
+@cli.command()
+@click.argument("dataset", type=click.Path())
+@OVERRIDES
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="Run directory to write.")
+@click.option("--config", default=None, help="YAML file or preset whose `train` section is the base "
+                                              "[default: paper].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in OUTPUT.")
+@click.option("--overwrite", is_flag=True, help=OUTPUT_HELP)
+def train(dataset, overrides, out, config, resume, overwrite):
+    """Train the CAE on DATASET; KEY=VALUE pairs override the `train` section (e.g. epochs=20)."""
+    from .config import load_stage
+    from .train import train as train_run
+
+    cfg = load_stage("train", config, overrides)
+    model = train_run(dataset, out, cfg, resume=resume, overwrite=overwrite)
+    click.echo(f"Trained {model.meta['epoch']} epochs; model in {out}")
+
+
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.argument("dataset", type=click.Path())
+@click.option("--sweep", "sweeps", multiple=True, type=click.Path(),
+              help="A controlled set (sweep.parameter) for Fig. 3; repeatable.")
+def evaluate(run, dataset, sweeps):
+    """Evaluate RUN on the held-out galaxies of DATASET; write RUN/eval/ (metrics, figures, report)."""
+    from .demo import r2_table
+    from .evaluate import evaluate as evaluate_run
+
+    metrics = evaluate_run(run, dataset, sweeps)
+    click.echo(r2_table(metrics))
+    click.echo(f"Report: {run}/eval/report.html")
+
+
+@cli.command()
+@click.option("-o", "--output", "out", default="demo_output", show_default=True, type=click.Path(),
+              help="Directory for the datasets and the run.")
+@click.option("--full", is_flag=True, help="Train for the paper's 100 epochs (slower).")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Train for this many epochs.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1),
+              help="Simulation worker processes.")
+@click.option("--overwrite", is_flag=True, help=OUTPUT_HELP)
+def demo(out, full, epochs, workers, overwrite):
+    """Reproduce the paper: simulate 1,000 galaxies + controlled sets, train, evaluate."""
+    from .demo import run_demo
+
+    run_demo(out, full=full, epochs=epochs, workers=workers, overwrite=overwrite, echo=click.echo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    from .checkpoint import ModelError
+    from .config import ConfigError
+    from .dataset import DatasetError
+
+    try:
+        cli.main(args=argv, prog_name="galcae", standalone_mode=False)
+    except click.exceptions.Exit as stop:
+        return stop.exit_code
+    except click.exceptions.Abort:
+        click.echo("galcae: aborted", err=True)
+        return 1
+    except click.ClickException as err:
+        err.show()
+        return 2
+    except (ConfigError, DatasetError, ModelError, FileExistsError, FileNotFoundError,
+            ValueError, RuntimeError) as err:
+        click.echo(f"galcae: error: {err}", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

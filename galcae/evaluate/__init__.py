@@ -1,0 +1,5 @@
+"""Evaluation of a trained run: the paper's Section 4 (R², PCA, controlled sets, traversals)."""
+
+from .evaluation import evaluate
+
+__all__ = ["evaluate"]

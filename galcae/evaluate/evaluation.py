@@ -1,0 +1,158 @@
+"""``galcae evaluate``: the paper's Section 4 on held-out galaxies, into ``RUN/eval/``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import load_model, sha256_of
+from ..dataset import PARAMS, Dataset, atomic_directory
+from ..train import SPLIT, split_indices, train_config_of
+from . import figures
+from .metrics import binned_error_summary, error_summary, r2
+from .pca import pca_baseline
+from .report import write_report
+
+log = logging.getLogger(__name__)
+
+#: Training images used to fit the PCA baseline (enough for 64 stable components).
+PCA_MAX_TRAIN = 20000
+
+
+def half_light_radius_of(image: np.ndarray, pixel_scale: float) -> float:
+    """Half-light radius in arcsec of an image, from its growth curve about the centroid."""
+    light = np.clip(image, 0.0, None)
+    total = light.sum()
+    if total <= 0:
+        return float("nan")
+    yy, xx = np.indices(image.shape) + 0.5
+    cx, cy = (light * xx).sum() / total, (light * yy).sum() / total
+    radius = np.hypot(xx - cx, yy - cy).ravel()
+    order = np.argsort(radius)
+    cumulative = np.cumsum(light.ravel()[order])
+    return float(radius[order][np.searchsorted(cumulative, 0.5 * total)] * pixel_scale)
+
+
+def _sweep_section(model, path) -> tuple[dict, dict]:
+    """Latents of a controlled set against its swept parameter (Fig. 3) and their R²."""
+    sweep = Dataset.open(path)
+    parameter = sweep.config.sweep.parameter
+    if parameter is None:
+        raise ValueError(f"{path} is not a controlled set (its config has no sweep.parameter)")
+    ok = sweep.usable
+    values = sweep.params[parameter][ok]
+    z = model.encode(sweep.load_images(ok))
+    latents = {name: z[:, k] for k, name in enumerate(model.supervised)}
+    metrics = {"dataset": str(path), "n": int(ok.size)}
+    for name, zk in latents.items():
+        # R² of a straight line through (value, z): the paper's "tracks nearly linearly".
+        metrics[f"r2_linear_z_{name}"] = float(np.corrcoef(values, zk)[0, 1] ** 2)
+        metrics[f"r2_linear_z_{name}_vs_log"] = float(np.corrcoef(np.log10(values), zk)[0, 1] ** 2) \
+            if np.all(values > 0) else None
+    return {"parameter": parameter, "values": values, "latents": latents}, metrics
+
+
+def _traversal_section(model, z0: np.ndarray, steps: np.ndarray, pixel_scale: float):
+    """Decode while each supervised latent moves (Fig. 4); measure flux and size of each image."""
+    rows, measured = {}, {}
+    for k, name in enumerate(model.supervised):
+        z = np.repeat(z0[None, :], len(steps), axis=0)
+        z[:, k] += steps
+        images = model.decode(z)
+        rows[name] = images
+        flux = images.sum(axis=(1, 2))
+        radius = np.array([half_light_radius_of(im, pixel_scale) for im in images])
+        measured[name] = {"delta_z": steps.tolist(), "flux": flux.tolist(),
+                          "half_light_radius": radius.tolist(),
+                          # Fractional change end to end: the moved quantity should change,
+                          # the other should not.
+                          "flux_change": float(flux[-1] / flux[0] - 1),
+                          "half_light_radius_change": float(radius[-1] / radius[0] - 1)}
+    return rows, measured
+
+
+def evaluate(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8) -> dict:
+    """Evaluate a trained run on the held-out split of ``dataset_path``; write ``RUN/eval``.
+
+    Parameters
+    ----------
+    run_dir : path
+        Run directory written by ``galcae train``.
+    dataset_path : path
+        Dataset to evaluate on. For the training dataset the held-out split is the one
+        saved in ``RUN/split.json``; any other dataset is split the same seeded way.
+    sweeps : paths
+        Controlled sets (``sweep.parameter`` set) for Fig. 3.
+    """
+    run_dir = Path(run_dir)
+    model = load_model(run_dir)
+    cfg = train_config_of(run_dir)
+    dataset = Dataset.open(dataset_path)
+    train_ids, test_ids = split_indices(dataset, cfg)
+    same_dataset = sha256_of(dataset.path / PARAMS) == model.meta["dataset"]["params_sha256"]
+    if same_dataset:
+        saved = json.loads((run_dir / SPLIT).read_text())
+        if saved["test"] != test_ids.tolist():
+            raise ValueError(f"{run_dir / SPLIT} does not match the split of {dataset.path}")
+    names = model.supervised
+    params = dataset.params
+    truth = {n: params[n][test_ids] for n in names}
+    snr = params["snr"][test_ids]
+
+    test_images = dataset.load_images(test_ids)
+    predicted = model.predict(test_images)
+    pca_train = train_ids[np.linspace(0, len(train_ids) - 1, min(len(train_ids), PCA_MAX_TRAIN))
+                          .astype(int)]
+    as_pixels = model.normalization.forward  # PCA sees exactly what the CAE sees
+    train_pixels = as_pixels(dataset.load_images(pca_train))
+    test_pixels = as_pixels(test_images)
+    pca = pca_baseline(train_pixels, {n: params[n][pca_train] for n in names}, test_pixels, truth)
+    pca_log = pca_baseline(train_pixels, {n: np.log10(params[n][pca_train]) for n in names},
+                           test_pixels, {n: np.log10(truth[n]) for n in names})
+
+    metrics = {
+        "run": str(run_dir), "dataset": str(dataset.path), "same_dataset_as_training": same_dataset,
+        "n_train": int(len(train_ids)), "n_test": int(len(test_ids)),
+        "epochs_trained": model.meta["epoch"], "epochs_paper": 100,
+        "r2": {"cae": {n: r2(truth[n], predicted[n]) for n in names},
+               "pca_best_single": pca["best_single"], "pca_all": pca["all"]},
+        "r2_log10": {"cae": {n: r2(np.log10(truth[n]), np.log10(predicted[n])) for n in names},
+                     "pca_best_single": pca_log["best_single"], "pca_all": pca_log["all"]},
+        "pca": {"n_components": pca["n_components"], "best_component": pca["best_component"],
+                "input": "the CAE's normalised pixels"},
+        "relative_error": {n: {"all": error_summary(truth[n], predicted[n]),
+                               "snr_bins": binned_error_summary(truth[n], predicted[n], snr)}
+                           for n in names},
+    }
+
+    with atomic_directory(run_dir / "eval", overwrite=True) as out:
+        fig_dir = out / "figures"
+        softening = model.normalization.softening
+        examples = test_ids[np.argsort(snr)][np.linspace(0, len(test_ids) - 1,
+                                                         min(n_examples, len(test_ids))).astype(int)]
+        position = np.searchsorted(test_ids, examples)
+        figures.reconstructions(test_images[position], model.reconstruct(test_images[position]),
+                                softening, fig_dir / "fig2_reconstructions.png",
+                                titles=[f"S/N {s:.0f}" for s in snr[position]])
+        if sweeps:
+            sections = [_sweep_section(model, p) for p in sweeps]
+            figures.controlled_sweeps([s for s, _ in sections], fig_dir / "fig3_controlled.png")
+            metrics["controlled"] = {s["parameter"]: m for s, m in sections}
+        # Traverse from the test galaxy whose supervised latents are closest to the median.
+        z = predicted["latents"]
+        centre = np.argmin(np.abs(z[:, :len(names)] - np.median(z[:, :len(names)], 0)).sum(1))
+        steps = np.linspace(-1.5, 1.5, 7)
+        rows, measured = _traversal_section(model, z[centre], steps, dataset.config.pixel_scale)
+        figures.traversals(rows, steps, softening, fig_dir / "fig4_traversals.png")
+        metrics["traversal"] = measured
+        figures.r2_comparison(metrics["r2"], fig_dir / "fig5_r2_comparison.png")
+        figures.predicted_vs_true(truth, {n: predicted[n] for n in names}, snr,
+                                  fig_dir / "predicted_vs_true.png")
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_report(out / "report.html", metrics, model.meta, fig_dir,
+                     loss_png=run_dir / "loss.png")
+    log.info("evaluation written to %s", run_dir / "eval")
+    return metrics

@@ -1,0 +1,142 @@
+"""The report's figures, written as PNG files (matplotlib's object API: no global state)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+LABELS = {"flux": "flux [ADU]", "half_light_radius": "half-light radius [arcsec]",
+          "sersic_n": "Sérsic n", "ellipticity": "|g|", "position_angle": "PA [deg]",
+          "x": "x [pix]", "y": "y [pix]"}
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def _stretch(images: np.ndarray, softening: float) -> np.ndarray:
+    return np.arcsinh(np.asarray(images) / softening)
+
+
+def loss_curve(history: list[dict], path) -> Path:
+    """Training and test loss per epoch, with the three loss terms."""
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(9, 3.2))
+    axes = fig.subplots(1, 4)
+    for ax, key in zip(axes, ("loss", "bce", "mse", "l1")):
+        ax.plot(epochs, [h[key] for h in history], label="train")
+        ax.plot(epochs, [h[f"test_{key}"] for h in history], label="test")
+        ax.set_title({"loss": "total", "bce": "BCE (reconstruction)", "mse": "latent MSE",
+                      "l1": "mean |z_res|"}[key], fontsize=9)
+        ax.set_xlabel("epoch")
+        if key != "bce":
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def reconstructions(originals, recons, softening: float, path, titles=None) -> Path:
+    """Fig. 2: test galaxies (top), their reconstructions (middle) and residuals (bottom)."""
+    n = len(originals)
+    fig = Figure(figsize=(1.6 * n, 5.0))
+    axes = fig.subplots(3, n, squeeze=False)
+    for i in range(n):
+        vmax = _stretch(originals[i], softening).max()
+        resid_lim = 5 * softening
+        for row, (img, kw) in enumerate((
+                (_stretch(originals[i], softening), {"vmin": -2, "vmax": vmax, "cmap": "gray"}),
+                (_stretch(recons[i], softening), {"vmin": -2, "vmax": vmax, "cmap": "gray"}),
+                (originals[i] - recons[i], {"vmin": -resid_lim, "vmax": resid_lim, "cmap": "RdBu_r"}))):
+            ax = axes[row, i]
+            ax.imshow(img, origin="lower", **kw)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if titles is not None:
+            axes[0, i].set_title(titles[i], fontsize=7)
+    for row, label in enumerate(("original", "reconstruction", "residual (±5σ)")):
+        axes[row, 0].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def controlled_sweeps(sweeps: list[dict], path) -> Path:
+    """Fig. 3: each supervised latent against the swept parameter (others fixed).
+
+    Each sweep dict has ``parameter``, ``values`` and ``latents`` (name -> array).
+    """
+    fig = Figure(figsize=(4.2 * len(sweeps), 3.4))
+    axes = np.atleast_1d(fig.subplots(1, len(sweeps)))
+    for ax, sweep in zip(axes, sweeps):
+        for name, z in sweep["latents"].items():
+            ax.plot(sweep["values"], z, ".", ms=4, label=f"z[{name}]")
+        ax.set_xlabel(LABELS.get(sweep["parameter"], sweep["parameter"]))
+        ax.set_ylabel("latent value (standardised)")
+        ax.set_title(f"sweep of {sweep['parameter']}, others fixed", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def traversals(rows: dict[str, np.ndarray], steps: np.ndarray, softening: float, path) -> Path:
+    """Fig. 4: decoded images while one supervised latent moves, one row per latent."""
+    names = list(rows)
+    fig = Figure(figsize=(1.5 * len(steps), 1.7 * len(names)))
+    axes = fig.subplots(len(names), len(steps), squeeze=False)
+    vmax = max(_stretch(r, softening).max() for r in rows.values())
+    for r, name in enumerate(names):
+        for c, step in enumerate(steps):
+            ax = axes[r, c]
+            ax.imshow(_stretch(rows[name][c], softening), origin="lower", cmap="gray",
+                      vmin=-2, vmax=vmax)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == len(names) - 1:
+                ax.set_xlabel(f"Δz = {step:+.1f}", fontsize=8)
+        axes[r, 0].set_ylabel(f"z[{name}]", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def r2_comparison(r2_table: dict[str, dict[str, float]], path) -> Path:
+    """Fig. 5: R² per parameter for the CAE and the PCA baselines."""
+    methods = list(r2_table)
+    names = list(r2_table[methods[0]])
+    fig = Figure(figsize=(2.2 + 2.2 * len(names), 3.4))
+    ax = fig.subplots()
+    width = 0.8 / len(methods)
+    for m, method in enumerate(methods):
+        values = [r2_table[method][n] for n in names]
+        bars = ax.bar(np.arange(len(names)) + (m - (len(methods) - 1) / 2) * width, values,
+                      width, label=method)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(np.arange(len(names)), [LABELS.get(n, n) for n in names])
+    ax.set_ylabel("R² on the test split")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylim(min(-0.1, min(min(t.values()) for t in r2_table.values()) - 0.05), 1.05)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def predicted_vs_true(truth: dict, predicted: dict, snr, path) -> Path:
+    """Predicted against true value per supervised parameter, coloured by S/N."""
+    names = list(predicted)
+    fig = Figure(figsize=(4.2 * len(names), 3.8))
+    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    for ax, name in zip(axes, names):
+        t, p = np.asarray(truth[name]), np.asarray(predicted[name])
+        sc = ax.scatter(t, p, c=np.log10(np.clip(snr, 1, None)), s=6, cmap="viridis")
+        lims = [min(t.min(), p.min()), max(t.max(), p.max())]
+        ax.plot(lims, lims, "k--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"true {LABELS.get(name, name)}")
+        ax.set_ylabel("CAE")
+    fig.colorbar(sc, ax=axes[-1], label="log10 S/N")
+    return _save(fig, path)

@@ -1,0 +1,179 @@
+"""Training of the CAE: one visible loop, a checkpoint every epoch, resumable.
+
+A run directory holds ``model.safetensors`` + ``model.json`` (see :mod:`galcae.checkpoint`),
+``split.json`` (train/test galaxy ids), ``history.json`` (losses per epoch),
+``state.pt`` (optimizer and RNG state for ``--resume``) and ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import META, TrainedModel, load_model, pick_device, save_model, sha256_of, \
+    write_json_atomic
+from .config import ConfigError, TrainConfig, from_dict, to_dict
+from .dataset import PARAMS, Dataset
+from .model import CAE, Architecture, cae_loss
+from .scaling import ParameterScaling, PixelNormalization
+
+log = logging.getLogger(__name__)
+
+SPLIT = "split.json"
+HISTORY = "history.json"
+STATE = "state.pt"
+
+
+def split_indices(dataset: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, test) ids of the rendered galaxies, a seeded random split."""
+    usable = dataset.usable
+    order = np.random.default_rng(cfg.seed).permutation(usable)
+    n_test = max(1, int(round(len(usable) * cfg.test_fraction)))
+    if len(usable) - n_test < 1:
+        raise ConfigError(f"dataset {dataset.path} has {len(usable)} usable galaxies: "
+                          "too few to split into train and test")
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def noise_sigma(dataset: Dataset) -> float:
+    """Sky noise sigma in ADU of the dataset's noise model."""
+    n = dataset.config.noise
+    return float(np.sqrt(n.sky_level / n.gain + (n.read_noise / n.gain) ** 2))
+
+
+def provenance(dataset: Dataset) -> dict:
+    return {"path": str(dataset.path.resolve()), "n_galaxies": len(dataset),
+            "params_sha256": sha256_of(dataset.path / PARAMS), "simulate": to_dict(dataset.config)}
+
+
+def _check_resume(run_dir: Path, cfg: TrainConfig, dataset: Dataset) -> None:
+    meta = json.loads((run_dir / META).read_text())
+    saved = dict(meta.get("train_config", {}))
+    new = to_dict(cfg)
+    differs = sorted(k for k in set(saved) | set(new) if k != "epochs" and saved.get(k) != new.get(k))
+    if differs:
+        raise ConfigError(f"--resume: config of {run_dir} differs in {', '.join(differs)} "
+                          f"(saved {differs[0]}={saved.get(differs[0])!r}, now {new.get(differs[0])!r})")
+    if meta["dataset"]["params_sha256"] != sha256_of(dataset.path / PARAMS):
+        raise ConfigError(f"--resume: {dataset.path} is not the dataset {run_dir} was trained on "
+                          f"({meta['dataset']['path']})")
+
+
+def train(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resume: bool = False,
+          overwrite: bool = False) -> TrainedModel:
+    """Train the CAE on a dataset and write the run directory; return the final model.
+
+    Parameters
+    ----------
+    dataset_path : path
+        A dataset written by ``galcae simulate``.
+    run_dir : path
+        Output directory; refused if it already holds a model, unless ``resume`` or ``overwrite``.
+    cfg : TrainConfig
+        Hyper-parameters [default: the paper's].
+    resume : bool
+        Continue an interrupted run from its last epoch (the config must match, except epochs).
+    """
+    dataset = Dataset.open(dataset_path)
+    run_dir = Path(run_dir)
+    has_model = (run_dir / META).exists()
+    if resume and not has_model:
+        raise FileNotFoundError(f"--resume: {run_dir} holds no model to resume")
+    if has_model and not (resume or overwrite):
+        raise FileExistsError(f"run directory {run_dir} already holds a model; "
+                              "pass --resume to continue it or --overwrite to replace it")
+    if resume:
+        _check_resume(run_dir, cfg, dataset)
+    if dataset.config.stamp_size % 4:
+        raise ConfigError(f"dataset {dataset.path}: stamp_size {dataset.config.stamp_size} "
+                          "is not divisible by 4, as the CAE's two poolings need")
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    train_ids, test_ids = split_indices(dataset, cfg)
+    images = dataset.load_images()
+    normalization = PixelNormalization.fit(images[train_ids], noise_sigma(dataset))
+    scaling = ParameterScaling.fit({k: v[train_ids] for k, v in dataset.params.items()},
+                                   cfg.supervised, cfg.log_scaled)
+    arch = Architecture(stamp_size=dataset.config.stamp_size, latent_dim=cfg.latent_dim,
+                        n_supervised=len(cfg.supervised))
+    network = CAE(arch).to(device, memory_format=torch.channels_last)
+    model = TrainedModel(network, normalization, scaling,
+                         {"train_config": to_dict(cfg), "dataset": provenance(dataset), "epoch": 0})
+    x_all = model.to_input(images)
+    y_all = torch.as_tensor(scaling.to_latent(dataset.params), device=device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=cfg.learning_rate)
+    batch_order = torch.Generator().manual_seed(cfg.seed)
+    history, start = [], 0
+
+    if resume:
+        state = torch.load(run_dir / STATE, weights_only=False)
+        network.load_state_dict(load_model(run_dir, device=str(device.type)).network.state_dict())
+        optimizer.load_state_dict(state["optimizer"])
+        batch_order.set_state(state["batch_order"])
+        history = json.loads((run_dir / HISTORY).read_text())
+        start = state["epoch"]
+        log.info("resuming %s at epoch %d of %d", run_dir, start + 1, cfg.epochs)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / SPLIT, {"train": train_ids.tolist(), "test": test_ids.tolist()})
+
+    terms = (cfg.lambda_phys, cfg.lambda_l1)
+    bar = tqdm(range(start, cfg.epochs), desc="train", unit="epoch", disable=None,
+               initial=start, total=cfg.epochs)
+    for epoch in bar:
+        network.train()
+        order = torch.as_tensor(train_ids)[torch.randperm(len(train_ids), generator=batch_order)]
+        sums, t0 = {}, time.perf_counter()
+        for i in range(0, len(order), cfg.batch_size):
+            batch = order[i:i + cfg.batch_size].to(device)
+            loss, parts = cae_loss(network, x_all[batch], y_all[batch], *terms)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * len(batch)
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, **{k: v / len(order) for k, v in sums.items()},
+                  **{f"test_{k}": v for k, v in _evaluate_loss(network, x_all, y_all, test_ids,
+                                                               cfg, terms).items()},
+                  "seconds": seconds, "images_per_second": len(order) / seconds}
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", test=f"{record['test_loss']:.4f}")
+        log.info("epoch %d: loss %.5f test %.5f (%.0f img/s)", epoch + 1, record["loss"],
+                 record["test_loss"], record["images_per_second"])
+        model.meta["epoch"] = epoch + 1
+        save_model(run_dir, model)
+        write_json_atomic(run_dir / HISTORY, history)
+        torch.save({"optimizer": optimizer.state_dict(), "batch_order": batch_order.get_state(),
+                    "epoch": epoch + 1}, run_dir / f".{STATE}.tmp")
+        (run_dir / f".{STATE}.tmp").replace(run_dir / STATE)
+
+    from .evaluate.figures import loss_curve
+
+    loss_curve(history, run_dir / "loss.png")
+    return model
+
+
+@torch.inference_mode()
+def _evaluate_loss(network: CAE, x_all, y_all, ids, cfg: TrainConfig, terms) -> dict[str, float]:
+    network.eval()
+    sums = {}
+    for i in range(0, len(ids), 512):
+        batch = torch.as_tensor(ids[i:i + 512]).to(x_all.device)
+        _, parts = cae_loss(network, x_all[batch], y_all[batch], *terms)
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v * len(batch)
+    return {k: v / len(ids) for k, v in sums.items()}
+
+
+def train_config_of(run_dir) -> TrainConfig:
+    """The training config saved with a run."""
+    meta = json.loads((Path(run_dir) / META).read_text())
+    return from_dict(TrainConfig, meta["train_config"])
