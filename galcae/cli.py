@@ -23,8 +23,6 @@ def _setup_logging(verbosity: int) -> None:
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("galcae").setLevel(level)
-    # Dask is chatty at INFO; show it only at -vv.
-    logging.getLogger("distributed").setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

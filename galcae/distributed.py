@@ -35,6 +35,10 @@ def dask_client(workers: int = 1, scheduler: str | None = None):
     import dask
     from distributed import Client, LocalCluster
 
+    # distributed sets its loggers to INFO when imported; keep them quiet unless debugging.
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
     if scheduler is not None:
         with Client(scheduler) as client:
             log.info("using Dask scheduler %s", scheduler)

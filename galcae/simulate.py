@@ -9,6 +9,7 @@ gives the same bytes however the galaxies are split between workers.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import galsim
 import numpy as np
@@ -99,12 +100,15 @@ def render_chunk(cfg: SimConfig, rows: dict[str, np.ndarray]) -> dict[str, np.nd
     }
     psf = make_psf(cfg)
     noise = cfg.noise
-    with threadpool_limits(1):
+    with threadpool_limits(1), warnings.catch_warnings():
+        # GalSim warns, then goes on, when an FFT exceeds maximum_fft_size: make it fail the
+        # galaxy instead, since the cap is what keeps a worker's memory bounded.
+        warnings.simplefilter("error", galsim.GalSimFFTSizeWarning)
         for i in range(n):
             row = {k: v[i] for k, v in rows.items()}
             try:
                 image = render_noiseless(cfg, row, psf)
-            except (galsim.GalSimError, MemoryError) as err:
+            except (galsim.GalSimError, galsim.GalSimFFTSizeWarning, MemoryError) as err:
                 out["status"][i] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
                 continue
             out["snr"][i] = optimal_snr(cfg, image.array)

@@ -1,0 +1,35 @@
+# Two commands from a fresh clone: `make demo` and `make test`.
+# The CPU build of PyTorch is installed first; override for a GPU, e.g. `make demo TORCH=torch`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install install-test demo test bench clean
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install "$(TORCH)"
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install -e ".[test]"
+	touch $@
+
+demo: install
+	$(BIN)/galcae demo -o demo_output --overwrite
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/simulation_speed.py
+	$(BIN)/python benchmarks/training_speed.py
+	$(BIN)/python benchmarks/r2_table.py
+
+clean:
+	rm -rf $(VENV) demo_output

@@ -1,0 +1,32 @@
+"""Shared tiny fixtures: a 32x32-pixel dataset of 64 galaxies and a one-epoch run."""
+
+import pytest
+
+from galcae.config import TrainConfig, load_stage
+from galcae.simulate import simulate_dataset
+from galcae.train import train
+
+# Small, centred galaxies on 32x32 stamps: fast to render and to train on.
+TINY = ["n_galaxies=64", "stamp_size=32", "chunk_size=16", "ranges.x=[14,18]", "ranges.y=[14,18]",
+        "ranges.half_light_radius=[0.3,1.0]", "ranges.flux=[2000,50000]"]
+
+
+def tiny_sim(*extra):
+    """The tiny simulation config with extra ``key=value`` overrides."""
+    return load_stage("simulate", "paper", TINY + list(extra))
+
+
+def tiny_train(**changes):
+    return TrainConfig(**{"epochs": 1, "batch_size": 16, **changes})
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    return simulate_dataset(tiny_sim(), tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dataset, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    train(tiny_dataset.path, run_dir, tiny_train())
+    return run_dir

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+
+from galcae.model import CAE, Architecture, cae_loss
+from galcae.scaling import ParameterScaling, PixelNormalization
+
+
+def test_architecture_is_the_papers_layer_by_layer():
+    """Encoder, latent heads and decoder have the appendix's layers and shapes."""
+    net = CAE(Architecture())
+    convs = [m for m in net.encoder if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 32, (3, 3)), (32, 64, (3, 3))]
+    assert (net.to_phys.in_features, net.to_phys.out_features) == (16384, 2)
+    assert (net.to_res.in_features, net.to_res.out_features) == (16384, 62)
+    dense = net.decoder[0]
+    assert (dense.in_features, dense.out_features) == (64, 16384)
+    dconvs = [m for m in net.decoder if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in dconvs] == [(64, 64), (64, 32), (32, 1)]
+    x = torch.rand(3, 1, 64, 64)
+    z = net.encode(x)
+    assert z.shape == (3, 64) and (z[:, 2:] >= 0).all()  # residual latents pass a ReLU
+    out = net.decode(z)
+    assert out.shape == (3, 1, 64, 64) and (out >= 0).all() and (out <= 1).all()
+
+
+def test_loss_is_bce_plus_weighted_mse_and_l1():
+    """The loss equals BCE + lambda_phys * MSE(z_phys, y) + lambda_l1 * mean|z_res| (Eq. 2-5)."""
+    torch.manual_seed(0)
+    net = CAE(Architecture(stamp_size=16, latent_dim=8))
+    x = torch.rand(4, 1, 16, 16)
+    y = torch.randn(4, 2)
+    total, parts = cae_loss(net, x, y, lambda_phys=2.0, lambda_l1=0.5)
+    with torch.no_grad():
+        z = net.encode(x)
+        bce = torch.nn.functional.binary_cross_entropy(net.decode(z), x)
+        mse = ((z[:, :2] - y) ** 2).mean()
+        l1 = z[:, 2:].abs().mean()
+    assert total.item() == pytest.approx((bce + 2.0 * mse + 0.5 * l1).item(), rel=1e-5)
+    assert parts["bce"] == pytest.approx(bce.item(), rel=1e-5)
+
+
+def test_stamp_size_must_allow_two_poolings():
+    """A stamp size the two 2x2 poolings cannot halve twice is refused."""
+    with pytest.raises(ValueError, match="divisible by 4"):
+        Architecture(stamp_size=30)
+
+
+def test_pixel_normalization_keeps_absolute_flux():
+    """One global stretch: a galaxy twice as bright maps to a different, brighter input,
+    and the inverse recovers ADU."""
+    norm = PixelNormalization.fit(np.array([[0.0, 3000.0]]), noise_sigma=10.0)
+    faint = np.array([[0.0, 50.0, 500.0]])
+    u_faint, u_bright = norm.forward(faint), norm.forward(2 * faint)
+    assert np.all(u_bright[0, 1:] > u_faint[0, 1:])
+    np.testing.assert_allclose(norm.inverse(u_faint), faint, atol=1e-6)
+    assert 0.0 < norm.forward(np.array([[-30.0]]))[0, 0] < norm.forward(np.array([[0.0]]))[0, 0]
+    torch_u = norm.forward(torch.as_tensor(faint))
+    np.testing.assert_allclose(torch_u.numpy(), u_faint)
+
+
+def test_parameter_scaling_round_trips():
+    """Standardised log targets have zero mean, unit variance and invert exactly."""
+    table = {"flux": np.array([500.0, 5000.0, 50000.0]), "x": np.array([1.0, 2.0, 3.0])}
+    scaling = ParameterScaling.fit(table, ("flux", "x"), ("flux",))
+    z = scaling.to_latent(table)
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-6)
+    np.testing.assert_allclose(z.std(0), 1, atol=1e-6)
+    back = scaling.to_physical(z)
+    np.testing.assert_allclose(back["flux"], table["flux"], rtol=1e-5)
+    assert ParameterScaling.from_dict(scaling.to_dict()) == scaling
