@@ -1,9 +1,34 @@
 """galcae: conditional autoencoders that measure galaxy photometric parameters.
 
 Implements Leung, Yan & Yin, "A Generative Model for Disentangling Galaxy Photometric
-Parameters" (arXiv:2507.15898). Importing galcae does no work and writes no files.
+Parameters" (arXiv:2507.15898). Importing galcae does no work and writes no files; the
+functions below import their stage on first use.
+
+- ``load_config(stage, config="paper", overrides=())``: a stage's config.
+- ``simulate_dataset(cfg, out, workers=1)``: render a dataset.
+- ``train_model(dataset, run_dir, cfg)``: train the CAE.
+- ``evaluate_run(run_dir, dataset, sweeps=())``: the paper's Section 4.
+- ``load_model(path)``: a trained model; ``.predict(images)`` gives parameters.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_LAZY = {
+    "load_config": ("galcae.config", "load_stage"),
+    "simulate_dataset": ("galcae.simulate", "simulate_dataset"),
+    "train_model": ("galcae.train", "train_model"),
+    "evaluate_run": ("galcae.evaluate", "evaluate_run"),
+    "load_model": ("galcae.checkpoint", "load_model"),
+    "Dataset": ("galcae.dataset", "Dataset"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'galcae' has no attribute {name!r}")

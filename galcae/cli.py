@@ -71,10 +71,10 @@ def simulate(config, overrides, out, workers, scheduler, overwrite):
 def train(dataset, overrides, out, config, resume, overwrite):
     """Train the CAE on DATASET; KEY=VALUE pairs override the `train` section (e.g. epochs=20)."""
     from .config import load_stage
-    from .train import train as train_run
+    from .train import train_model
 
     cfg = load_stage("train", config, overrides)
-    model = train_run(dataset, out, cfg, resume=resume, overwrite=overwrite)
+    model = train_model(dataset, out, cfg, resume=resume, overwrite=overwrite)
     click.echo(f"Trained {model.meta['epoch']} epochs; model in {out}")
 
 
@@ -86,7 +86,7 @@ def train(dataset, overrides, out, config, resume, overwrite):
 def evaluate(run, dataset, sweeps):
     """Evaluate RUN on the held-out galaxies of DATASET; write RUN/eval/ (metrics, figures, report)."""
     from .demo import r2_table
-    from .evaluate import evaluate as evaluate_run
+    from .evaluate import evaluate_run
 
     metrics = evaluate_run(run, dataset, sweeps)
     click.echo(r2_table(metrics))

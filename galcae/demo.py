@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from .config import load_stage
-from .evaluate import evaluate
+from .evaluate import evaluate_run
 from .simulate import simulate_dataset
-from .train import train
+from .train import train_model
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,9 @@ def run_demo(out="demo_output", *, full: bool = False, workers: int = 2, overwri
                                                      f"sweep.parameter={parameter}"])
         simulate_dataset(sweep_cfg, sweeps[-1], workers=workers, overwrite=overwrite)
     echo(f"Training the CAE ({train_cfg.epochs} epochs) ...")
-    train(out / "dataset", out / "run", train_cfg, overwrite=overwrite)
+    train_model(out / "dataset", out / "run", train_cfg, overwrite=overwrite)
     echo("Evaluating on the held-out galaxies ...")
-    metrics = evaluate(out / "run", out / "dataset", sweeps)
+    metrics = evaluate_run(out / "run", out / "dataset", sweeps)
     echo(r2_table(metrics))
     echo(f"Done in {time.perf_counter() - start:.0f} s. Report: {out / 'run' / 'eval' / 'report.html'}")
     return metrics

@@ -65,7 +65,7 @@ def _check_resume(run_dir: Path, cfg: TrainConfig, dataset: Dataset) -> None:
                           f"({meta['dataset']['path']})")
 
 
-def train(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resume: bool = False,
+def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resume: bool = False,
           overwrite: bool = False) -> TrainedModel:
     """Train the CAE on a dataset and write the run directory; return the final model.
 

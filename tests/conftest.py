@@ -4,7 +4,7 @@ import pytest
 
 from galcae.config import TrainConfig, load_stage
 from galcae.simulate import simulate_dataset
-from galcae.train import train
+from galcae.train import train_model
 
 # Small, centred galaxies on 32x32 stamps: fast to render and to train on.
 TINY = ["n_galaxies=64", "stamp_size=32", "chunk_size=16", "ranges.x=[14,18]", "ranges.y=[14,18]",
@@ -28,5 +28,5 @@ def tiny_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tiny_dataset, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "run"
-    train(tiny_dataset.path, run_dir, tiny_train())
+    train_model(tiny_dataset.path, run_dir, tiny_train())
     return run_dir

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from galcae.evaluate import evaluate
+from galcae.evaluate import evaluate_run
 from galcae.evaluate.evaluation import half_light_radius_of
 from galcae.evaluate.metrics import binned_error_summary, error_summary, r2
 from galcae.evaluate.pca import pca_baseline
@@ -56,7 +56,7 @@ def test_half_light_radius_of_a_rendered_galaxy():
 def test_evaluate_writes_metrics_figures_and_report(tiny_run, tiny_dataset, tmp_path):
     """evaluate writes metrics.json with the R² table, the paper's figures and a self-contained report."""
     sweep = simulate_dataset(tiny_sim("n_galaxies=8", "sweep.parameter=flux"), tmp_path / "sweep_flux")
-    metrics = evaluate(tiny_run, tiny_dataset.path, [sweep.path])
+    metrics = evaluate_run(tiny_run, tiny_dataset.path, [sweep.path])
     out = tiny_run / "eval"
     saved = json.loads((out / "metrics.json").read_text())
     for method in ("cae", "pca_best_single", "pca_all"):
@@ -75,4 +75,4 @@ def test_evaluate_writes_metrics_figures_and_report(tiny_run, tiny_dataset, tmp_
 def test_evaluate_refuses_a_sweep_that_is_not_one(tiny_run, tiny_dataset):
     """Passing an ordinary dataset as a controlled set is refused by name."""
     with pytest.raises(ValueError, match="not a controlled set"):
-        evaluate(tiny_run, tiny_dataset.path, [tiny_dataset.path])
+        evaluate_run(tiny_run, tiny_dataset.path, [tiny_dataset.path])

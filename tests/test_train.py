@@ -7,7 +7,7 @@ import torch
 from galcae.checkpoint import ModelError, load_model
 from galcae.config import ConfigError
 from galcae.dataset import Dataset
-from galcae.train import train
+from galcae.train import train_model
 
 from conftest import tiny_train
 
@@ -56,14 +56,14 @@ def test_corrupt_or_mismatched_weights_are_refused(tiny_run, tmp_path):
 def test_existing_run_is_refused(tiny_run, tiny_dataset):
     """Training into a directory that holds a model is refused without --resume/--overwrite."""
     with pytest.raises(FileExistsError, match="--resume"):
-        train(tiny_dataset.path, tiny_run, tiny_train())
+        train_model(tiny_dataset.path, tiny_run, tiny_train())
 
 
 def test_resume_continues_exactly(tiny_dataset, tmp_path):
     """Two epochs at once and one epoch then --resume give the same weights and history."""
-    straight = train(tiny_dataset.path, tmp_path / "a", tiny_train(epochs=2))
-    train(tiny_dataset.path, tmp_path / "b", tiny_train(epochs=1))
-    resumed = train(tiny_dataset.path, tmp_path / "b", tiny_train(epochs=2), resume=True)
+    straight = train_model(tiny_dataset.path, tmp_path / "a", tiny_train(epochs=2))
+    train_model(tiny_dataset.path, tmp_path / "b", tiny_train(epochs=1))
+    resumed = train_model(tiny_dataset.path, tmp_path / "b", tiny_train(epochs=2), resume=True)
     for (name, p), q in zip(straight.network.state_dict().items(), resumed.network.state_dict().values()):
         torch.testing.assert_close(p, q, msg=name)
     history = json.loads((tmp_path / "b" / "history.json").read_text())
@@ -73,7 +73,7 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path):
 def test_resume_with_another_config_is_refused(tiny_run, tiny_dataset):
     """--resume with a changed hyper-parameter names the key that differs."""
     with pytest.raises(ConfigError, match="lambda_l1"):
-        train(tiny_dataset.path, tiny_run, tiny_train(lambda_l1=0.5), resume=True)
+        train_model(tiny_dataset.path, tiny_run, tiny_train(lambda_l1=0.5), resume=True)
 
 
 def test_training_skips_galaxies_that_failed_to_render(tiny_dataset, tmp_path):
@@ -90,7 +90,7 @@ def test_training_skips_galaxies_that_failed_to_render(tiny_dataset, tmp_path):
     table = table.set_column(table.column_names.index("status"), table.schema.field("status"),
                              [status.tolist()])
     pq.write_table(table, copy / "params.parquet")
-    train(copy, tmp_path / "run", tiny_train())
+    train_model(copy, tmp_path / "run", tiny_train())
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert min(split["train"] + split["test"]) >= 10
     assert len(Dataset.open(copy).usable) == 54

@@ -74,7 +74,7 @@ def _traversal_section(model, z0: np.ndarray, steps: np.ndarray, pixel_scale: fl
     return rows, measured
 
 
-def evaluate(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8) -> dict:
+def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8) -> dict:
     """Evaluate a trained run on the held-out split of ``dataset_path``; write ``RUN/eval``.
 
     Parameters
