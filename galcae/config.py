@@ -156,6 +156,9 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 64
     learning_rate: float = 1e-3  # Adam; unstated in the paper
+    # "cosine" decays the rate to zero over the epochs, so the last epoch's weights are not
+    # caught mid-oscillation; "constant" keeps it fixed.
+    lr_schedule: str = "cosine"
     lambda_phys: float = 1.0  # weight of the supervised-latent MSE (Eq. 4); unstated
     lambda_l1: float = 1e-3  # weight of the L1 penalty on residual latents (Eq. 5); unstated
     test_fraction: float = 1.0 / 11.0  # the paper's 10:1 train:test split
@@ -163,12 +166,17 @@ class TrainConfig:
     latent_dim: int = 64  # supervised + residual latents
     supervised: tuple[str, ...] = ("flux", "half_light_radius")  # one latent axis each, in order
     log_scaled: tuple[str, ...] = ("flux", "half_light_radius")  # targets standardised in log10
+    # Random flips and 90-degree rotations of each batch: exact symmetries of the image
+    # model that leave flux, radius, n and |g| unchanged; multiplies small training sets.
+    augment: bool = True
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 
     def __post_init__(self):
         _check_range(self.epochs, "epochs", 1, 100000)
         _check_range(self.batch_size, "batch_size", 1, 65536)
         _check_range(self.learning_rate, "learning_rate", 1e-8, 1.0)
+        _check(self.lr_schedule in ("cosine", "constant"), "lr_schedule",
+               f"'{self.lr_schedule}' is not one of 'cosine', 'constant'")
         _check_range(self.lambda_phys, "lambda_phys", 0.0, 1e6)
         _check_range(self.lambda_l1, "lambda_l1", 0.0, 1e6)
         _check(0.0 < self.test_fraction < 1.0, "test_fraction",
@@ -178,9 +186,15 @@ class TrainConfig:
             _check(name in SIMULATED, "supervised", f"'{name}' is not one of {', '.join(SIMULATED)}")
         _check(set(self.log_scaled) <= set(self.supervised), "log_scaled",
                "names parameters that are not in 'supervised'")
+        moved = set(self.supervised) - ROTATION_INVARIANT
+        _check(not (self.augment and moved), "augment",
+               f"flips and rotations change {', '.join(sorted(moved))}; set augment=false")
         _check(self.device in ("auto", "cpu", "cuda"), "device",
                f"'{self.device}' is not one of 'auto', 'cpu', 'cuda'")
 
+
+#: Parameters unchanged by flipping or rotating a stamp by multiples of 90 degrees about its centre.
+ROTATION_INVARIANT = {"flux", "half_light_radius", "sersic_n", "ellipticity"}
 
 STAGES = {"simulate": SimConfig, "train": TrainConfig}
 

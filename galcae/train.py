@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def _check_resume(run_dir: Path, cfg: TrainConfig, dataset: Dataset) -> None:
     meta = json.loads((run_dir / META).read_text())
     saved = dict(meta.get("train_config", {}))
     new = to_dict(cfg)
-    differs = sorted(k for k in set(saved) | set(new) if k != "epochs" and saved.get(k) != new.get(k))
+    differs = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
     if differs:
         raise ConfigError(f"--resume: config of {run_dir} differs in {', '.join(differs)} "
                           f"(saved {differs[0]}={saved.get(differs[0])!r}, now {new.get(differs[0])!r})")
@@ -78,7 +79,7 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
     cfg : TrainConfig
         Hyper-parameters [default: the paper's].
     resume : bool
-        Continue an interrupted run from its last epoch (the config must match, except epochs).
+        Continue an interrupted run from its last finished epoch (the config must match).
     """
     dataset = Dataset.open(dataset_path)
     run_dir = Path(run_dir)
@@ -128,12 +129,17 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
     bar = tqdm(range(start, cfg.epochs), desc="train", unit="epoch", disable=None,
                initial=start, total=cfg.epochs)
     for epoch in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, epoch)
         network.train()
         order = torch.as_tensor(train_ids)[torch.randperm(len(train_ids), generator=batch_order)]
         sums, t0 = {}, time.perf_counter()
         for i in range(0, len(order), cfg.batch_size):
             batch = order[i:i + cfg.batch_size].to(device)
-            loss, parts = cae_loss(network, x_all[batch], y_all[batch], *terms)
+            x = x_all[batch]
+            if cfg.augment:
+                x = dihedral(x, int(torch.randint(8, (), generator=batch_order)))
+            loss, parts = cae_loss(network, x, y_all[batch], *terms)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -159,6 +165,19 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
 
     loss_curve(history, run_dir / "loss.png")
     return model
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """The rate for 0-based ``epoch``: a pure function of it, so a resumed run follows it too."""
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the 8 flips/rotations of a square image batch (k = 0 is the identity)."""
+    x = torch.rot90(x, k % 4, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if k >= 4 else x
 
 
 @torch.inference_mode()

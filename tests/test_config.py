@@ -91,3 +91,10 @@ def test_config_file_errors_name_the_file(tmp_path):
     bad.write_text("simulat:\n  n_galaxies: 3\n")
     with pytest.raises(ConfigError, match="unknown section 'simulat'"):
         read_config_file(bad)
+
+
+def test_augmentation_refused_when_it_would_change_a_supervised_parameter():
+    """Flips and rotations move the centre, so augment with x supervised is refused."""
+    with pytest.raises(ConfigError, match="augment"):
+        TrainConfig(supervised=("flux", "x"), log_scaled=("flux",), augment=True)
+    assert TrainConfig(supervised=("flux", "x"), log_scaled=("flux",), augment=False).augment is False

@@ -69,3 +69,14 @@ def test_parameter_scaling_round_trips():
     back = scaling.to_physical(z)
     np.testing.assert_allclose(back["flux"], table["flux"], rtol=1e-5)
     assert ParameterScaling.from_dict(scaling.to_dict()) == scaling
+
+
+def test_dihedral_augmentation_gives_eight_distinct_exact_copies():
+    """The 8 flips/rotations permute pixels (flux kept exactly) and are all different."""
+    from galcae.train import dihedral
+
+    x = torch.rand(2, 1, 8, 8)
+    copies = [dihedral(x, k) for k in range(8)]
+    assert torch.equal(copies[0], x)
+    assert all(torch.allclose(c.sum(dim=(-2, -1)), x.sum(dim=(-2, -1))) for c in copies)
+    assert len({c.numpy().tobytes() for c in copies}) == 8

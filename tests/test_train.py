@@ -59,10 +59,25 @@ def test_existing_run_is_refused(tiny_run, tiny_dataset):
         train_model(tiny_dataset.path, tiny_run, tiny_train())
 
 
-def test_resume_continues_exactly(tiny_dataset, tmp_path):
-    """Two epochs at once and one epoch then --resume give the same weights and history."""
+def test_resume_continues_exactly(tiny_dataset, tmp_path, monkeypatch):
+    """A run interrupted in epoch 2 and resumed ends with the weights and history of an
+    uninterrupted one."""
+    import galcae.train as train_module
+
     straight = train_model(tiny_dataset.path, tmp_path / "a", tiny_train(epochs=2))
-    train_model(tiny_dataset.path, tmp_path / "b", tiny_train(epochs=1))
+    real, calls = train_module._evaluate_loss, []
+
+    def crash_in_second_epoch(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(train_module, "_evaluate_loss", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(tiny_dataset.path, tmp_path / "b", tiny_train(epochs=2))
+    monkeypatch.setattr(train_module, "_evaluate_loss", real)
+    assert len(json.loads((tmp_path / "b" / "history.json").read_text())) == 1
     resumed = train_model(tiny_dataset.path, tmp_path / "b", tiny_train(epochs=2), resume=True)
     for (name, p), q in zip(straight.network.state_dict().items(), resumed.network.state_dict().values()):
         torch.testing.assert_close(p, q, msg=name)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 LABELS = {"flux": "flux [ADU]", "half_light_radius": "half-light radius [arcsec]",
           "sersic_n": "Sérsic n", "ellipticity": "|g|", "position_angle": "PA [deg]",
@@ -134,8 +135,11 @@ def predicted_vs_true(truth: dict, predicted: dict, snr, path) -> Path:
         sc = ax.scatter(t, p, c=np.log10(np.clip(snr, 1, None)), s=6, cmap="viridis")
         lims = [min(t.min(), p.min()), max(t.max(), p.max())]
         ax.plot(lims, lims, "k--", lw=0.8)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        if t.min() > 0 and p.min() > 0:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            for axis in (ax.xaxis, ax.yaxis):  # minor labels overlap on short log ranges
+                axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"true {LABELS.get(name, name)}")
         ax.set_ylabel("CAE")
     fig.colorbar(sc, ax=axes[-1], label="log10 S/N")
