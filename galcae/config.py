@@ -159,7 +159,7 @@ class TrainConfig:
     # "cosine" decays the rate to zero over the epochs, so the last epoch's weights are not
     # caught mid-oscillation; "constant" keeps it fixed.
     lr_schedule: str = "cosine"
-    lambda_phys: float = 1.0  # weight of the supervised-latent MSE (Eq. 4); unstated
+    lambda_phys: float = 10.0  # weight of the supervised-latent MSE (Eq. 4); unstated
     lambda_l1: float = 1e-3  # weight of the L1 penalty on residual latents (Eq. 5); unstated
     test_fraction: float = 1.0 / 11.0  # the paper's 10:1 train:test split
     seed: int = 0  # split, initialisation and batch order
