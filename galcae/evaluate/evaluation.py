@@ -63,14 +63,19 @@ def _traversal_section(model, z0: np.ndarray, steps: np.ndarray, pixel_scale: fl
         z[:, k] += steps
         images = model.decode(z)
         rows[name] = images
-        flux = images.sum(axis=(1, 2))
-        radius = np.array([half_light_radius_of(im, pixel_scale) for im in images])
+        # The decoder's sky is not exactly zero; over a whole stamp it would swamp the flux.
+        border = np.concatenate([images[:, :2].reshape(len(images), -1),
+                                 images[:, -2:].reshape(len(images), -1)], axis=1)
+        galaxy = images - np.median(border, axis=1)[:, None, None]
+        flux = galaxy.sum(axis=(1, 2))
+        radius = np.array([half_light_radius_of(im, pixel_scale) for im in galaxy])
         measured[name] = {"delta_z": steps.tolist(), "flux": flux.tolist(),
                           "half_light_radius": radius.tolist(),
-                          # Fractional change end to end: the moved quantity should change,
-                          # the other should not.
-                          "flux_change": float(flux[-1] / flux[0] - 1),
-                          "half_light_radius_change": float(radius[-1] / radius[0] - 1)}
+                          # Change end to end relative to the unmoved galaxy: the moved
+                          # quantity should change, the other should not.
+                          "flux_change": float((flux[-1] - flux[0]) / flux[len(steps) // 2]),
+                          "half_light_radius_change":
+                              float((radius[-1] - radius[0]) / radius[len(steps) // 2])}
     return rows, measured
 
 

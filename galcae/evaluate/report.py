@@ -110,8 +110,9 @@ def write_report(path: Path, metrics: dict, model_meta: dict, fig_dir: Path, los
         parts.append(_table(["swept parameter", "latent", "R² (linear)", "R² (vs log10 value)", "N"],
                             rows))
 
-    parts.append("<h2>Latent traversals (Fig. 4)</h2><p>Fractional change of the decoded "
-                 "galaxy's total flux and half-light radius (growth curve) across the traversal. "
+    parts.append("<h2>Latent traversals (Fig. 4)</h2><p>Change of the decoded galaxy's flux "
+                 "(sky-subtracted sum) and half-light radius (growth curve) from the first to the "
+                 "last step of the traversal, relative to the unmoved galaxy. "
                  "Disentangled latents change their own quantity and leave the other alone.</p>")
     rows = [[f"z[{name}]", t["flux_change"], t["half_light_radius_change"]]
             for name, t in metrics["traversal"].items()]
