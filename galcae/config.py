@@ -169,6 +169,8 @@ class TrainConfig:
     # Random flips and 90-degree rotations of each batch: exact symmetries of the image
     # model that leave flux, radius, n and |g| unchanged; multiplies small training sets.
     augment: bool = True
+    # Dropout on the encoder features (not in the paper); > 0 enables `galcae infer --samples K`.
+    dropout: float = 0.0
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 
     def __post_init__(self):
@@ -189,6 +191,7 @@ class TrainConfig:
         moved = set(self.supervised) - ROTATION_INVARIANT
         _check(not (self.augment and moved), "augment",
                f"flips and rotations change {', '.join(sorted(moved))}; set augment=false")
+        _check_range(self.dropout, "dropout", 0.0, 0.9)
         _check(self.device in ("auto", "cpu", "cuda"), "device",
                f"'{self.device}' is not one of 'auto', 'cpu', 'cuda'")
 

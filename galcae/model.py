@@ -24,6 +24,9 @@ class Architecture:
     latent_dim: int = 64  # total latents (paper: 64)
     n_supervised: int = 2  # leading latents tied to physical parameters (paper: 2)
     channels: tuple[int, int] = (32, 64)  # encoder conv widths; the decoder mirrors them
+    # Dropout on the encoder's flattened features (not in the paper, 0 there): a model
+    # trained with it can give Monte-Carlo-dropout uncertainties at inference.
+    dropout: float = 0.0
 
     def __post_init__(self):
         if self.stamp_size % 4:
@@ -50,6 +53,7 @@ class CAE(nn.Module):
             nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten())
+        self.dropout = nn.Dropout(arch.dropout)
         self.to_phys = nn.Linear(flat, arch.n_supervised)
         self.to_res = nn.Linear(flat, arch.latent_dim - arch.n_supervised)
         self.decoder = nn.Sequential(
@@ -60,7 +64,11 @@ class CAE(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` normalised images -> ``(B, latent_dim)`` latents ``[z_phys, z_res]``."""
-        h = self.encoder(x)
+        return self.heads(self.encoder(x))
+
+    def heads(self, features: torch.Tensor) -> torch.Tensor:
+        """Flattened encoder features -> latents (dropout applies here, in training mode)."""
+        h = self.dropout(features)
         return torch.cat([self.to_phys(h), F.relu(self.to_res(h))], dim=1)
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from .config import ConfigError, TrainConfig, from_dict, to_dict
 from .dataset import PARAMS, Dataset
 from .model import CAE, Architecture, cae_loss
 from .scaling import ParameterScaling, PixelNormalization
+from .uncertainty import HeldoutScatter
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
     scaling = ParameterScaling.fit({k: v[train_ids] for k, v in dataset.params.items()},
                                    cfg.supervised, cfg.log_scaled)
     arch = Architecture(stamp_size=dataset.config.stamp_size, latent_dim=cfg.latent_dim,
-                        n_supervised=len(cfg.supervised))
+                        n_supervised=len(cfg.supervised), dropout=cfg.dropout)
     network = CAE(arch).to(device, memory_format=torch.channels_last)
     model = TrainedModel(network, normalization, scaling,
                          {"train_config": to_dict(cfg), "dataset": provenance(dataset), "epoch": 0})
@@ -161,10 +162,22 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
                     "epoch": epoch + 1}, run_dir / f".{STATE}.tmp")
         (run_dir / f".{STATE}.tmp").replace(run_dir / STATE)
 
+    model.meta.update(error_model(model, images[test_ids], y_all[test_ids].cpu().numpy(),
+                                  {n: dataset.params[n][train_ids] for n in cfg.supervised}))
+    save_model(run_dir, model)
     from .evaluate.figures import loss_curve
 
     loss_curve(history, run_dir / "loss.png")
     return model
+
+
+def error_model(model: TrainedModel, test_images: np.ndarray, test_targets: np.ndarray,
+                train_truth: dict[str, np.ndarray]) -> dict:
+    """What inference needs to qualify its answers: the held-out residual scatter (the
+    default ``_err``) and the range of each supervised parameter seen in training."""
+    z = model.encode(test_images)[:, :len(model.supervised)]
+    return {"heldout_scatter": HeldoutScatter.fit(z, test_targets).to_dict(),
+            "training_range": {n: [float(np.min(v)), float(np.max(v))] for n, v in train_truth.items()}}
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:

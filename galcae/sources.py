@@ -1,0 +1,375 @@
+"""Where stamps come from at inference: FITS cubes, FITS stamps, galcae datasets, FITS fields.
+
+Each input is planned into small, picklable chunks that a worker reads itself, so
+stamps never pass through the driver and memory stays flat whatever the input size.
+
+Rules (also in the README):
+
+- a directory holding ``params.parquet`` is a galcae dataset; any other directory, or
+  a glob, stands for the FITS files it holds (``*.fits``, ``*.fit``, ``*.fits.gz``);
+- in a FITS file the image HDU is the one named by ``hdu``, else the first HDU with a
+  2-D or 3-D image; a 3-D image is an N x H x W cube of stamps; a 2-D image no larger
+  than the model's stamp is one stamp; a larger 2-D image is a field, searched for
+  sources with ``sep`` (SExtractor's algorithms), with optional ``MASK`` (non-zero =
+  bad) and ``VARIANCE``/``WEIGHT`` HDUs.
+
+Pixel coordinates in catalogs follow galcae's convention (``params.py``): a pixel's
+centre lies at ``i + 0.5``.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+log = logging.getLogger(__name__)
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
+MASK_NAMES = ("MASK", "BADPIX", "FLAGS")
+VARIANCE_NAMES = ("VARIANCE", "VAR")
+WEIGHT_NAMES = ("WEIGHT", "WHT", "IVAR", "INVVAR")
+
+
+class InputError(ValueError):
+    """An input that cannot be measured; the message names the file (and HDU)."""
+
+
+@dataclass
+class Stamps:
+    """What a chunk reads: ADU stamps of the model's size, per-row columns and flags."""
+
+    images: np.ndarray  # (n, size, size) float32, sky-subtracted ADU; NaN where no data
+    columns: dict[str, np.ndarray]  # source, index, and for fields x_field, y_field, ra, dec
+    truncated: np.ndarray  # (n,) bool: the stamp runs over the edge of its image
+    adapted: np.ndarray  # (n,) bool: cropped or zero-padded to the model's stamp size
+
+
+def fit_to_size(images: np.ndarray, size: int, adapt: bool, where: str) -> tuple[np.ndarray, bool]:
+    """Stamps ``(..., H, W)`` as ``(..., size, size)``: unchanged, or centre-cropped / zero-padded
+    when ``adapt`` (the pixel scale is kept; padding is sky-subtracted background)."""
+    shape = images.shape[-2:]
+    if shape == (size, size):
+        return images, False
+    if not adapt:
+        raise InputError(f"{where}: stamps are {shape[0]}x{shape[1]} pixels but the model takes "
+                         f"{size}x{size}; pass --adapt-size to centre-crop / zero-pad them")
+    out = np.zeros(images.shape[:-2] + (size, size), np.float32)
+    src, dst = [], []
+    for n in shape:
+        lo = max(0, (n - size) // 2)  # crop offset in the input
+        pad = max(0, (size - n) // 2)  # pad offset in the output
+        m = min(n, size)
+        src.append(slice(lo, lo + m))
+        dst.append(slice(pad, pad + m))
+    out[(..., *dst)] = images[(..., *src)]
+    return out, True
+
+
+# --- reading a FITS file --------------------------------------------------------------------
+
+
+def open_fits(path: str | Path) -> fits.HDUList:
+    """Open lazily (memory-mapped where possible); a one-line error for non-FITS or corrupt files."""
+    try:
+        hdul = fits.open(path, memmap=True, lazy_load_hdus=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, ValueError, TypeError) as err:
+        raise InputError(f"{path}: not a readable FITS file ({str(err).splitlines()[0]})") from None
+    return hdul
+
+
+def image_hdu(hdul: fits.HDUList, path, hdu: str | int | None = None) -> tuple[int, fits.ImageHDU]:
+    """``(index, HDU)`` of the image to measure: ``hdu`` when given, else the first 2-D/3-D image."""
+    if hdu is not None:
+        try:
+            chosen = hdul[int(hdu) if str(hdu).isdigit() else hdu]
+        except (KeyError, IndexError):
+            names = ", ".join(h.name or str(i) for i, h in enumerate(hdul))
+            raise InputError(f"{path}: no HDU {hdu!r} (has {names})") from None
+        index = hdul.index_of(chosen)
+        if not chosen.is_image or chosen.header.get("NAXIS", 0) not in (2, 3):
+            raise InputError(f"{path}[{hdu}]: not a 2-D image or 3-D cube of stamps")
+        return index, chosen
+    for index, h in enumerate(hdul):
+        if h.is_image and h.header.get("NAXIS", 0) in (2, 3):
+            return index, h
+    raise InputError(f"{path}: no 2-D image or 3-D cube in any HDU")
+
+
+def _named_hdu(hdul: fits.HDUList, names) -> fits.ImageHDU | None:
+    for h in hdul:
+        if h.name.upper() in names and h.is_image:
+            return h
+    return None
+
+
+def check_pixel_scale(header: fits.Header, where: str, pixel_scale: float) -> None:
+    """Refuse an image whose celestial WCS pixel scale differs from the model's by > 2 %."""
+    from astropy.wcs import WCS, FITSFixedWarning
+    from astropy.wcs.utils import proj_plane_pixel_scales
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(header, naxis=2)
+    if not wcs.has_celestial:
+        return
+    scale = float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
+    if abs(scale / pixel_scale - 1.0) > 0.02:
+        raise InputError(f"{where}: pixel scale {scale:.4g} arcsec differs from the model's "
+                         f"{pixel_scale:.4g} arcsec; its radii would be wrong")
+
+
+def _native(array) -> np.ndarray:
+    """float32 in native byte order (FITS data are big-endian)."""
+    return np.asarray(array, dtype=np.float32)
+
+
+# --- chunks: what a worker reads -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CubeChunk:
+    """Stamps ``start:stop`` of an N x H x W cube (or the single stamp of a 2-D image)."""
+
+    path: str
+    source: str
+    hdu: int
+    start: int
+    stop: int
+
+    def read(self, size: int, adapt: bool) -> Stamps:
+        with open_fits(self.path) as hdul:
+            h = hdul[self.hdu]
+            try:
+                data = h.section[self.start:self.stop] if h.header["NAXIS"] == 3 else h.data[None]
+                images = _native(data)
+            except (OSError, ValueError, TypeError) as err:
+                raise InputError(f"{self.path}[{self.hdu}]: cannot read stamps "
+                                 f"{self.start}-{self.stop} ({err})") from None
+        n = len(images)
+        images, adapted = fit_to_size(images, size, adapt, f"{self.source}[{self.hdu}]")
+        return Stamps(images, {"source": np.full(n, self.source, dtype=object),
+                               "index": np.arange(self.start, self.start + n)},
+                      np.zeros(n, bool), np.full(n, adapted))
+
+
+@dataclass(frozen=True)
+class StampFilesChunk:
+    """One stamp from each of several 2-D FITS files."""
+
+    paths: tuple[str, ...]
+    sources: tuple[str, ...]
+    hdus: tuple[int, ...]
+
+    def read(self, size: int, adapt: bool) -> Stamps:
+        n = len(self.paths)
+        images = np.empty((n, size, size), np.float32)
+        adapted = np.zeros(n, bool)
+        for i, (path, source, hdu) in enumerate(zip(self.paths, self.sources, self.hdus)):
+            with open_fits(path) as hdul:
+                images[i], adapted[i] = fit_to_size(_native(hdul[hdu].data), size, adapt,
+                                                    f"{source}[{hdu}]")
+        return Stamps(images, {"source": np.array(self.sources, dtype=object),
+                               "index": np.zeros(n, np.int64)}, np.zeros(n, bool), adapted)
+
+
+@dataclass(frozen=True)
+class DatasetChunk:
+    """Galaxies ``start:stop`` of a dataset written by ``galcae simulate``."""
+
+    path: str
+    source: str
+    start: int
+    stop: int
+
+    def read(self, size: int, adapt: bool) -> Stamps:
+        from .dataset import Dataset
+
+        images = np.asarray(Dataset.open(self.path).images[self.start:self.stop], np.float32)
+        n = len(images)
+        images, adapted = fit_to_size(images, size, adapt, self.source)
+        return Stamps(images, {"source": np.full(n, self.source, dtype=object),
+                               "index": np.arange(self.start, self.stop)}, np.zeros(n, bool),
+                      np.full(n, adapted))
+
+
+@dataclass(frozen=True)
+class FieldChunk:
+    """Stamps cut around detections in a background-subtracted field saved as ``.npy``."""
+
+    array: str  # .npy of the background-subtracted field, NaN where masked
+    source: str
+    detections: dict = field(hash=False)  # index, x, y (numpy 0-based), ra, dec: arrays
+
+    def read(self, size: int, adapt: bool) -> Stamps:
+        from astropy.nddata import Cutout2D, NoOverlapError
+
+        data = np.load(self.array, mmap_mode="r")
+        d = self.detections
+        n = len(d["index"])
+        images = np.full((n, size, size), np.nan, np.float32)
+        truncated = np.zeros(n, bool)
+        for i in range(n):
+            try:
+                cut = Cutout2D(data, (d["x"][i], d["y"][i]), size, mode="partial",
+                               fill_value=np.nan, copy=True)
+            except NoOverlapError:
+                truncated[i] = True
+                continue
+            images[i] = cut.data
+            overlap = tuple(sl.stop - sl.start for sl in cut.slices_original)
+            truncated[i] = overlap != (size, size)
+        columns = {"source": np.full(n, self.source, dtype=object), "index": np.asarray(d["index"]),
+                   "x_field": np.asarray(d["x"]) + 0.5, "y_field": np.asarray(d["y"]) + 0.5,
+                   "ra": np.asarray(d["ra"]), "dec": np.asarray(d["dec"])}
+        return Stamps(images, columns, truncated, np.zeros(n, bool))
+
+
+# --- planning --------------------------------------------------------------------------------
+
+
+def expand_inputs(inputs) -> list[Path]:
+    """Files and dataset directories from paths, directories and globs, in a stable order."""
+    out = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            if (path / "params.parquet").exists():
+                out.append(path)
+            else:
+                found = sorted(p for p in path.iterdir() if p.name.lower().endswith(FITS_SUFFIXES))
+                if not found:
+                    raise InputError(f"{path}: directory holds no FITS files and is not a galcae dataset")
+                out.extend(found)
+        elif path.exists():
+            out.append(path)
+        else:
+            matches = sorted(glob.glob(str(item)))
+            if not matches:
+                raise InputError(f"{item}: no such file, directory or matching files")
+            out.extend(Path(m) for m in matches)
+    return out
+
+
+@dataclass
+class Plan:
+    """The chunks of all inputs, in catalog order, and what the catalog will hold."""
+
+    chunks: list = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # rows of each chunk
+    has_field: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, chunk, n: int) -> None:
+        self.chunks.append(chunk)
+        self.rows.append(n)
+
+
+def plan_inputs(inputs, *, stamp_size: int, pixel_scale: float, chunk_size: int, work_dir: Path,
+                hdu=None, detect_threshold: float = 3.0) -> Plan:
+    """Turn user inputs into chunks of at most ``chunk_size`` stamps."""
+    plan = Plan()
+    stamp_batch: list[tuple[str, str, int]] = []
+
+    def flush_stamps():
+        for i in range(0, len(stamp_batch), chunk_size):
+            part = stamp_batch[i:i + chunk_size]
+            plan.add(StampFilesChunk(*map(tuple, zip(*part))), len(part))
+        stamp_batch.clear()
+
+    for path in expand_inputs(inputs):
+        source = str(path)
+        if path.is_dir():
+            flush_stamps()
+            from .dataset import Dataset
+
+            n = len(Dataset.open(path))
+            for start in range(0, n, chunk_size):
+                plan.add(DatasetChunk(str(path.resolve()), source, start, min(n, start + chunk_size)),
+                         min(n, start + chunk_size) - start)
+            continue
+        with open_fits(path) as hdul:
+            index, h = image_hdu(hdul, path, hdu)
+            where = f"{path}[{h.name or index}]"
+            check_pixel_scale(h.header, where, pixel_scale)
+            shape = tuple(h.shape)
+            if len(shape) == 3:
+                flush_stamps()
+                for start in range(0, shape[0], chunk_size):
+                    stop = min(shape[0], start + chunk_size)
+                    plan.add(CubeChunk(str(path.resolve()), source, index, start, stop), stop - start)
+            elif max(shape) <= stamp_size:
+                stamp_batch.append((str(path.resolve()), source, index))
+            else:
+                flush_stamps()
+                plan.has_field = True
+                _plan_field(plan, hdul, h, path, where, chunk_size, work_dir, len(plan.chunks),
+                            detect_threshold)
+    flush_stamps()
+    return plan
+
+
+def _plan_field(plan: Plan, hdul, h, path, where: str, chunk_size: int, work_dir: Path,
+                number: int, threshold: float) -> None:
+    """Subtract the background, detect sources, save the field for the workers, add its chunks."""
+    import sep
+    from astropy.wcs import WCS, FITSFixedWarning
+    import warnings
+
+    data = _native(h.data).copy()
+    bad = ~np.isfinite(data)
+    mask_hdu = _named_hdu(hdul, MASK_NAMES)
+    if mask_hdu is not None:
+        if mask_hdu.shape != data.shape:
+            raise InputError(f"{path}[{mask_hdu.name}]: mask shape {mask_hdu.shape} != image {data.shape}")
+        bad |= np.asarray(mask_hdu.data) != 0
+    err = None
+    var_hdu = _named_hdu(hdul, VARIANCE_NAMES)
+    weight_hdu = _named_hdu(hdul, WEIGHT_NAMES)
+    if var_hdu is not None or weight_hdu is not None:
+        aux = var_hdu if var_hdu is not None else weight_hdu
+        if aux.shape != data.shape:
+            raise InputError(f"{path}[{aux.name}]: shape {aux.shape} != image {data.shape}")
+        values = _native(aux.data)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            variance = values if var_hdu is not None else 1.0 / values
+        bad |= ~(np.isfinite(variance) & (variance > 0))
+        err = np.sqrt(np.where(bad, 0.0, variance)).astype(np.float32)
+    data[bad] = 0.0
+    background = sep.Background(data, mask=bad)
+    data -= background.back()
+    try:
+        objects = sep.extract(data, threshold, err=err if err is not None else background.globalrms,
+                              mask=bad, minarea=5)
+    except Exception as err_:  # sep raises bare Exception for internal limits
+        raise InputError(f"{where}: source detection failed ({err_})") from None
+    if len(objects) == 0:
+        plan.warnings.append(f"{where}: no sources detected above {threshold} sigma")
+        return
+    data[bad] = np.nan
+    array = Path(work_dir) / f"field-{number:05d}.npy"
+    array.parent.mkdir(parents=True, exist_ok=True)
+    np.save(array, data)
+    x, y = np.asarray(objects["x"], float), np.asarray(objects["y"], float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(h.header, naxis=2)
+    if wcs.has_celestial:
+        sky = wcs.celestial.pixel_to_world(x, y)
+        ra, dec = sky.icrs.ra.deg, sky.icrs.dec.deg
+    else:
+        ra = dec = np.full(len(x), np.nan)
+    for start in range(0, len(x), chunk_size):
+        sl = slice(start, start + chunk_size)
+        detections = {"index": np.arange(len(x))[sl], "x": x[sl], "y": y[sl], "ra": ra[sl],
+                      "dec": dec[sl]}
+        plan.add(FieldChunk(str(array.resolve()), str(path), detections),
+                 len(detections["x"]))
+    log.info("%s: %d sources detected", where, len(x))

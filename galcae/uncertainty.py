@@ -1,0 +1,68 @@
+"""1-sigma uncertainties of predicted parameters.
+
+Two methods, named in every catalog's metadata:
+
+- ``heldout``: the robust scatter (astropy ``mad_std``) of the held-out residuals,
+  measured at the end of training in bins of the predicted value and stored in
+  ``model.json``. It is the population error of galaxies predicted at that value, not a
+  per-galaxy posterior width, and works for every model.
+- ``mc_dropout``: the spread of K forward passes with dropout active (Gal & Ghahramani
+  2016), as the paper suggests; needs a model trained with ``dropout > 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.stats import mad_std
+
+from .scaling import ParameterScaling
+
+
+@dataclass(frozen=True)
+class HeldoutScatter:
+    """Per supervised latent: bin edges in predicted value and the residual scatter in each bin."""
+
+    edges: tuple[tuple[float, ...], ...]
+    sigma: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def fit(cls, z_pred: np.ndarray, z_true: np.ndarray, per_bin: int = 20) -> "HeldoutScatter":
+        """Quantile bins of the predictions holding about ``per_bin`` galaxies each (at least one bin)."""
+        n_bins = max(1, min(10, len(z_pred) // per_bin))
+        edges, sigma = [], []
+        for k in range(z_pred.shape[1]):
+            e = np.quantile(z_pred[:, k], np.linspace(0.0, 1.0, n_bins + 1))
+            which = np.clip(np.searchsorted(e, z_pred[:, k], side="right") - 1, 0, n_bins - 1)
+            residual = z_pred[:, k] - z_true[:, k]
+            overall = float(mad_std(residual))
+            sigma.append(tuple(float(mad_std(residual[which == b])) if np.sum(which == b) > 2
+                               else overall for b in range(n_bins)))
+            edges.append(tuple(float(v) for v in e))
+        return cls(tuple(edges), tuple(sigma))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HeldoutScatter":
+        return cls(tuple(map(tuple, data["edges"])), tuple(map(tuple, data["sigma"])))
+
+    def to_dict(self) -> dict:
+        return {"edges": [list(e) for e in self.edges], "sigma": [list(s) for s in self.sigma]}
+
+    def latent_sigma(self, z_pred: np.ndarray) -> np.ndarray:
+        """``(N, n_supervised)`` 1-sigma in latent units; beyond the outer bins the end bin's value."""
+        out = np.empty(z_pred.shape, dtype=float)
+        for k, (e, s) in enumerate(zip(self.edges, self.sigma)):
+            which = np.clip(np.searchsorted(e, z_pred[:, k], side="right") - 1, 0, len(s) - 1)
+            out[:, k] = np.asarray(s)[which]
+        return out
+
+
+def physical_sigma(scaling: ParameterScaling, z_pred: np.ndarray, sigma_z: np.ndarray) -> dict:
+    """Propagate latent 1-sigma to physical units (first order: log10 axes scale with the value)."""
+    values = scaling.to_physical(z_pred)
+    out = {}
+    for k, (name, log, std) in enumerate(zip(scaling.names, scaling.log, scaling.std)):
+        factor = std * (np.log(10.0) * values[name] if log else 1.0)
+        out[name] = sigma_z[:, k] * factor
+    return out
