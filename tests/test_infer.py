@@ -210,11 +210,37 @@ def test_resume_after_interruption_gives_the_same_catalog(dropout_run, cube, tmp
 
 
 def test_dask_workers_give_the_in_process_catalog(dropout_run, cube, tmp_path):
-    """Two local Dask worker processes give the in-process catalog (floats to 1e-5)."""
-    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    """Two local Dask worker processes (--workers 2), and an existing cluster (--scheduler),
+    give the in-process catalog (floats to 1e-5)."""
+    from distributed import LocalCluster
+
+    a, b, c = tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "c.parquet"
     assert run(dropout_run, cube, "-o", a, "--chunk-size", 16) == 0
     assert run(dropout_run, cube, "-o", b, "--chunk-size", 16, "--workers", 2) == 0
-    ta, tb = QTable.read(a), QTable.read(b)
-    assert ta.colnames == tb.colnames and list(ta["id"]) == list(tb["id"])
-    for name in ("flux", "half_light_radius", "flux_err"):
-        np.testing.assert_allclose(ta[name].value, tb[name].value, rtol=1e-5)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1") as cluster:
+        assert run(dropout_run, cube, "-o", c, "--chunk-size", 16, "--scheduler",
+                   cluster.scheduler_address) == 0
+    ta = QTable.read(a)
+    for other in (QTable.read(b), QTable.read(c)):
+        assert ta.colnames == other.colnames and list(ta["id"]) == list(other["id"])
+        for name in ("flux", "half_light_radius", "flux_err"):
+            np.testing.assert_allclose(ta[name].value, other[name].value, rtol=1e-5)
+
+
+def test_slurm_example_builds_single_threaded_jobs():
+    """The README's Slurm recipe builds a job script (no Slurm needed to render it)."""
+    pytest.importorskip("dask_jobqueue")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "slurm_infer.py"
+    spec = importlib.util.spec_from_file_location("slurm_infer", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    cluster = example.slurm_cluster(4, queue="short", account="survey")
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH -p short" in script and "OMP_NUM_THREADS=1" in script and "--nworkers 4" in script
