@@ -9,6 +9,7 @@ functions below import their stage on first use.
 - ``train_model(dataset, run_dir, cfg)``: train the CAE.
 - ``evaluate_run(run_dir, dataset, sweeps=())``: the paper's Section 4.
 - ``load_model(path)``: a trained model; ``.predict(images)`` gives parameters.
+- ``infer_catalog(model, inputs, out, workers=1)``: FITS files in, a catalog out.
 """
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ _LAZY = {
     "train_model": ("galcae.train", "train_model"),
     "evaluate_run": ("galcae.evaluate", "evaluate_run"),
     "load_model": ("galcae.checkpoint", "load_model"),
+    "infer_catalog": ("galcae.infer", "infer_catalog"),
     "Dataset": ("galcae.dataset", "Dataset"),
 }
 

@@ -69,26 +69,32 @@ class TrainedModel:
         return self.normalization.forward(x).unsqueeze(1).contiguous(
             memory_format=torch.channels_last)
 
+    @property
+    def batch_size(self) -> int:
+        """Inference batch: small on CPU, where the activations of 32 stamps stay in cache
+        (2-4x faster than 1,024), large on a GPU."""
+        return 32 if self.device.type == "cpu" else 1024
+
     @torch.inference_mode()
-    def encode(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    def encode(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Latent vectors ``(N, latent_dim)`` of ADU images, encoder only."""
         self.network.eval()
-        out = [self.network.encode(self.to_input(images[i:i + batch_size])).float().cpu().numpy()
-               for i in range(0, len(images), batch_size)]
+        x, step = self.to_input(images), batch_size or self.batch_size
+        out = [self.network.encode(x[i:i + step]).float().cpu().numpy() for i in range(0, len(x), step)]
         return np.concatenate(out) if out else np.empty((0, self.network.arch.latent_dim), np.float32)
 
-    def predict(self, images: np.ndarray, batch_size: int = 512) -> dict[str, np.ndarray]:
+    def predict(self, images: np.ndarray, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Physical parameters (one array per supervised name) and ``latents`` of ADU images."""
         z = self.encode(images, batch_size)
         return {**self.scaling.to_physical(z[:, :len(self.supervised)]), "latents": z}
 
     @torch.inference_mode()
-    def decode(self, latents: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    def decode(self, latents: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """ADU images ``(N, H, W)`` decoded from latent vectors."""
         self.network.eval()
-        out = []
-        for i in range(0, len(latents), batch_size):
-            z = torch.as_tensor(np.asarray(latents[i:i + batch_size], np.float32), device=self.device)
+        out, step = [], batch_size or self.batch_size
+        for i in range(0, len(latents), step):
+            z = torch.as_tensor(np.asarray(latents[i:i + step], np.float32), device=self.device)
             out.append(self.normalization.inverse(self.network.decode(z)[:, 0]).cpu().numpy())
         return np.concatenate(out)
 

@@ -14,7 +14,7 @@ from .train import train_model
 log = logging.getLogger(__name__)
 
 #: Epochs of the demo: what fits the 15-minute budget on a 2-core CPU (the paper: 100).
-DEMO_EPOCHS = 40
+DEMO_EPOCHS = 60
 #: Galaxies per controlled set (Fig. 3).
 SWEEP_GALAXIES = 200
 SWEPT = ("flux", "half_light_radius")

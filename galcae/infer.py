@@ -59,7 +59,7 @@ class InferOptions:
 
     samples: int = 1  # MC-dropout passes; 1 = plain encoder with held-out errors
     adapt_size: bool = False  # centre-crop / zero-pad stamps of another size
-    batch_size: int = 1024
+    batch_size: int | None = None  # None: the model's device default (32 on CPU)
     seed: int = 0  # MC-dropout draws, per chunk
     reconstruct: bool = False
     device: str = "auto"
@@ -97,7 +97,7 @@ def worker_model(meta_path: str, sha: str, device: str) -> TrainedModel:
     return _MODELS[key]
 
 
-def measure(model: TrainedModel, images: np.ndarray, *, samples: int = 1, batch_size: int = 1024,
+def measure(model: TrainedModel, images: np.ndarray, *, samples: int = 1, batch_size: int | None = None,
             generator: torch.Generator | None = None, latents: bool = False) -> dict[str, np.ndarray]:
     """Predicted parameters and ``<name>_err`` of finite ADU stamps ``(N, H, W)``.
 
@@ -111,9 +111,11 @@ def measure(model: TrainedModel, images: np.ndarray, *, samples: int = 1, batch_
     p = net.arch.dropout
     check_samples(model, samples)
     z_mean, z_std, z_all = [], [], []
+    step = batch_size or model.batch_size
     with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            h = net.encoder(model.to_input(images[i:i + batch_size]))
+        x = model.to_input(images)
+        for i in range(0, len(x), step):
+            h = net.encoder(x[i:i + step])
             if latents:
                 z_all.append(net.heads(h).float().cpu().numpy())
             if samples == 1:

@@ -55,8 +55,8 @@ class PixelNormalization:
 class ParameterScaling:
     """Standardisation of the supervised parameters onto unit-variance latent axes.
 
-    ``z = (t(v) - mean) / std`` with ``t = log10`` for log-scaled parameters (flux and
-    radius span decades; a log axis weighs relative errors evenly) and identity otherwise.
+    ``z = (t(v) - mean) / std`` with ``t = log10`` for log-scaled parameters (a log axis
+    weighs relative errors evenly) and identity otherwise (absolute errors evenly).
     """
 
     names: tuple[str, ...]

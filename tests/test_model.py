@@ -22,6 +22,12 @@ def test_architecture_is_the_papers_layer_by_layer():
     assert z.shape == (3, 64) and (z[:, 2:] >= 0).all()  # residual latents pass a ReLU
     out = net.decode(z)
     assert out.shape == (3, 1, 64, 64) and (out >= 0).all() and (out <= 1).all()
+    # The encoder pools before its ReLUs for speed: the paper's Conv -> ReLU -> Pool order
+    # gives exactly the same features.
+    h = x
+    for conv in convs:
+        h = torch.nn.functional.max_pool2d(torch.relu(conv(h)), 2)
+    assert torch.equal(net.encoder(x), h.flatten(1))
 
 
 def test_loss_is_bce_plus_weighted_mse_and_l1():
