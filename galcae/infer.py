@@ -113,9 +113,8 @@ def measure(model: TrainedModel, images: np.ndarray, *, samples: int = 1, batch_
     z_mean, z_std, z_all = [], [], []
     step = batch_size or model.batch_size
     with torch.inference_mode():
-        x = model.to_input(images)
-        for i in range(0, len(x), step):
-            h = net.encoder(x[i:i + step])
+        for i in range(0, len(images), step):  # normalised per batch: memory stays small
+            h = net.encoder(model.to_input(images[i:i + step]))
             if latents:
                 z_all.append(net.heads(h).float().cpu().numpy())
             if samples == 1:
@@ -160,16 +159,20 @@ def infer_chunk(meta_path: str, sha: str, chunk, number: int, first_id: int, opt
     stamps = chunk.read(size, options.adapt_size)
     images = stamps.images
     n = len(images)
-    finite = np.isfinite(images)
-    nan_pixels = ~finite.reshape(n, -1).all(axis=1) & ~stamps.truncated
-    images = np.where(finite, images, np.float32(0.0))
-    empty = ~(images != 0).reshape(n, -1).any(axis=1)
+    # Two passes over the pixels give every per-stamp check (NaN and inf propagate to them).
+    brightest, faintest = images.reshape(n, -1).max(axis=1), images.reshape(n, -1).min(axis=1)
+    bad = ~(np.isfinite(brightest) & np.isfinite(faintest))
+    if bad.any():  # copy only the stamps that need it
+        images[bad] = np.nan_to_num(images[bad], nan=0.0, posinf=0.0, neginf=0.0)
+        brightest[bad], faintest[bad] = images[bad].max(axis=(1, 2)), images[bad].min(axis=(1, 2))
+    nan_pixels = bad & ~stamps.truncated
+    empty = (brightest == 0) & (faintest == 0)
     generator = torch.Generator().manual_seed(options.seed * 1_000_003 + number)
     result = measure(model, images[~empty], samples=options.samples, batch_size=options.batch_size,
                      generator=generator, latents=options.reconstruct)
 
     table = {"id": np.arange(first_id, first_id + n), **stamps.columns}
-    out_of_range = model.normalization.saturated(images)
+    out_of_range = brightest > model.normalization.ceiling
     training_range = model.meta.get("training_range", {})
     for name in model.supervised:
         for key in (name, f"{name}_err"):
@@ -330,7 +333,7 @@ def write_catalog(out: Path, part_files: list[Path], columns, meta: dict, plan: 
 
     empty = QTable()
     for name, dtype, unit, text in columns:
-        empty[name] = np.zeros(0, dtype=dtype.to_pandas_dtype() if dtype != pa.string() else str)
+        empty[name] = np.zeros(0, dtype=_numpy_dtype(dtype))
         if unit:
             empty[name].unit = unit
         empty[name].info.description = text
@@ -348,8 +351,8 @@ def write_catalog(out: Path, part_files: list[Path], columns, meta: dict, plan: 
                 writer.write_table(pq.read_table(part).cast(schema))
     else:
         table = pa.concat_tables([pq.read_table(p) for p in part_files])
-        cat = QTable({name: table.column(name).to_numpy(zero_copy_only=False).astype(
-            str if dtype == pa.string() else dtype.to_pandas_dtype()) for name, dtype, *_ in columns})
+        cat = QTable({name: table.column(name).to_numpy(zero_copy_only=False).astype(_numpy_dtype(dtype))
+                      for name, dtype, *_ in columns})
         for name, _, unit, text in columns:
             if unit:
                 cat[name].unit = unit
@@ -360,6 +363,11 @@ def write_catalog(out: Path, part_files: list[Path], columns, meta: dict, plan: 
                                       *[f"{k}: {v}" for k, v in FLAGS.items()]]})
         cat.write(tmp, format="fits")
     os.replace(tmp, out)
+
+
+def _numpy_dtype(arrow_type: pa.DataType):
+    """numpy dtype of an arrow column type (``str`` for strings), without importing pandas."""
+    return str if arrow_type == pa.string() else pa.array([], arrow_type).to_numpy(zero_copy_only=False).dtype
 
 
 def _sources_of(chunk) -> list[str]:

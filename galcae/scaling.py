@@ -42,10 +42,10 @@ class PixelNormalization:
         lib = _lib(u)
         return lib.sinh(u * (self.high - self.low) + self.low) * self.softening
 
-    def saturated(self, pixels) -> np.ndarray:
-        """Per image, whether any pixel lies above the range the network was trained on."""
-        return np.asarray(np.arcsinh(np.asarray(pixels) / self.softening) > self.high).reshape(
-            len(pixels), -1).any(axis=1)
+    @property
+    def ceiling(self) -> float:
+        """The ADU value mapped to 1: brighter pixels lie beyond what the network was trained on."""
+        return float(np.sinh(self.high) * self.softening)
 
     def to_dict(self) -> dict:
         return asdict(self)
