@@ -191,7 +191,7 @@ def test_resume_after_interruption_gives_the_same_catalog(dropout_run, cube, tmp
     calls = []
 
     def crash_on_third(*args):
-        calls.append(args[3])
+        calls.append(args[4])
         if len(calls) == 3:
             raise RuntimeError("node lost")
         return real(*args)
