@@ -159,7 +159,7 @@ def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[b
 
     part_files = [part_path(parts, i) for i in range(len(plan.chunks))]
     meta = {"format": FORMAT, "galcae_version": __version__, "inputs": [str(i) for i in inputs], **meta}
-    write_catalog(out, part_files, columns, meta, plan, fits_keys)
+    write_catalog(out, part_files, columns, meta, fits_keys)
     if after is not None:
         after(parts, plan)
     flags = [name for name, dtype, *_ in columns if dtype == pa.bool_()]
@@ -191,7 +191,7 @@ def _prepare_parts(parts: Path, signature: str) -> None:
     marker.write_text(signature)
 
 
-def write_catalog(out: Path, part_files: list[Path], columns: list[Column], meta: dict, plan: Plan,
+def write_catalog(out: Path, part_files: list[Path], columns: list[Column], meta: dict,
                   fits_keys: dict[str, str] | None = None) -> None:
     """Stream the parts into one Parquet file (astropy-readable units), or a FITS table.
 
@@ -207,11 +207,13 @@ def write_catalog(out: Path, part_files: list[Path], columns: list[Column], meta
         empty = _with_units(QTable({name: np.zeros(0, _numpy_dtype(dtype)) for name, dtype, *_ in columns}),
                             columns)
         empty.meta.update(meta)
-        longest = max((len(s) for c in plan.chunks for s in _sources_of(c)), default=1)
+        # astropy sizes string columns from these (a first pass over the parts' strings only).
+        lengths = {f"table::len::{name}": str(_longest(part_files, name))
+                   for name, dtype, *_ in columns if dtype == pa.string()}
         schema = pa.schema([pa.field(n, t, metadata={"unit": u, "description": d})
                             for n, t, u, d in columns],
                            metadata={"table_meta_yaml": "\n".join(table_meta.get_yaml_from_table(empty)),
-                                     "table::len::source": str(longest), "galcae": json.dumps(meta)})
+                                     **lengths, "galcae": json.dumps(meta)})
         with pq.ParquetWriter(tmp, schema) as writer:
             for part in part_files:
                 writer.write_table(pq.read_table(part).cast(schema))
@@ -239,8 +241,11 @@ def _numpy_dtype(arrow_type: pa.DataType):
     return str if arrow_type == pa.string() else pa.array([], arrow_type).to_numpy(zero_copy_only=False).dtype
 
 
-def _sources_of(chunk) -> list[str]:
-    return list(getattr(chunk, "sources", None) or [chunk.source])
+def _longest(part_files: list[Path], name: str) -> int:
+    import pyarrow.compute as pc
+
+    return max([1] + [pc.max(pc.utf8_length(pq.read_table(p, columns=[name]).column(name))).as_py() or 1
+                      for p in part_files])
 
 
 def flag_counts(part_files: list[Path], flags: list[str]) -> dict[str, int]:

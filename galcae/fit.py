@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import time
 import warnings
+from functools import partial
 
 import galsim
 import numpy as np
+import pyarrow as pa
 from scipy.optimize import least_squares
 
-from .config import SimConfig
+from .catalog import STAMP_FLAGS, Column, build_catalog, check_outputs, clean, flag_columns, \
+    id_columns, write_part
+from .config import SimConfig, to_dict
 from .crb import FIT_PARAMETERS, render
-from .params import PARAMETERS
+from .params import PARAMETERS, unit_of
 from .simulate import make_psf, pixel_variance
 
 #: Outcomes of a fit; anything but ``ok`` is flagged in catalogs and counted in evaluations.
@@ -102,3 +106,67 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
     dof = max(1, data.size - len(FIT_PARAMETERS))
     return {**out, "status": OK if result.status > 0 else MAX_NFEV, "nfev": int(result.nfev),
             "chi2_dof": float(2 * result.cost / dof), "seconds": time.perf_counter() - start}
+
+
+# --- catalogs: `galcae fit` -------------------------------------------------------------------
+
+#: Per-row flags of a classical-fit catalog.
+FLAGS = {**STAMP_FLAGS, "flag_fit_failed": "the fit did not converge or failed (see status)"}
+
+
+def catalog_columns(has_field: bool) -> list[Column]:
+    cols = id_columns(has_field)
+    for name in FIT_PARAMETERS:
+        unit = unit_of(name)
+        cols += [(name, pa.float64(), unit, f"fitted {name.replace('_', ' ')}"),
+                 (f"{name}_err", pa.float64(), unit, f"1-sigma error of {name} from the fit's Hessian")]
+    cols += [("status", pa.string(), "", "'ok', 'max_nfev' or why the fit failed"),
+             ("nfev", pa.int64(), "", "model evaluations"),
+             ("chi2_dof", pa.float64(), "", "reduced chi-squared at the solution"),
+             ("seconds", pa.float64(), "s", "wall time of this fit")]
+    return cols + flag_columns(FLAGS)
+
+
+def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 200) -> dict[str, np.ndarray]:
+    """:func:`fit_stamp` over a stack; one array per output column."""
+    from threadpoolctl import threadpool_limits
+
+    psf = make_psf(cfg)
+    with threadpool_limits(1):
+        rows = [fit_stamp(image, cfg, psf, max_nfev) for image in images]
+    keys = rows[0].keys() if rows else ()
+    return {k: np.array([r[k] for r in rows], dtype=object if k == "status" else None) for k in keys}
+
+
+def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: int, first_id: int,
+              parts: str, columns: list[Column]) -> int:
+    """Read, fit and write one chunk as a Parquet part."""
+    stamps = chunk.read(cfg.stamp_size, adapt_size)
+    ready = clean(stamps)
+    n = len(ready.images)
+    table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags,
+             **fit_images(ready.images, cfg, max_nfev)}
+    table["status"] = table["status"].astype(str)
+    table["flag_fit_failed"] = table["status"] != OK
+    return write_part(parts, number, table, columns)
+
+
+def fit_catalog(inputs, out, cfg: SimConfig, *, workers: int = 1, scheduler: str | None = None,
+                chunk_size: int = 64, adapt_size: bool = False, max_nfev: int = 200, hdu=None,
+                detect_threshold: float = 3.0, overwrite: bool = False, echo=None) -> dict:
+    """Fit every stamp of ``inputs`` (as ``galcae infer`` reads them); write the catalog ``out``.
+
+    ``cfg`` describes the images: stamp size, pixel scale, PSF and noise model (the
+    per-pixel variance of the likelihood).
+    """
+    from dataclasses import asdict
+
+    out = check_outputs(out, overwrite=overwrite)
+    meta = {"method": "galsim+scipy.least_squares", "psf": asdict(cfg.psf), "noise": asdict(cfg.noise),
+            "max_nfev": max_nfev, "flags": FLAGS}
+    return build_catalog(
+        partial(fit_chunk, cfg, adapt_size, max_nfev), inputs, out, columns_for=catalog_columns,
+        meta=meta, options={"config": to_dict(cfg), "adapt_size": adapt_size, "max_nfev": max_nfev},
+        stamp_size=cfg.stamp_size, pixel_scale=cfg.pixel_scale, workers=workers, scheduler=scheduler,
+        chunk_size=chunk_size, hdu=hdu, detect_threshold=detect_threshold, desc="fit",
+        fits_keys={"method": "METHOD", "max_nfev": "MAXNFEV"}, **({"echo": echo} if echo else {}))
