@@ -85,13 +85,20 @@ def train(dataset, overrides, out, config, resume, overwrite):
 @click.argument("dataset", type=click.Path())
 @click.option("--sweep", "sweeps", multiple=True, type=click.Path(),
               help="A controlled set (sweep.parameter) for Fig. 3; repeatable.")
-def evaluate(run, dataset, sweeps):
+@click.option("--classical", type=click.IntRange(0), default=None,
+              help="Test galaxies to also fit classically and compare with the Cramér–Rao bound "
+                   "[default: all; 0 skips].")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+              help="Processes for the classical fits.")
+def evaluate(run, dataset, sweeps, classical, workers):
     """Evaluate RUN on the held-out galaxies of DATASET; write RUN/eval/ (metrics, figures, report)."""
-    from .demo import r2_table
+    from .demo import comparison_table, r2_table
     from .evaluate import evaluate_run
 
-    metrics = evaluate_run(run, dataset, sweeps)
+    metrics = evaluate_run(run, dataset, sweeps, classical=classical, workers=workers)
     click.echo(r2_table(metrics))
+    if "comparison" in metrics:
+        click.echo(comparison_table(metrics))
     click.echo(f"Report: {run}/eval/report.html")
 
 

@@ -70,9 +70,35 @@ def test_evaluate_writes_metrics_figures_and_report(tiny_run, tiny_dataset, tmp_
     report = (out / "report.html").read_text()
     assert "data:image/png;base64," in report and 'src="http' not in report
     assert "Results against the paper" in report and "fewer than the paper" in report
+    # The physical-limit comparison, on the same six test galaxies.
+    assert saved["classical"]["n"] == 6 and saved["speedup_vs_classical"] > 0
+    assert set(saved["crb"]) == {"flux", "half_light_radius", "sersic_n", "g1", "g2", "x", "y"}
+    assert set(saved["comparison"]) == {"cae", "pca_all", "classical"}
+    assert set(saved["comparison"]["classical"]) == set(saved["crb"])
+    row = saved["comparison"]["cae"]["flux"]["all"]
+    assert set(row) == {"n", "bias", "scatter", "outliers", "r2", "efficiency"} and row["n"] == 6
+    assert {"all", "snr 0-10", "snr > 20", "n <= 3", "n > 3"} <= set(saved["comparison"]["cae"]["flux"])
+    assert saved["efficiency"]["classical"]["flux"]["all"] > 0
+    for name in ("methods_vs_true", "error_vs_snr", "time_per_galaxy"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+    assert "Against the physical limit" in report
 
 
 def test_evaluate_refuses_a_sweep_that_is_not_one(tiny_run, tiny_dataset):
     """Passing an ordinary dataset as a controlled set is refused by name."""
     with pytest.raises(ValueError, match="not a controlled set"):
         evaluate_run(tiny_run, tiny_dataset.path, [tiny_dataset.path])
+
+
+def test_efficiency_is_one_at_the_bound_and_half_at_twice_it():
+    """Estimates scattered exactly at the Cramér–Rao bound have efficiency ~1; at 2x, ~0.5."""
+    from galcae.evaluate.comparison import summary
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(1000, 5000, 20000)
+    crb = 0.05 * truth
+    at_bound = summary("flux", truth, truth + rng.normal(0, crb), crb)
+    twice = summary("flux", truth, truth * 1.1 + rng.normal(0, 2 * crb), crb)
+    assert at_bound["efficiency"] == pytest.approx(1.0, abs=0.03)
+    assert at_bound["scatter"] == pytest.approx(0.05, rel=0.03) and abs(at_bound["bias"]) < 0.003
+    assert twice["efficiency"] == pytest.approx(0.5, abs=0.03) and twice["bias"] == pytest.approx(0.1, abs=0.005)

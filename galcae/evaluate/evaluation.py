@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import numpy as np
 from ..checkpoint import load_model, sha256_of
 from ..dataset import PARAMS, Dataset, atomic_directory
 from ..train import SPLIT, split_indices, train_config_of
-from . import figures
+from ..crb import FIT_PARAMETERS
+from . import comparison, figures
 from .metrics import binned_error_summary, error_summary, r2
 from .pca import pca_baseline
 from .report import write_report
@@ -79,7 +81,8 @@ def _traversal_section(model, z0: np.ndarray, steps: np.ndarray, pixel_scale: fl
     return rows, measured
 
 
-def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8) -> dict:
+def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, classical: int | None = None,
+                 workers: int = 1) -> dict:
     """Evaluate a trained run on the held-out split of ``dataset_path``; write ``RUN/eval``.
 
     Parameters
@@ -91,6 +94,11 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8) -> di
         saved in ``RUN/split.json``; any other dataset is split the same seeded way.
     sweeps : paths
         Controlled sets (``sweep.parameter`` set) for Fig. 3.
+    classical : int, optional
+        Test galaxies to also fit the classical way and compare, with the Cramér–Rao
+        bound, against the CAE and PCA [default: all of them]; 0 skips the comparison.
+    workers : int
+        Processes for the classical fits (a local Dask cluster when > 1). [default: 1]
     """
     run_dir = Path(run_dir)
     model = load_model(run_dir)
@@ -108,7 +116,10 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8) -> di
     snr = params["snr"][test_ids]
 
     test_images = dataset.load_images(test_ids)
+    model.predict(test_images[:model.batch_size])  # warm-up, so the timing below is steady
+    start = time.perf_counter()
     predicted = model.predict(test_images)
+    cae_seconds = (time.perf_counter() - start) / len(test_ids)
     pca_train = train_ids[np.linspace(0, len(train_ids) - 1, min(len(train_ids), PCA_MAX_TRAIN))
                           .astype(int)]
     as_pixels = model.normalization.forward  # PCA sees exactly what the CAE sees
@@ -133,6 +144,13 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8) -> di
                            for n in names},
     }
 
+    n_classical = len(test_ids) if classical is None else min(classical, len(test_ids))
+    if n_classical > 0:
+        metrics.update(_comparison_section(dataset, test_ids[:n_classical], test_images[:n_classical],
+                                           {n: predicted[n][:n_classical] for n in names},
+                                           {n: pca["predicted"][n][:n_classical] for n in names},
+                                           cae_seconds, workers))
+
     with atomic_directory(run_dir / "eval", overwrite=True) as out:
         fig_dir = out / "figures"
         softening = model.normalization.softening
@@ -156,8 +174,46 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8) -> di
         figures.r2_comparison(metrics["r2"], fig_dir / "fig5_r2_comparison.png")
         figures.predicted_vs_true(truth, {n: predicted[n] for n in names}, snr,
                                   fig_dir / "predicted_vs_true.png")
+        if n_classical > 0:
+            _comparison_figures(metrics.pop("_arrays"), fig_dir, metrics["timing"])
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         write_report(out / "report.html", metrics, model.meta, fig_dir,
                      loss_png=run_dir / "loss.png")
     log.info("evaluation written to %s", run_dir / "eval")
     return metrics
+
+
+def _comparison_section(dataset: Dataset, ids, images, cae: dict, pca: dict, cae_seconds: float,
+                        workers: int) -> dict:
+    """CAE, PCA-64 + regression and the classical fit on the same galaxies, against the CRB."""
+    cfg = dataset.config
+    truth = {n: dataset.params[n][ids] for n in FIT_PARAMETERS}
+    snr = dataset.params["snr"][ids]
+    crb = comparison.crb_table(cfg, truth)
+    fits, fit_wall = comparison.classical_fits(cfg, images, workers)
+    estimates = {"cae": cae, "pca_all": pca, "classical": {n: fits[n] for n in FIT_PARAMETERS}}
+    compared = comparison.compare(truth, snr, crb, estimates)
+    classical_seconds = fit_wall / len(ids)
+    return {
+        "crb": {n: {"median": float(np.median(crb[n])),
+                    **({"median_relative": float(np.median(crb[n] / truth[n]))}
+                       if n in comparison.RELATIVE else {})} for n in FIT_PARAMETERS},
+        "comparison": compared,
+        "efficiency": {m: {n: {subset: s.get("efficiency") for subset, s in by_subset.items()}
+                           for n, by_subset in per_param.items()} for m, per_param in compared.items()},
+        "classical": {**comparison.fit_failures(fits["status"]), "workers": workers,
+                      "seconds_per_galaxy": classical_seconds,
+                      "median_fit_seconds": float(np.median(fits["seconds"])),
+                      "method": "GalSim + scipy least_squares (exact PSF, per-pixel variance)"},
+        "timing": {"cae": cae_seconds, "classical": classical_seconds},
+        "speedup_vs_classical": classical_seconds / cae_seconds,
+        "_arrays": {"truth": truth, "snr": snr, "crb": crb, "estimates": estimates},
+    }
+
+
+def _comparison_figures(arrays: dict, fig_dir: Path, timing: dict) -> None:
+    names = list(arrays["estimates"]["cae"])
+    figures.methods_vs_true(arrays["truth"], arrays["estimates"], names, fig_dir / "methods_vs_true.png")
+    figures.error_vs_snr(arrays["truth"], arrays["estimates"], arrays["crb"], arrays["snr"], names,
+                         fig_dir / "error_vs_snr.png")
+    figures.time_per_galaxy(timing, fig_dir / "time_per_galaxy.png")

@@ -144,3 +144,55 @@ def predicted_vs_true(truth: dict, predicted: dict, snr, path) -> Path:
         ax.set_ylabel("CAE")
     fig.colorbar(sc, ax=axes[-1], label="log10 S/N")
     return _save(fig, path)
+
+
+def methods_vs_true(truth: dict, estimates: dict[str, dict], names, path) -> Path:
+    """Predicted against true value: one row per method, one column per parameter."""
+    fig = Figure(figsize=(4.0 * len(names), 3.4 * len(estimates)))
+    axes = np.atleast_2d(fig.subplots(len(estimates), len(names), squeeze=False))
+    for row, (method, values) in zip(axes, estimates.items()):
+        for ax, name in zip(row, names):
+            t, p = np.asarray(truth[name], float), np.asarray(values[name], float)
+            ax.scatter(t, p, s=5, alpha=0.7)
+            lims = [np.nanmin(t), np.nanmax(t)]
+            ax.plot(lims, lims, "k--", lw=0.8)
+            ax.set_xlabel(f"true {LABELS.get(name, name)}")
+            ax.set_ylabel(method)
+    return _save(fig, path)
+
+
+def error_vs_snr(truth: dict, estimates: dict[str, dict], crb: dict, snr, names, path,
+                 relative=("flux", "half_light_radius", "sersic_n")) -> Path:
+    """Error against S/N per method, with the ±1 sigma Cramér–Rao envelope (per galaxy)."""
+    fig = Figure(figsize=(4.6 * len(names), 3.6))
+    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    order = np.argsort(snr)
+    for ax, name in zip(axes, names):
+        t = np.asarray(truth[name], float)
+        scale = t if name in relative else 1.0
+        bound = (np.asarray(crb[name]) / scale)[order] if name in relative else np.asarray(crb[name])[order]
+        ax.fill_between(np.asarray(snr)[order], -bound, bound, color="0.85", label="±1σ CRB")
+        for method, values in estimates.items():
+            if name in values:
+                err = np.asarray(values[name], float) / t - 1 if name in relative else np.asarray(values[name]) - t
+                ax.scatter(snr, err, s=5, alpha=0.7, label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("matched-filter S/N")
+        ax.set_ylabel(("relative error of " if name in relative else "error of ") + name)
+        ax.set_ylim(-1, 1) if name in relative else None
+        ax.axhline(0, color="k", lw=0.6)
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def time_per_galaxy(seconds: dict[str, float], path) -> Path:
+    """Wall time per galaxy of each method, log scale."""
+    fig = Figure(figsize=(5.0, 2.8))
+    ax = fig.subplots()
+    methods = list(seconds)
+    ax.barh(methods, [seconds[m] for m in methods])
+    ax.set_xscale("log")
+    ax.set_xlabel("wall seconds per galaxy (2-core CPU, same run)")
+    for i, m in enumerate(methods):
+        ax.text(seconds[m], i, f" {seconds[m]:.2g} s", va="center", fontsize=8)
+    return _save(fig, path)

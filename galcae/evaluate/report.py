@@ -118,6 +118,9 @@ def write_report(path: Path, metrics: dict, model_meta: dict, fig_dir: Path, los
             for name, t in metrics["traversal"].items()]
     parts.append(_table(["latent moved", "flux change", "half-light radius change"], rows))
 
+    if "comparison" in metrics:
+        parts += _comparison_html(metrics)
+
     parts.append("<h2>Figures</h2>")
     for name, caption in (
             ("fig2_reconstructions.png", "Fig. 2: test galaxies ordered by S/N (top), "
@@ -125,8 +128,12 @@ def write_report(path: Path, metrics: dict, model_meta: dict, fig_dir: Path, los
             ("fig3_controlled.png", "Fig. 3: supervised latents on the controlled sets."),
             ("fig4_traversals.png", "Fig. 4: decoded images while one supervised latent moves."),
             ("fig5_r2_comparison.png", "Fig. 5: R² of the CAE and the PCA baselines."),
-            ("predicted_vs_true.png", "CAE prediction against truth on the test split.")):
-        parts.append(_img(fig_dir / name, caption))
+            ("predicted_vs_true.png", "CAE prediction against truth on the test split."),
+            ("methods_vs_true.png", "Each method's estimate against truth, same galaxies."),
+            ("error_vs_snr.png", "Error against S/N per method; grey: the ±1σ Cramér–Rao bound."),
+            ("time_per_galaxy.png", "Wall time per galaxy, measured in this run.")):
+        if (fig_dir / name).exists():
+            parts.append(_img(fig_dir / name, caption))
     parts.append(_img(loss_png, "Training and test loss per epoch."))
 
     config = {"train": model_meta.get("train_config"),
@@ -134,3 +141,28 @@ def write_report(path: Path, metrics: dict, model_meta: dict, fig_dir: Path, los
     parts += ["<h2>Configuration</h2><pre>", html.escape(yaml.safe_dump(config, sort_keys=False)),
               "</pre></body></html>"]
     Path(path).write_text("\n".join(parts), encoding="utf-8")
+
+
+def _comparison_html(metrics: dict) -> list[str]:
+    """The physical-limit section: CAE, PCA and classical fit against the Cramér–Rao bound."""
+    c = metrics["classical"]
+    parts = ["<h2>Against the physical limit and the classical fit</h2>",
+             f"<p>The same {c['n']} test galaxies measured three ways: the CAE, PCA-64 + linear "
+             f"regression, and a maximum-likelihood Sérsic fit ({html.escape(c['method'])}; "
+             f"{c['failed']} of {c['n']} did not converge, counted, not dropped). Bias and robust "
+             "scatter are of the relative error for flux, radius and n, of the absolute error for "
+             "g1, g2, x, y; outliers are errors beyond 3× the robust scatter; efficiency is the "
+             "Cramér–Rao bound over the observed scatter (1 = the limit of what the pixels hold). "
+             f"Time per galaxy: CAE {metrics['timing']['cae']:.2g} s, classical fit "
+             f"{metrics['timing']['classical']:.2g} s on {c['workers']} process(es): the CAE is "
+             f"<b>{metrics['speedup_vs_classical']:.0f}×</b> faster.</p>"]
+    rows = []
+    for method, per_param in metrics["comparison"].items():
+        for name, by_subset in per_param.items():
+            for subset, s in by_subset.items():
+                if s.get("n", 0) >= 3:
+                    rows.append([method, name, subset, s["n"], s["bias"], s["scatter"], s["outliers"],
+                                 s["r2"], s["efficiency"]])
+    parts.append(_table(["method", "parameter", "subset", "N", "bias", "robust scatter", "outliers",
+                         "R²", "efficiency"], rows))
+    return parts
