@@ -146,7 +146,7 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
 
     n_classical = len(test_ids) if classical is None else min(classical, len(test_ids))
     if n_classical > 0:
-        metrics.update(_comparison_section(dataset, test_ids[:n_classical], test_images[:n_classical],
+        metrics.update(comparison_section(dataset, test_ids[:n_classical], test_images[:n_classical],
                                            {n: predicted[n][:n_classical] for n in names},
                                            {n: pca["predicted"][n][:n_classical] for n in names},
                                            cae_seconds, workers))
@@ -183,7 +183,7 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
     return metrics
 
 
-def _comparison_section(dataset: Dataset, ids, images, cae: dict, pca: dict, cae_seconds: float,
+def comparison_section(dataset: Dataset, ids, images, cae: dict, pca: dict, cae_seconds: float,
                         workers: int) -> dict:
     """CAE, PCA-64 + regression and the classical fit on the same galaxies, against the CRB."""
     cfg = dataset.config
