@@ -30,6 +30,8 @@ bench: install
 	$(BIN)/python benchmarks/simulation_speed.py
 	$(BIN)/python benchmarks/training_speed.py
 	$(BIN)/python benchmarks/r2_table.py
+	$(BIN)/python benchmarks/inference_speed.py
+	$(BIN)/python benchmarks/classical_comparison.py --run bench_output/run
 
 clean:
-	rm -rf $(VENV) demo_output
+	rm -rf $(VENV) demo_output bench_output
