@@ -58,6 +58,8 @@ def fit_to_size(images: np.ndarray, size: int, adapt: bool, where: str) -> tuple
     if not adapt:
         raise InputError(f"{where}: stamps are {shape[0]}x{shape[1]} pixels but the model takes "
                          f"{size}x{size}; pass --adapt-size to centre-crop / zero-pad them")
+    log.warning("%s: %dx%d stamps centre-cropped / zero-padded to %dx%d (flag_adapted)", where,
+                shape[0], shape[1], size, size)
     out = np.zeros(images.shape[:-2] + (size, size), np.float32)
     src, dst = [], []
     for n in shape:
