@@ -36,8 +36,9 @@ def bounds(cfg: SimConfig) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bounds of :data:`FIT_PARAMETERS`."""
     size = cfg.stamp_size
     lo_n, hi_n = PARAMETERS["sersic_n"].bounds
-    lower = [1e-3, 0.02, lo_n, -0.9, -0.9, 0.0, 0.0]
-    upper = [np.inf, 0.5 * size * cfg.pixel_scale, min(hi_n, 6.0), 0.9, 0.9, size, size]
+    # |g1|, |g2| <= 0.7 keeps |g| < 1 (GalSim's limit) in the corners of the box.
+    lower = [1e-3, 0.02, lo_n, -0.7, -0.7, 0.0, 0.0]
+    upper = [np.inf, 0.5 * size * cfg.pixel_scale, min(hi_n, 6.0), 0.7, 0.7, size, size]
     return np.array(lower, float), np.array(upper, float)
 
 
@@ -86,7 +87,13 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
     scale = np.array([max(guess["flux"], 1.0), 0.3, 0.5, 0.1, 0.1, 0.5, 0.5])
 
     def residuals(v):
-        return (data - render(cfg, dict(zip(FIT_PARAMETERS, v)), psf).ravel()) / sigma
+        try:
+            model = render(cfg, dict(zip(FIT_PARAMETERS, v)), psf)
+        except galsim.GalSimFFTSizeWarning:
+            # A trial step GalSim cannot render within max_fft_size (huge n and radius):
+            # score it as a very poor fit, so the trust region steps back.
+            return np.full(data.size, 1e3)
+        return (data - model.ravel()) / sigma
 
     try:
         with warnings.catch_warnings():
