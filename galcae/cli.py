@@ -159,7 +159,7 @@ def infer(model, inputs, out, samples, workers, scheduler, chunk_size, hdu, adap
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler to use instead.")
 @click.option("--chunk-size", default=64, show_default=True, type=click.IntRange(1),
               help="Stamps per chunk: the unit of work and of resumption.")
-@click.option("--max-nfev", default=200, show_default=True, type=click.IntRange(1),
+@click.option("--max-nfev", default=100, show_default=True, type=click.IntRange(1),
               help="Model evaluations before a fit is given up (flagged).")
 @click.option("--hdu", default=None, help="HDU (name or number) holding the images.")
 @click.option("--adapt-size", is_flag=True, help="Centre-crop / zero-pad stamps of another size.")

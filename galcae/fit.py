@@ -33,12 +33,12 @@ OK, MAX_NFEV, FAILED = "ok", "max_nfev", "failed"
 
 
 def bounds(cfg: SimConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bounds of :data:`FIT_PARAMETERS`."""
+    """Lower and upper bounds of :data:`FIT_PARAMETERS` (r½ up to 0.4 of the stamp side)."""
     size = cfg.stamp_size
     lo_n, hi_n = PARAMETERS["sersic_n"].bounds
     # |g1|, |g2| <= 0.7 keeps |g| < 1 (GalSim's limit) in the corners of the box.
     lower = [1e-3, 0.02, lo_n, -0.7, -0.7, 0.0, 0.0]
-    upper = [np.inf, 0.5 * size * cfg.pixel_scale, min(hi_n, 6.0), 0.7, 0.7, size, size]
+    upper = [np.inf, 0.4 * size * cfg.pixel_scale, min(hi_n, 6.0), 0.7, 0.7, size, size]
     return np.array(lower, float), np.array(upper, float)
 
 
@@ -67,12 +67,19 @@ def initial_guess(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject) -> di
     return dict(zip(FIT_PARAMETERS, map(float, vector)))
 
 
+class _OutOfTime(Exception):
+    pass
+
+
 def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = None,
-              max_nfev: int = 200) -> dict:
+              max_nfev: int = 100, max_seconds: float = 20.0) -> dict:
     """Fit one sky-subtracted ADU stamp; return values, ``<name>_err``, status and cost.
 
     ``<name>_err`` comes from the inverse of ``J^T J`` at the solution (J of the weighted
-    residuals): the fit's own Cramér–Rao-style error estimate.
+    residuals): the fit's own Cramér–Rao-style error estimate. A fit that takes more than
+    ``max_nfev`` steps or ``max_seconds`` (a safety net against GalSim's cost exploding
+    when n and the radius run away; the only non-deterministic outcome) stops with its
+    status saying so, and is flagged as failed.
     """
     psf = psf if psf is not None else make_psf(cfg)
     start = time.perf_counter()
@@ -87,6 +94,8 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
     scale = np.array([max(guess["flux"], 1.0), 0.3, 0.5, 0.1, 0.1, 0.5, 0.5])
 
     def residuals(v):
+        if time.perf_counter() - start > max_seconds:
+            raise _OutOfTime
         try:
             model = render(cfg, dict(zip(FIT_PARAMETERS, v)), psf)
         except galsim.GalSimFFTSizeWarning:
@@ -100,6 +109,9 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
             warnings.simplefilter("error", galsim.GalSimFFTSizeWarning)
             result = least_squares(residuals, [guess[n] for n in FIT_PARAMETERS], bounds=bounds(cfg),
                                    x_scale=scale, diff_step=1e-3, max_nfev=max_nfev, method="trf")
+    except _OutOfTime:
+        return {**out, "status": f"{FAILED}: over {max_seconds:g} s", "nfev": 0, "chi2_dof": np.nan,
+                "seconds": time.perf_counter() - start}
     except (galsim.GalSimError, galsim.GalSimFFTSizeWarning, ValueError, MemoryError) as err:
         return {**out, "status": f"{FAILED}: {type(err).__name__}: {str(err).splitlines()[0]}",
                 "nfev": 0, "chi2_dof": np.nan, "seconds": time.perf_counter() - start}
@@ -134,7 +146,7 @@ def catalog_columns(has_field: bool) -> list[Column]:
     return cols + flag_columns(FLAGS)
 
 
-def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 200) -> dict[str, np.ndarray]:
+def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100) -> dict[str, np.ndarray]:
     """:func:`fit_stamp` over a stack; one array per output column."""
     from threadpoolctl import threadpool_limits
 
@@ -159,7 +171,7 @@ def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: in
 
 
 def fit_catalog(inputs, out, cfg: SimConfig, *, workers: int = 1, scheduler: str | None = None,
-                chunk_size: int = 64, adapt_size: bool = False, max_nfev: int = 200, hdu=None,
+                chunk_size: int = 64, adapt_size: bool = False, max_nfev: int = 100, hdu=None,
                 detect_threshold: float = 3.0, overwrite: bool = False, echo=None) -> dict:
     """Fit every stamp of ``inputs`` (as ``galcae infer`` reads them); write the catalog ``out``.
 
