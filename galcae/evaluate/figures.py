@@ -164,8 +164,8 @@ def methods_vs_true(truth: dict, estimates: dict[str, dict], names, path) -> Pat
 def error_vs_snr(truth: dict, estimates: dict[str, dict], crb: dict, snr, names, path,
                  relative=("flux", "half_light_radius", "sersic_n")) -> Path:
     """Error against S/N per method, with the ±1 sigma Cramér–Rao envelope (per galaxy)."""
-    fig = Figure(figsize=(4.6 * len(names), 3.6))
-    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    fig = Figure(figsize=(5.2 * len(names), 3.6))
+    axes = np.atleast_1d(fig.subplots(1, len(names), gridspec_kw={"wspace": 0.35}))
     order = np.argsort(snr)
     for ax, name in zip(axes, names):
         t = np.asarray(truth[name], float)
