@@ -152,7 +152,9 @@ def _comparison_html(metrics: dict) -> list[str]:
              f"{c['failed']} of {c['n']} did not converge, counted, not dropped). Bias and robust "
              "scatter are of the relative error for flux, radius and n, of the absolute error for "
              "g1, g2, x, y; outliers are errors beyond 3× the robust scatter; efficiency is the "
-             "Cramér–Rao bound over the observed scatter (1 = the limit of what the pixels hold). "
+             "Cramér–Rao bound over the observed scatter (1 = the limit of what the pixels hold for an "
+             "unbiased estimator; a biased one, such as a network shrinking faint galaxies towards "
+             "its training prior, can exceed 1). "
              f"Time per galaxy: CAE {metrics['timing']['cae']:.2g} s, classical fit "
              f"{metrics['timing']['classical']:.2g} s on {c['workers']} process(es): the CAE is "
              f"<b>{metrics['speedup_vs_classical']:.0f}×</b> faster.</p>"]
