@@ -111,18 +111,26 @@ def _named_hdu(hdul: fits.HDUList, names) -> fits.ImageHDU | None:
     return None
 
 
-def check_pixel_scale(header: fits.Header, where: str, pixel_scale: float) -> None:
-    """Refuse an image whose celestial WCS pixel scale differs from the model's by > 2 %."""
-    from astropy.wcs import WCS, FITSFixedWarning
-    from astropy.wcs.utils import proj_plane_pixel_scales
+def celestial_wcs(header: fits.Header):
+    """The header's celestial WCS, or None (astropy's notes on fixed cards silenced)."""
     import warnings
+
+    from astropy.wcs import WCS, FITSFixedWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         wcs = WCS(header, naxis=2)
-    if not wcs.has_celestial:
+    return wcs.celestial if wcs.has_celestial else None
+
+
+def check_pixel_scale(header: fits.Header, where: str, pixel_scale: float) -> None:
+    """Refuse an image whose celestial WCS pixel scale differs from the model's by > 2 %."""
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    wcs = celestial_wcs(header)
+    if wcs is None:
         return
-    scale = float(np.mean(proj_plane_pixel_scales(wcs.celestial)) * 3600.0)
+    scale = float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0)
     if abs(scale / pixel_scale - 1.0) > 0.02:
         raise InputError(f"{where}: pixel scale {scale:.4g} arcsec differs from the model's "
                          f"{pixel_scale:.4g} arcsec; its radii would be wrong")
@@ -322,8 +330,6 @@ def _plan_field(plan: Plan, hdul, h, path, where: str, chunk_size: int, work_dir
                 number: int, threshold: float) -> None:
     """Subtract the background, detect sources, save the field for the workers, add its chunks."""
     import sep
-    from astropy.wcs import WCS, FITSFixedWarning
-    import warnings
 
     data = _native(h.data).copy()
     bad = ~np.isfinite(data)
@@ -360,11 +366,9 @@ def _plan_field(plan: Plan, hdul, h, path, where: str, chunk_size: int, work_dir
     array.parent.mkdir(parents=True, exist_ok=True)
     np.save(array, data)
     x, y = np.asarray(objects["x"], float), np.asarray(objects["y"], float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        wcs = WCS(h.header, naxis=2)
-    if wcs.has_celestial:
-        sky = wcs.celestial.pixel_to_world(x, y)
+    wcs = celestial_wcs(h.header)
+    if wcs is not None:
+        sky = wcs.pixel_to_world(x, y)
         ra, dec = sky.icrs.ra.deg, sky.icrs.dec.deg
     else:
         ra = dec = np.full(len(x), np.nan)
