@@ -20,6 +20,16 @@ def test_r2_on_known_inputs():
     assert r2(y, y[::-1]) < 0
 
 
+def test_log10_r2_survives_nonpositive_predictions():
+    """A negative flux prediction (possible with a linear latent) scores badly, not NaN."""
+    from galcae.evaluate.metrics import r2_log10
+
+    true = np.array([100.0, 1000.0, 10000.0])
+    assert r2_log10(true, true) == pytest.approx(1.0)
+    worse = r2_log10(true, np.array([-5.0, 1000.0, 10000.0]))
+    assert np.isfinite(worse) and worse < 1.0
+
+
 def test_error_summary_on_known_inputs():
     """Bias is the median relative error and scatter its mad_std; bins split by S/N."""
     true = np.full(5, 100.0)

@@ -14,7 +14,7 @@ from ..dataset import PARAMS, Dataset, atomic_directory
 from ..train import SPLIT, split_indices, train_config_of
 from ..crb import FIT_PARAMETERS
 from . import comparison, figures
-from .metrics import binned_error_summary, error_summary, r2
+from .metrics import binned_error_summary, error_summary, r2, r2_log10
 from .pca import pca_baseline
 from .report import write_report
 
@@ -135,10 +135,11 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
         "epochs_trained": model.meta["epoch"], "epochs_paper": 100,
         "r2": {"cae": {n: r2(truth[n], predicted[n]) for n in names},
                "pca_best_single": pca["best_single"], "pca_all": pca["all"]},
-        "r2_log10": {"cae": {n: r2(np.log10(truth[n]), np.log10(predicted[n])) for n in names},
+        "r2_log10": {"cae": {n: r2_log10(truth[n], predicted[n]) for n in names},
                      "pca_best_single": pca_log["best_single"], "pca_all": pca_log["all"]},
         "pca": {"n_components": pca["n_components"], "best_component": pca["best_component"],
                 "input": "the CAE's normalised pixels"},
+        "cae_nonpositive": {n: int(np.sum(predicted[n] <= 0)) for n in names},
         "relative_error": {n: {"all": error_summary(truth[n], predicted[n]),
                                "snr_bins": binned_error_summary(truth[n], predicted[n], snr)}
                            for n in names},

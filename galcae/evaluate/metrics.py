@@ -15,6 +15,14 @@ def r2(true, predicted) -> float:
     return float(r2_score(np.asarray(true, float), np.asarray(predicted, float)))
 
 
+def r2_log10(true, predicted) -> float:
+    """R² of log10 values. A linearly scaled latent can predict <= 0 for the faintest
+    galaxies; those count at half the smallest true value (a large, finite error)."""
+    true = np.asarray(true, float)
+    floor = true.min() / 2.0
+    return r2(np.log10(true), np.log10(np.clip(np.asarray(predicted, float), floor, None)))
+
+
 def error_summary(true, predicted) -> dict:
     """Bias (median) and robust scatter (``mad_std``) of the relative error ``pred/true - 1``."""
     rel = np.asarray(predicted, float) / np.asarray(true, float) - 1.0
