@@ -79,8 +79,9 @@ class TrainedModel:
     def encode(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Latent vectors ``(N, latent_dim)`` of ADU images, encoder only."""
         self.network.eval()
-        x, step = self.to_input(images), batch_size or self.batch_size
-        out = [self.network.encode(x[i:i + step]).float().cpu().numpy() for i in range(0, len(x), step)]
+        step = batch_size or self.batch_size
+        out = [self.network.encode(self.to_input(images[i:i + step])).float().cpu().numpy()
+               for i in range(0, len(images), step)]  # normalised per batch: memory stays small
         return np.concatenate(out) if out else np.empty((0, self.network.arch.latent_dim), np.float32)
 
     def predict(self, images: np.ndarray, batch_size: int | None = None) -> dict[str, np.ndarray]:

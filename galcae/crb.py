@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import SimConfig
 from .params import ellipticity_from_shear
-from .simulate import pixel_variance, render_noiseless
+from .simulate import make_psf, pixel_variance, render_noiseless
 
 #: The parameters of one Sérsic galaxy, in the order of Fisher matrices and fits.
 FIT_PARAMETERS = ("flux", "half_light_radius", "sersic_n", "g1", "g2", "x", "y")
@@ -41,7 +41,7 @@ def _step(name: str, value: float) -> float:
 
 def jacobian(cfg: SimConfig, theta: dict, free=FIT_PARAMETERS, psf=None) -> np.ndarray:
     """``(n_pixels, len(free))`` derivatives of the model image by central differences."""
-    psf = psf if psf is not None else _psf(cfg)
+    psf = psf if psf is not None else make_psf(cfg)
     columns = []
     for name in free:
         h = _step(name, theta[name])
@@ -53,7 +53,7 @@ def jacobian(cfg: SimConfig, theta: dict, free=FIT_PARAMETERS, psf=None) -> np.n
 
 def fisher_matrix(cfg: SimConfig, theta: dict, free=FIT_PARAMETERS, psf=None) -> np.ndarray:
     """Fisher information of ``free`` (the others held known) under ``cfg``'s noise model."""
-    psf = psf if psf is not None else _psf(cfg)
+    psf = psf if psf is not None else make_psf(cfg)
     var = pixel_variance(cfg, render(cfg, theta, psf)).ravel()
     J = jacobian(cfg, theta, free, psf)
     return J.T @ (J / var[:, None])
@@ -68,9 +68,3 @@ def cramer_rao(cfg: SimConfig, theta: dict, free=FIT_PARAMETERS, psf=None) -> di
         return dict.fromkeys(free, float("nan"))
     return {name: float(np.sqrt(cov[i, i])) if cov[i, i] > 0 else float("nan")
             for i, name in enumerate(free)}
-
-
-def _psf(cfg: SimConfig) -> galsim.GSObject:
-    from .simulate import make_psf
-
-    return make_psf(cfg)

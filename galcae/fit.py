@@ -58,7 +58,7 @@ def initial_guess(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject) -> di
     intrinsic = np.sqrt(max(sigma**2 - psf_sigma**2, (0.3 * sigma) ** 2))
     shear = moments.observed_shape  # galsim.Shear: distortion of the PSF-convolved image
     lower, upper = bounds(cfg)
-    guess.update(flux=max(2.0 * moments.moments_amp * 0.5, total, 10.0),
+    guess.update(flux=max(moments.moments_amp, total, 10.0),
                  half_light_radius=float(intrinsic * np.sqrt(2 * np.log(2))),
                  g1=float(np.clip(shear.g1, -0.5, 0.5)), g2=float(np.clip(shear.g2, -0.5, 0.5)),
                  # HSM's centroid is GalSim's (first pixel centred at 1); galcae's origin is the corner.

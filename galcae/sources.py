@@ -146,7 +146,7 @@ def _native(array) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CubeChunk:
-    """Stamps ``start:stop`` of an N x H x W cube (or the single stamp of a 2-D image)."""
+    """Stamps ``start:stop`` of an N x H x W cube."""
 
     path: str
     source: str
@@ -158,8 +158,7 @@ class CubeChunk:
         with open_fits(self.path) as hdul:
             h = hdul[self.hdu]
             try:
-                data = h.section[self.start:self.stop] if h.header["NAXIS"] == 3 else h.data[None]
-                images = _native(data)
+                images = _native(h.section[self.start:self.stop])
             except (OSError, ValueError, TypeError) as err:
                 raise InputError(f"{self.path}[{self.hdu}]: cannot read stamps "
                                  f"{self.start}-{self.stop} ({err})") from None
