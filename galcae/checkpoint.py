@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .conditions import condition_table
 from .model import CAE, Architecture
 from .scaling import ParameterScaling, PixelNormalization
 
@@ -54,6 +55,7 @@ class TrainedModel:
     normalization: PixelNormalization
     scaling: ParameterScaling
     meta: dict = field(default_factory=dict)
+    conditioning: ParameterScaling | None = None  # standardisation of the observing conditions
 
     @property
     def device(self) -> torch.device:
@@ -62,6 +64,24 @@ class TrainedModel:
     @property
     def supervised(self) -> tuple[str, ...]:
         return self.scaling.names
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """Observing conditions the model takes besides the image (none for the paper's)."""
+        return self.conditioning.names if self.conditioning is not None else ()
+
+    def condition_input(self, images: np.ndarray, conditions: dict | None) -> np.ndarray | None:
+        """``(N, n_conditions)`` standardised conditions of ``images`` (None for an
+        unconditioned model): ``conditions`` maps names to scalars or per-image arrays;
+        ``noise_sigma`` is measured on the stamps unless given."""
+        if not self.conditions:
+            return None
+        return self.conditioning.to_latent(condition_table(self.conditions, images, conditions or {}))
+
+    def _batches(self, images, c, step):
+        for i in range(0, len(images), step):
+            cb = None if c is None else torch.as_tensor(c[i:i + step], device=self.device)
+            yield self.to_input(images[i:i + step]), cb  # normalised per batch: memory stays small
 
     def to_input(self, images: np.ndarray) -> torch.Tensor:
         """ADU images ``(N, H, W)`` -> normalised network input ``(N, 1, H, W)`` on the device."""
@@ -76,32 +96,55 @@ class TrainedModel:
         return 32 if self.device.type == "cpu" else 1024
 
     @torch.inference_mode()
-    def encode(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        """Latent vectors ``(N, latent_dim)`` of ADU images, encoder only."""
+    def encode(self, images: np.ndarray, conditions: dict | None = None,
+               batch_size: int | None = None, log_var: bool = False):
+        """Latent vectors ``(N, latent_dim)`` of ADU images, encoder only; with ``log_var``
+        also the ``(N, n_supervised)`` predicted log-variances (variance-head models)."""
         self.network.eval()
-        step = batch_size or self.batch_size
-        out = [self.network.encode(self.to_input(images[i:i + step])).float().cpu().numpy()
-               for i in range(0, len(images), step)]  # normalised per batch: memory stays small
-        return np.concatenate(out) if out else np.empty((0, self.network.arch.latent_dim), np.float32)
+        c = self.condition_input(images, conditions)
+        z, v = [], []
+        for x, cb in self._batches(images, c, batch_size or self.batch_size):
+            zb, vb = self.network.heads(self.network.encoder(x), cb)
+            z.append(zb.float().cpu().numpy())
+            if log_var:
+                if vb is None:
+                    raise ValueError("this model has no variance head (train with predict_variance=true)")
+                v.append(vb.float().cpu().numpy())
+        arch = self.network.arch
+        z = np.concatenate(z) if z else np.empty((0, arch.latent_dim), np.float32)
+        if not log_var:
+            return z
+        return z, (np.concatenate(v) if v else np.empty((0, arch.n_supervised), np.float32))
 
-    def predict(self, images: np.ndarray, batch_size: int | None = None) -> dict[str, np.ndarray]:
+    def predict(self, images: np.ndarray, conditions: dict | None = None,
+                batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Physical parameters (one array per supervised name) and ``latents`` of ADU images."""
-        z = self.encode(images, batch_size)
+        z = self.encode(images, conditions, batch_size)
         return {**self.scaling.to_physical(z[:, :len(self.supervised)]), "latents": z}
 
     @torch.inference_mode()
-    def decode(self, latents: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        """ADU images ``(N, H, W)`` decoded from latent vectors."""
+    def decode(self, latents: np.ndarray, conditions: dict | None = None,
+               batch_size: int | None = None) -> np.ndarray:
+        """ADU images ``(N, H, W)`` decoded from latent vectors (and, for a conditioned
+        model, the conditions to render them under; ``noise_sigma`` included)."""
         self.network.eval()
+        latents = np.asarray(latents, np.float32)
+        c = self.condition_input(np.empty((len(latents), 0, 0)), conditions)
         out, step = [], batch_size or self.batch_size
         for i in range(0, len(latents), step):
-            z = torch.as_tensor(np.asarray(latents[i:i + step], np.float32), device=self.device)
-            out.append(self.normalization.inverse(self.network.decode(z)[:, 0]).cpu().numpy())
+            z = torch.as_tensor(latents[i:i + step], device=self.device)
+            cb = None if c is None else torch.as_tensor(c[i:i + step], device=self.device)
+            out.append(self.normalization.inverse(self.network.decode(z, cb)[:, 0]).cpu().numpy())
         return np.concatenate(out)
 
-    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+    def reconstruct(self, images: np.ndarray, conditions: dict | None = None) -> np.ndarray:
         """Encode then decode: the model's reconstruction of each image, in ADU."""
-        return self.decode(self.encode(images))
+        conditions = conditions or {}
+        if self.conditions and "noise_sigma" in self.conditions and "noise_sigma" not in conditions:
+            from .conditions import stamp_noise_sigma
+
+            conditions = {**conditions, "noise_sigma": stamp_noise_sigma(images)}
+        return self.decode(self.encode(images, conditions), conditions)
 
 
 def save_model(run_dir: Path, model: TrainedModel) -> None:
@@ -118,6 +161,7 @@ def save_model(run_dir: Path, model: TrainedModel) -> None:
         "architecture": model.network.arch.to_dict(),
         "normalization": model.normalization.to_dict(),
         "parameter_scaling": model.scaling.to_dict(),
+        **({"condition_scaling": model.conditioning.to_dict()} if model.conditioning else {}),
         "weights_sha256": sha256_of(tmp),
     }
     os.replace(tmp, run_dir / WEIGHTS)
@@ -160,8 +204,12 @@ def load_model(path: str | Path, device: str = "auto") -> TrainedModel:
         network.load_state_dict(load_file(str(weights)))
         normalization = PixelNormalization(**meta["normalization"])
         scaling = ParameterScaling.from_dict(meta["parameter_scaling"])
+        conditioning = (ParameterScaling.from_dict(meta["condition_scaling"])
+                        if "condition_scaling" in meta else None)
+        if len(conditioning.names if conditioning else ()) != network.arch.n_conditions:
+            raise ValueError("condition_scaling does not match the architecture's n_conditions")
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelError(f"{meta_path}: cannot rebuild the model ({first})") from None
     network = network.to(pick_device(device), memory_format=torch.channels_last).eval()
-    return TrainedModel(network, normalization, scaling, meta)
+    return TrainedModel(network, normalization, scaling, meta, conditioning)

@@ -88,28 +88,42 @@ def train(dataset, overrides, out, config, resume, overwrite):
 @click.option("--classical", type=click.IntRange(0), default=None,
               help="Test galaxies to also fit classically and compare with the Cramér–Rao bound "
                    "[default: all; 0 skips].")
+@click.option("--bound", type=click.IntRange(0), default=0, show_default=True,
+              help="With --classical 0: test galaxies whose Cramér–Rao bound gives the CAE's "
+                   "efficiency, per parameter and S/N bin.")
+@click.option("--no-remeasure", is_flag=True,
+              help="Skip the classical fits of the latent traversals (disentanglement).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
-              help="Processes for the classical fits.")
-def evaluate(run, dataset, sweeps, classical, workers):
+              help="Processes for the classical fits and bounds.")
+def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, workers):
     """Evaluate RUN on the held-out galaxies of DATASET; write RUN/eval/ (metrics, figures, report)."""
-    from .demo import comparison_table, r2_table
+    from .demo import calibration_text, comparison_table, disentanglement_text, r2_table
     from .evaluate import evaluate_run
 
-    metrics = evaluate_run(run, dataset, sweeps, classical=classical, workers=workers)
-    click.echo(r2_table(metrics))
-    if "comparison" in metrics:
-        click.echo(comparison_table(metrics))
+    metrics = evaluate_run(run, dataset, sweeps, classical=classical, workers=workers, bound=bound,
+                           remeasure=not no_remeasure)
+    for text in (r2_table(metrics), comparison_table(metrics), calibration_text(metrics),
+                 disentanglement_text(metrics)):
+        if text:
+            click.echo(text)
     click.echo(f"Report: {run}/eval/report.html")
 
 
 @cli.command()
-@click.argument("model", type=click.Path())
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("inputs", nargs=-1, required=True, metavar="[MODEL] INPUT...")
+@click.option("-m", "--model", "model_name", default=None,
+              help="A shipped model by name (survey) or a run directory / model file; without "
+                   "it, the first argument is the model.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(),
               help="Catalog to write: .parquet or .fits.")
+@click.option("--psf-fwhm", type=click.FloatRange(0, min_open=True), default=None,
+              help="PSF FWHM in arcsec of every stamp, for models conditioned on the seeing "
+                   "[default: each file's PSFFWHM keyword, or a dataset's truth].")
+@click.option("--psf-beta", type=click.FloatRange(0, min_open=True), default=None,
+              help="Moffat beta of the PSF, likewise [default: the PSFBETA keyword].")
 @click.option("--samples", default=1, show_default=True, type=click.IntRange(1),
               help="MC-dropout passes for the _err columns (needs a model trained with dropout); "
-                   "1 uses the held-out residual scatter stored with the model.")
+                   "1 uses the model's variance head, or its held-out residual scatter.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
               help="Worker processes of a local Dask cluster (1: in-process).")
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler to use instead.")
@@ -125,17 +139,25 @@ def evaluate(run, dataset, sweeps, classical, workers):
               help="Detection threshold in sigma for FITS fields (sep).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--overwrite", is_flag=True, help=OUTPUT_HELP)
-def infer(model, inputs, out, samples, workers, scheduler, chunk_size, hdu, adapt_size, reconstruct,
-          detect_threshold, device, overwrite):
-    """Measure every galaxy of INPUT... with MODEL (a run directory or model file) into a catalog.
+def infer(inputs, model_name, out, psf_fwhm, psf_beta, samples, workers, scheduler, chunk_size, hdu,
+          adapt_size, reconstruct, detect_threshold, device, overwrite):
+    """Measure every galaxy of INPUT... with a model into a catalog.
 
-    INPUT: FITS cubes (N x H x W), FITS stamps or directories / globs of them, datasets from
-    `galcae simulate`, or FITS fields (sources are detected and cut out). Re-running an
-    interrupted command resumes it.
+    MODEL: `--model survey` (shipped with galcae: seven parameters, any seeing from 0.5 to
+    1.2 arcsec) or a run directory / model file of your own. INPUT: FITS cubes (N x H x W),
+    FITS stamps or directories / globs of them, datasets from `galcae simulate`, or FITS
+    fields (sources are detected and cut out). Re-running an interrupted command resumes it.
     """
     from .infer import InferOptions, infer_catalog
+    from .models import resolve_model
 
-    options = InferOptions(samples=samples, adapt_size=adapt_size, device=device)
+    if model_name is None:
+        if len(inputs) < 2:
+            raise click.UsageError("give --model NAME (e.g. survey), or MODEL then INPUT...")
+        model_name, inputs = inputs[0], inputs[1:]
+    model = resolve_model(model_name)
+    options = InferOptions(samples=samples, adapt_size=adapt_size, device=device,
+                           psf_fwhm=psf_fwhm, psf_beta=psf_beta)
     summary = infer_catalog(model, inputs, out, workers=workers, scheduler=scheduler,
                             chunk_size=chunk_size, options=options, hdu=hdu,
                             reconstruct_to=reconstruct, detect_threshold=detect_threshold,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .params import PARAMETERS, SIMULATED
+from .params import CONDITIONS, DERIVED, PARAMETERS, SIMULATED
 
 
 class ConfigError(ValueError):
@@ -32,19 +32,36 @@ def _check_range(value, key: str, lo: float, hi: float) -> None:
     _check(lo <= value <= hi, key, f"{value} is outside the allowed range [{lo}, {hi}]")
 
 
+def _check_value_or_range(value, key: str, lo: float, hi: float) -> None:
+    """A fixed number, or a ``[low, high]`` range drawn per galaxy, inside ``[lo, hi]``."""
+    for v in (value if isinstance(value, tuple) else (value,)):
+        _check_range(v, key, lo, hi)
+    if isinstance(value, tuple):
+        _check(value[0] <= value[1], key, f"lower end {value[0]} is above upper end {value[1]}")
+
+
+def span(value) -> tuple[float, float]:
+    """``(low, high)`` of a fixed value or a range."""
+    return tuple(value) if isinstance(value, tuple) else (value, value)
+
+
+#: A number, or ``[low, high]``: drawn uniformly per galaxy (the observing conditions of a survey).
+ValueOrRange = typing.Union[float, tuple[float, float]]
+
+
 @dataclass(frozen=True)
 class PSFConfig:
     """The point-spread function convolved with every galaxy."""
 
     profile: str = "gaussian"  # "gaussian" or "moffat"
-    fwhm: float = 0.7  # arcsec; the paper says "typical ground-based seeing"
-    beta: float = 3.5  # Moffat index, used only when profile is "moffat"
+    fwhm: ValueOrRange = 0.7  # arcsec; the paper says "typical ground-based seeing"
+    beta: ValueOrRange = 3.5  # Moffat index, used only when profile is "moffat"
 
     def __post_init__(self):
         _check(self.profile in ("gaussian", "moffat"), "psf.profile",
                f"'{self.profile}' is not one of 'gaussian', 'moffat'")
-        _check_range(self.fwhm, "psf.fwhm", 0.05, 10.0)
-        _check_range(self.beta, "psf.beta", 1.1, 20.0)
+        _check_value_or_range(self.fwhm, "psf.fwhm", 0.05, 10.0)
+        _check_value_or_range(self.beta, "psf.beta", 1.1, 20.0)
 
 
 @dataclass(frozen=True)
@@ -54,12 +71,12 @@ class NoiseConfig:
     Images are stored sky-subtracted, as survey pipelines deliver them.
     """
 
-    sky_level: float = 100.0  # ADU per pixel (paper: unstated)
+    sky_level: ValueOrRange = 100.0  # ADU per pixel (paper: unstated); a range is drawn log-uniformly
     gain: float = 1.0  # electrons per ADU
     read_noise: float = 5.0  # electrons per pixel
 
     def __post_init__(self):
-        _check_range(self.sky_level, "noise.sky_level", 0.0, 1e7)
+        _check_value_or_range(self.sky_level, "noise.sky_level", 0.0, 1e7)
         _check_range(self.gain, "noise.gain", 1e-3, 1e3)
         _check_range(self.read_noise, "noise.read_noise", 0.0, 1e4)
 
@@ -148,6 +165,26 @@ class SimConfig:
             _check(name in ("flux", "half_light_radius", "sersic_n"), "log_uniform",
                    f"'{name}' cannot be drawn log-uniformly (flux, half_light_radius, sersic_n can)")
 
+    def for_galaxy(self, row) -> "SimConfig":
+        """This config with one galaxy's observing conditions fixed (its ``psf_fwhm``,
+        ``psf_beta`` and ``sky_level`` columns): what rendering, fits and bounds of it use."""
+        def value(name, current, key):
+            if name in row:
+                return float(row[name])
+            _check(not isinstance(current, tuple), key, f"varies per galaxy; '{name}' is needed")
+            return current
+
+        psf = dataclasses.replace(self.psf, fwhm=value("psf_fwhm", self.psf.fwhm, "psf.fwhm"),
+                                  beta=value("psf_beta", self.psf.beta, "psf.beta"))
+        noise = dataclasses.replace(self.noise, sky_level=value("sky_level", self.noise.sky_level,
+                                                                "noise.sky_level"))
+        return dataclasses.replace(self, psf=psf, noise=noise)
+
+    @property
+    def varies_conditions(self) -> bool:
+        """Whether the PSF or the sky level is drawn per galaxy."""
+        return any(isinstance(v, tuple) for v in (self.psf.fwhm, self.psf.beta, self.noise.sky_level))
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -168,8 +205,13 @@ class TrainConfig:
     # Targets standardised in log10, the others linearly (see configs/paper.yaml for why).
     log_scaled: tuple[str, ...] = ("half_light_radius",)
     # Random flips and 90-degree rotations of each batch: exact symmetries of the image
-    # model that leave flux, radius, n and |g| unchanged; multiplies small training sets.
+    # model (g1, g2, x and y targets are transformed with the image); multiplies small sets.
     augment: bool = True
+    # Observing conditions fed to the network besides the image (psf_fwhm, psf_beta,
+    # noise_sigma); none in the paper.
+    conditions: tuple[str, ...] = ()
+    # A Gaussian log-variance head per supervised parameter: per-galaxy errors at inference.
+    predict_variance: bool = False
     # Dropout on the encoder features (not in the paper); > 0 enables `galcae infer --samples K`.
     dropout: float = 0.0
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
@@ -186,19 +228,25 @@ class TrainConfig:
                f"{self.test_fraction} is not strictly between 0 and 1")
         _check_range(self.latent_dim, "latent_dim", len(self.supervised) + 1, 4096)
         for name in self.supervised + self.log_scaled:
-            _check(name in SIMULATED, "supervised", f"'{name}' is not one of {', '.join(SIMULATED)}")
+            _check(name in SUPERVISABLE, "supervised",
+                   f"'{name}' is not one of {', '.join(SUPERVISABLE)}")
+        _check(len(set(self.supervised)) == len(self.supervised), "supervised", "names a parameter twice")
         _check(set(self.log_scaled) <= set(self.supervised), "log_scaled",
                "names parameters that are not in 'supervised'")
-        moved = set(self.supervised) - ROTATION_INVARIANT
-        _check(not (self.augment and moved), "augment",
-               f"flips and rotations change {', '.join(sorted(moved))}; set augment=false")
+        _check(not ("position_angle" in self.supervised and self.augment), "augment",
+               "position_angle wraps at 180 deg: supervise g1, g2 instead, or set augment=false")
+        for name in self.conditions:
+            _check(name in MODEL_CONDITIONS, "conditions",
+                   f"'{name}' is not one of {', '.join(MODEL_CONDITIONS)}")
         _check_range(self.dropout, "dropout", 0.0, 0.9)
         _check(self.device in ("auto", "cpu", "cuda"), "device",
                f"'{self.device}' is not one of 'auto', 'cpu', 'cuda'")
 
 
-#: Parameters unchanged by flipping or rotating a stamp by multiples of 90 degrees about its centre.
-ROTATION_INVARIANT = {"flux", "half_light_radius", "sersic_n", "ellipticity"}
+#: Parameters a model can be trained to predict.
+SUPERVISABLE = SIMULATED + tuple(DERIVED)
+#: Conditions a model can take (the sky level enters through the noise measured on the stamp).
+MODEL_CONDITIONS = tuple(n for n in CONDITIONS if n != "sky_level")
 
 STAGES = {"simulate": SimConfig, "train": TrainConfig}
 
@@ -230,7 +278,10 @@ def _coerce(hint, value, key: str):
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        options = [a for a in args if a is not type(None)]
+        is_list = isinstance(value, (list, tuple))
+        # A list goes to the tuple member of the union (a range), anything else to the other.
+        hint = next((a for a in options if (typing.get_origin(a) is tuple) == is_list), options[0])
         return _coerce(hint, value, key)
     if origin is tuple:
         if isinstance(value, str) or not hasattr(value, "__iter__"):

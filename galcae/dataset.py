@@ -22,7 +22,7 @@ import zarr
 
 from . import __version__
 from .config import ConfigError, SimConfig, from_dict, to_dict
-from .params import DERIVED, PARAMETERS
+from .params import CONDITIONS, DERIVED, PARAMETERS
 
 IMAGES = "images.zarr"
 PARAMS = "params.parquet"
@@ -45,7 +45,7 @@ class DatasetError(ValueError):
 
 def column_meta(name: str) -> tuple[str, str]:
     """``(unit, description)`` of a ``params.parquet`` column."""
-    spec = {**PARAMETERS, **DERIVED}.get(name)
+    spec = {**PARAMETERS, **DERIVED, **CONDITIONS}.get(name)
     return (spec.unit, spec.description) if spec else _BOOKKEEPING.get(name, ("", ""))
 
 
@@ -144,7 +144,14 @@ class Dataset:
     def params(self) -> dict[str, np.ndarray]:
         """The truth table, one numpy array per column."""
         table = pq.read_table(self.path / PARAMS)
-        return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+        params = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+        # Datasets written before conditions were drawn per galaxy had them fixed in the config.
+        fixed = {"psf_fwhm": self.config.psf.fwhm, "psf_beta": self.config.psf.beta,
+                 "sky_level": self.config.noise.sky_level}
+        for name, value in fixed.items():
+            if name not in params:
+                params[name] = np.full(len(params["id"]), float(value))
+        return params
 
     @cached_property
     def config(self) -> SimConfig:

@@ -146,13 +146,20 @@ def catalog_columns(has_field: bool) -> list[Column]:
     return cols + flag_columns(FLAGS)
 
 
-def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100) -> dict[str, np.ndarray]:
-    """:func:`fit_stamp` over a stack; one array per output column."""
+def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100,
+               conditions: dict | None = None) -> dict[str, np.ndarray]:
+    """:func:`fit_stamp` over a stack; one array per output column. ``conditions`` holds
+    per-image ``psf_fwhm``, ``psf_beta``, ``sky_level`` where ``cfg`` draws them per galaxy."""
     from threadpoolctl import threadpool_limits
 
-    psf = make_psf(cfg)
+    conditions = conditions or {}
+    fixed = None if conditions else (cfg, make_psf(cfg))
+    rows = []
     with threadpool_limits(1):
-        rows = [fit_stamp(image, cfg, psf, max_nfev) for image in images]
+        for i, image in enumerate(images):
+            galaxy_cfg, psf = fixed or (lambda c: (c, make_psf(c)))(
+                cfg.for_galaxy({k: v[i] for k, v in conditions.items()}))
+            rows.append(fit_stamp(image, galaxy_cfg, psf, max_nfev))
     keys = rows[0].keys() if rows else ()
     return {k: np.array([r[k] for r in rows], dtype=object if k == "status" else None) for k in keys}
 
@@ -163,8 +170,9 @@ def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: in
     stamps = chunk.read(cfg.stamp_size, adapt_size)
     ready = clean(stamps)
     n = len(ready.images)
+    conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in stamps.conditions.items()}
     table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags,
-             **fit_images(ready.images, cfg, max_nfev)}
+             **fit_images(ready.images, cfg, max_nfev, conditions if cfg.varies_conditions else None)}
     table["status"] = table["status"].astype(str)
     table["flag_fit_failed"] = table["status"] != OK
     return write_part(parts, number, table, columns)

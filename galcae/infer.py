@@ -21,7 +21,8 @@ import torch
 from .catalog import STAMP_FLAGS, Column, atomic_save, build_catalog, check_outputs, clean, \
     flag_columns, id_columns, write_part
 from .checkpoint import TrainedModel, load_model, model_paths
-from .params import unit_of
+from .conditions import stamp_noise_sigma
+from .params import CONDITIONS, ellipticity_errors, ellipticity_from_shear, unit_of
 from .sources import InputError
 from .uncertainty import HeldoutScatter, physical_sigma
 
@@ -30,28 +31,47 @@ log = logging.getLogger(__name__)
 #: Per-row flags of an inference catalog; ``True`` means the condition holds.
 FLAGS = {**STAMP_FLAGS,
          "flag_out_of_range": "a prediction outside the training range, or pixels brighter than "
-                              "any the model was trained on"}
+                              "any the model was trained on",
+         "flag_conditions_out_of_range": "seeing or noise outside what the model was trained on "
+                                         "(or unknown)"}
 
 
 @dataclass(frozen=True)
 class InferOptions:
     """What changes the numbers in a catalog (and so the identity of its parts)."""
 
-    samples: int = 1  # MC-dropout passes; 1 = plain encoder with held-out errors
+    samples: int = 1  # MC-dropout passes; 1 = plain encoder
     adapt_size: bool = False  # centre-crop / zero-pad stamps of another size
     batch_size: int | None = None  # None: the model's device default (32 on CPU)
     seed: int = 0  # MC-dropout draws, per chunk
     reconstruct: bool = False
     device: str = "auto"
+    psf_fwhm: float | None = None  # arcsec; overrides the inputs' own (PSFFWHM, dataset truth)
+    psf_beta: float | None = None  # Moffat beta; likewise (PSFBETA)
+
+
+def uncertainty_method(model: TrainedModel, samples: int) -> str:
+    head = model.network.arch.predict_variance
+    if samples > 1:
+        return "nll+mc_dropout" if head else "mc_dropout"
+    return "nll" if head else "heldout"
 
 
 def catalog_columns(model_meta: dict, has_field: bool) -> list[Column]:
     """``(name, arrow type, unit, description)`` of every catalog column, in order."""
     cols = id_columns(has_field)
-    for name in model_meta["parameter_scaling"]["names"]:
+    names = model_meta["parameter_scaling"]["names"]
+    for name in names:
         unit = unit_of(name)
         cols += [(name, pa.float64(), unit, f"predicted {name.replace('_', ' ')}"),
                  (f"{name}_err", pa.float64(), unit, f"1-sigma uncertainty of {name}")]
+    if {"g1", "g2"} <= set(names):
+        cols += [("ellipticity", pa.float64(), "", "|g| from the predicted g1, g2"),
+                 ("ellipticity_err", pa.float64(), "", "1-sigma uncertainty of ellipticity"),
+                 ("position_angle", pa.float64(), "deg", "major axis from +x, counter-clockwise"),
+                 ("position_angle_err", pa.float64(), "deg", "1-sigma uncertainty of position_angle")]
+    for name in model_meta.get("condition_scaling", {}).get("names", []):
+        cols.append((name, pa.float64(), unit_of(name), f"observing condition used: {CONDITIONS[name].description}"))
     return cols + flag_columns(FLAGS)
 
 
@@ -71,45 +91,61 @@ def worker_model(meta_path: str, sha: str, device: str) -> TrainedModel:
     return _MODELS[key]
 
 
-def measure(model: TrainedModel, images: np.ndarray, *, samples: int = 1, batch_size: int | None = None,
-            generator: torch.Generator | None = None, latents: bool = False) -> dict[str, np.ndarray]:
+def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = None, *,
+            samples: int = 1, batch_size: int | None = None, generator: torch.Generator | None = None,
+            latents: bool = False) -> dict[str, np.ndarray]:
     """Predicted parameters and ``<name>_err`` of finite ADU stamps ``(N, H, W)``.
 
-    ``samples == 1``: one encoder pass, errors from the held-out residuals in ``model.json``.
-    ``samples > 1``: MC dropout, the mean and standard deviation of ``samples`` draws of the
-    dropout mask on the encoder features (the convolutions run once). ``latents=True`` adds
-    the full latent vectors (for reconstructions).
+    ``conditions``: the observing conditions of a conditioned model (see
+    :meth:`TrainedModel.condition_input`). Errors: the variance head (recalibrated) when the
+    model has one, else the held-out scatter; ``samples > 1`` adds MC dropout, the spread of
+    ``samples`` draws of the dropout mask on the encoder features (the convolutions run
+    once). ``latents=True`` adds the full latent vectors (for reconstructions).
     """
     net = model.network.eval()
     n_sup = len(model.supervised)
     p = net.arch.dropout
     check_samples(model, samples)
-    z_mean, z_std, z_all = [], [], []
-    step = batch_size or model.batch_size
+    c = model.condition_input(images, conditions)
+    z_mean, z_var, z_all = [], [], []
     with torch.inference_mode():
-        for i in range(0, len(images), step):  # normalised per batch: memory stays small
-            h = net.encoder(model.to_input(images[i:i + step]))
+        for x, cb in model._batches(images, c, batch_size or model.batch_size):
+            h = net.encoder(x)
+            z, log_var = net.heads(h, cb)
             if latents:
-                z_all.append(net.heads(h).float().cpu().numpy())
+                z_all.append(z.float().cpu().numpy())
             if samples == 1:
-                z_mean.append(net.to_phys(h).float().cpu().numpy())
+                z_mean.append(z[:, :n_sup].float().cpu().numpy())
+                if log_var is not None:
+                    z_var.append(log_var.exp().float().cpu().numpy())
                 continue
-            draws = torch.stack([
-                net.to_phys(h * (torch.rand(h.shape, generator=generator).to(h.device) >= p) / (1 - p))
-                for _ in range(samples)])
-            z_mean.append(draws.mean(0).float().cpu().numpy())
-            z_std.append(draws.std(0).float().cpu().numpy())
+            draws = [net.heads(h * (torch.rand(h.shape, generator=generator).to(h.device) >= p)
+                               / (1 - p), cb) for _ in range(samples)]
+            means = torch.stack([d[0][:, :n_sup] for d in draws])
+            var = means.var(0)
+            if log_var is not None:  # noise (the head, averaged) plus model (the spread of means)
+                var = var + torch.stack([d[1].exp() for d in draws]).mean(0)
+            z_mean.append(means.mean(0).float().cpu().numpy())
+            z_var.append(var.float().cpu().numpy())
     empty = np.empty((0, n_sup), np.float32)
     z = np.concatenate(z_mean) if z_mean else empty
-    if samples > 1:
-        sigma_z = np.concatenate(z_std) if z_std else empty
-    else:
+    if z_var:
+        sigma_z = np.sqrt(np.concatenate(z_var))
+        if net.arch.predict_variance:
+            sigma_z = sigma_z * np.asarray(model.meta.get("variance_scale", np.ones(n_sup)))
+    elif samples == 1 and not net.arch.predict_variance:
         sigma_z = HeldoutScatter.from_dict(model.meta["heldout_scatter"]).latent_sigma(z)
+    else:
+        sigma_z = empty
     values = model.scaling.to_physical(z)
     errors = physical_sigma(model.scaling, z, sigma_z)
     out = {}
     for name in model.supervised:
         out[name], out[f"{name}_err"] = values[name], errors[name]
+    if "g1" in out and "g2" in out:
+        out["ellipticity"], out["position_angle"] = ellipticity_from_shear(out["g1"], out["g2"])
+        out["ellipticity_err"], out["position_angle_err"] = ellipticity_errors(
+            out["g1"], out["g2"], out["g1_err"], out["g2_err"])
     if latents:
         out["latents"] = np.concatenate(z_all) if z_all else np.empty((0, net.arch.latent_dim))
     return out
@@ -120,9 +156,35 @@ def check_samples(model: TrainedModel, samples: int, where="the model") -> None:
     if samples > 1 and model.network.arch.dropout <= 0:
         raise InputError(f"--samples {samples} needs a model trained with dropout > 0 "
                          f"(galcae train ... dropout=0.1); {where} has none")
-    if samples == 1 and "heldout_scatter" not in model.meta:
+    if samples == 1 and not model.network.arch.predict_variance and "heldout_scatter" not in model.meta:
         raise InputError(f"{where} has no held-out error model (trained by an older galcae); "
                          "retrain it, or use --samples K with a dropout model")
+
+
+def chunk_conditions(model: TrainedModel, stamps, options: InferOptions) -> dict:
+    """The observing conditions of a chunk's stamps: the options, else what the input states
+    (FITS keywords, a dataset's truth); ``noise_sigma`` measured on the raw stamps."""
+    given = dict(stamps.conditions)
+    for name in ("psf_fwhm", "psf_beta"):
+        if getattr(options, name) is not None:
+            given[name] = getattr(options, name)
+    n = len(stamps.images)
+    out = {name: np.broadcast_to(np.asarray(given.get(name, np.nan), float), (n,)).copy()
+           for name in model.conditions if name != "noise_sigma"}
+    if "noise_sigma" in model.conditions:
+        out["noise_sigma"] = stamp_noise_sigma(stamps.images)  # before NaNs are zeroed
+    return out
+
+
+def conditions_out_of_range(model: TrainedModel, conditions: dict, n: int) -> np.ndarray:
+    """Rows whose conditions are unknown or outside the training range (5% slack on the ends)."""
+    flag = np.zeros(n, bool)
+    for name, values in conditions.items():
+        lo, hi = model.meta.get("training_range", {}).get(name, (-np.inf, np.inf))
+        slack = 0.05 * (hi - lo)
+        with np.errstate(invalid="ignore"):
+            flag |= ~((values >= lo - slack) & (values <= hi + slack))
+    return flag
 
 
 def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: int, first_id: int,
@@ -130,29 +192,37 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
     """Read, measure and write one chunk as a Parquet part (and its reconstructions)."""
     model = worker_model(meta_path, sha, options.device)
     stamps = chunk.read(model.network.arch.stamp_size, options.adapt_size)
+    conditions = chunk_conditions(model, stamps, options)
     ready = clean(stamps)
-    empty = ready.flags["flag_empty"]
-    n = len(empty)
+    unknown = conditions_out_of_range(model, conditions, len(stamps.images))
+    # Stamps without known conditions cannot be measured by a conditioned model: left NaN.
+    skip = ready.flags["flag_empty"] | (~np.all([np.isfinite(v) for v in conditions.values()], axis=0)
+                                        if conditions else False)
+    n = len(skip)
     generator = torch.Generator().manual_seed(options.seed * 1_000_003 + number)
-    result = measure(model, ready.images[~empty], samples=options.samples,
-                     batch_size=options.batch_size, generator=generator, latents=options.reconstruct)
+    result = measure(model, ready.images[~skip], {k: v[~skip] for k, v in conditions.items()},
+                     samples=options.samples, batch_size=options.batch_size, generator=generator,
+                     latents=options.reconstruct)
 
-    table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags}
+    table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **conditions}
     out_of_range = ready.brightest > model.normalization.ceiling
     training_range = model.meta.get("training_range", {})
-    for name in model.supervised:
-        for key in (name, f"{name}_err"):
-            table[key] = np.full(n, np.nan)
-            table[key][~empty] = result[key]
-        if name in training_range:
-            lo, hi = training_range[name]
+    for key in result:
+        if key == "latents":
+            continue
+        table[key] = np.full(n, np.nan)
+        table[key][~skip] = result[key]
+        if key in training_range and key in model.supervised:
+            lo, hi = training_range[key]
             with np.errstate(invalid="ignore"):
-                out_of_range |= (table[name] < lo) | (table[name] > hi)
+                out_of_range |= (table[key] < lo) | (table[key] > hi)
     table["flag_out_of_range"] = out_of_range
+    table["flag_conditions_out_of_range"] = unknown
 
     if options.reconstruct:
         recon = np.full(ready.images.shape, np.nan, np.float32)
-        recon[~empty] = model.decode(result["latents"], options.batch_size)
+        recon[~skip] = model.decode(result["latents"], {k: v[~skip] for k, v in conditions.items()},
+                                    options.batch_size)
         atomic_save(recon_path(parts, number), lambda p: np.save(p, recon))
     return write_part(parts, number, table, columns)
 
@@ -196,8 +266,12 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
     sha = model.meta["weights_sha256"]
     check_samples(model, options.samples, meta_path)
 
+    missing = [n for n in model.conditions if n != "noise_sigma" and getattr(options, n) is None]
+    if missing:
+        log.info("%s: %s taken from the inputs (PSFFWHM / PSFBETA keywords or a dataset's truth); "
+                 "stamps without them are left unmeasured", meta_path.parent, ", ".join(missing))
     meta = {"model": str(meta_path), "model_sha256": sha, "model_epochs": model.meta.get("epoch"),
-            "uncertainty": "mc_dropout" if options.samples > 1 else "heldout",
+            "uncertainty": uncertainty_method(model, options.samples),
             "samples": options.samples, "flags": FLAGS}
 
     def reconstructions_of(parts, number):  # a chunk is done when these exist too

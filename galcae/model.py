@@ -6,6 +6,14 @@ Latent: ``z_phys`` = Dense(n_supervised, linear), one axis per supervised parame
 ``z_res`` = Dense(latent_dim - n_supervised, ReLU), pushed towards zero by an L1 penalty.
 Decoder: Dense(16x16x64, ReLU) -> UpSample(2) -> Conv(64, 3x3, ReLU) -> UpSample(2)
 -> Conv(32, 3x3, ReLU) -> Conv(1, 3x3, sigmoid).
+
+Beyond the paper (both off in its preset, so the paper's network is unchanged):
+
+- conditioning: ``n_conditions`` standardised observing conditions (PSF FWHM and Moffat
+  beta, sky noise) are appended to the encoder's features before the latent heads and to
+  the latents at the decoder's input, so one network serves a range of seeing and sky;
+- ``predict_variance``: a third head, Dense(n_supervised, linear), gives the log-variance
+  of each supervised latent, trained with a Gaussian negative log-likelihood.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ class Architecture:
     # Dropout on the encoder's flattened features (not in the paper, 0 there): a model
     # trained with it can give Monte-Carlo-dropout uncertainties at inference.
     dropout: float = 0.0
+    n_conditions: int = 0  # observing conditions fed to encoder heads and decoder
+    predict_variance: bool = False  # a log-variance head for the supervised latents
 
     def __post_init__(self):
         if self.stamp_size % 4:
@@ -42,7 +52,10 @@ class Architecture:
 
 
 class CAE(nn.Module):
-    """The paper's CAE; ``encode`` gives ``[z_phys, z_res]``, ``decode`` the image in [0, 1]."""
+    """The paper's CAE; ``encode`` gives ``[z_phys, z_res]``, ``decode`` the image in [0, 1].
+
+    ``c`` is the ``(B, n_conditions)`` standardised conditions; ``None`` when there are none.
+    """
 
     def __init__(self, arch: Architecture = Architecture()):
         super().__init__()
@@ -57,46 +70,71 @@ class CAE(nn.Module):
             nn.Conv2d(c1, c2, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
             nn.Flatten())
         self.dropout = nn.Dropout(arch.dropout)
-        self.to_phys = nn.Linear(flat, arch.n_supervised)
-        self.to_res = nn.Linear(flat, arch.latent_dim - arch.n_supervised)
+        seen = flat + arch.n_conditions
+        self.to_phys = nn.Linear(seen, arch.n_supervised)
+        self.to_res = nn.Linear(seen, arch.latent_dim - arch.n_supervised)
+        self.to_log_var = nn.Linear(seen, arch.n_supervised) if arch.predict_variance else None
         self.decoder = nn.Sequential(
-            nn.Linear(arch.latent_dim, flat), nn.ReLU(), nn.Unflatten(1, (c2, side, side)),
+            nn.Linear(arch.latent_dim + arch.n_conditions, flat), nn.ReLU(), nn.Unflatten(1, (c2, side, side)),
             nn.Upsample(scale_factor=2), nn.Conv2d(c2, c2, 3, padding=1), nn.ReLU(),
             nn.Upsample(scale_factor=2), nn.Conv2d(c2, c1, 3, padding=1), nn.ReLU(),
             nn.Conv2d(c1, 1, 3, padding=1))  # logits; the sigmoid is applied in decode / the loss
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, 1, H, W)`` normalised images -> ``(B, latent_dim)`` latents ``[z_phys, z_res]``."""
-        return self.heads(self.encoder(x))
+        return self.heads(self.encoder(x), c)[0]
 
-    def heads(self, features: torch.Tensor) -> torch.Tensor:
-        """Flattened encoder features -> latents (dropout applies here, in training mode)."""
+    def heads(self, features: torch.Tensor, c: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Flattened encoder features -> latents and the supervised log-variances (or None).
+        Dropout applies here, in training mode."""
         h = self.dropout(features)
-        return torch.cat([self.to_phys(h), F.relu(self.to_res(h))], dim=1)
+        h = self.with_conditions(h, c)
+        z = torch.cat([self.to_phys(h), F.relu(self.to_res(h))], dim=1)
+        # Clamped: a variance e^±12 is already far beyond any physical error.
+        log_var = self.to_log_var(h).clamp(-12.0, 12.0) if self.to_log_var is not None else None
+        return z, log_var
 
-    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
+    def with_conditions(self, h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        if not self.arch.n_conditions:
+            return h
+        if c is None or c.shape != (h.shape[0], self.arch.n_conditions):
+            raise ValueError(f"this network is conditioned on {self.arch.n_conditions} observing "
+                             f"conditions per image; got {None if c is None else tuple(c.shape)}")
+        return torch.cat([h, c.to(h.dtype)], dim=1)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents -> ``(B, 1, H, W)`` reconstructions in ``[0, 1]``."""
-        return torch.sigmoid(self.decoder(z))
+    def decode_logits(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(self.with_conditions(z, c))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstruction logits and latents."""
-        z = self.encode(x)
-        return self.decode_logits(z), z
+    def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (and conditions) -> ``(B, 1, H, W)`` reconstructions in ``[0, 1]``."""
+        return torch.sigmoid(self.decode_logits(z, c))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None):
+        """Reconstruction logits, latents and supervised log-variances (or None)."""
+        z, log_var = self.heads(self.encoder(x), c)
+        return self.decode_logits(z, c), z, log_var
 
 
 def cae_loss(model: CAE, x: torch.Tensor, y_phys: torch.Tensor, lambda_phys: float,
-             lambda_l1: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. 2-5: BCE(x, x_hat) + lambda_phys * MSE(z_phys, y) + lambda_l1 * mean|z_res|.
+             lambda_l1: float, c: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 2-5: BCE(x, x_hat) + lambda_phys * MSE(z_phys, y) + lambda_l1 * mean|z_res|,
+    plus, with a variance head, lambda_phys * the Gaussian NLL of the residuals.
 
-    Returns the total (for backward) and its three terms as floats.
+    The NLL sees the mean detached (Stirn et al. 2023, "faithful" heteroscedastic
+    regression): the variance is fitted to the residuals the MSE leaves, and cannot buy a
+    lower loss by blurring the mean. Returns the total (for backward) and its terms as floats.
     """
-    logits, z = model(x)
+    logits, z, log_var = model(x, c)
     n_sup = model.arch.n_supervised
     bce = F.binary_cross_entropy_with_logits(logits, x)  # == BCE(sigmoid(logits), x), stabler
     mse = F.mse_loss(z[:, :n_sup], y_phys)
     l1 = z[:, n_sup:].abs().mean()
     total = bce + lambda_phys * mse + lambda_l1 * l1
-    return total, {"loss": total.item(), "bce": bce.item(), "mse": mse.item(), "l1": l1.item()}
+    parts = {"bce": bce.item(), "mse": mse.item(), "l1": l1.item()}
+    if log_var is not None:
+        residual2 = (z[:, :n_sup].detach() - y_phys) ** 2
+        nll = 0.5 * (log_var + residual2 * torch.exp(-log_var)).mean()
+        total = total + lambda_phys * nll
+        parts["nll"] = nll.item()
+    return total, {"loss": total.item(), **parts}

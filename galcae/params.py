@@ -67,9 +67,20 @@ DERIVED = {
 }
 
 
+#: Observing conditions of a stamp: drawn per galaxy by a survey simulation, and the inputs
+#: besides the image that a conditioned model takes.
+CONDITIONS = {
+    "psf_fwhm": Parameter("psf_fwhm", "arcsec", (0.05, 10.0), "PSF full width at half maximum"),
+    "psf_beta": Parameter("psf_beta", "", (1.1, 20.0), "Moffat beta of the PSF"),
+    "sky_level": Parameter("sky_level", "adu", (0.0, 1e7), "sky level per pixel (subtracted)"),
+    "noise_sigma": Parameter("noise_sigma", "adu", (0.0, np.inf),
+                             "sky-noise sigma measured on the stamp's outer pixels (mad_std)"),
+}
+
+
 def unit_of(name: str) -> str:
-    """The astropy unit string of a simulated or derived parameter."""
-    return {**PARAMETERS, **DERIVED}[name].unit
+    """The astropy unit string of a simulated, derived or condition column."""
+    return {**PARAMETERS, **DERIVED, **CONDITIONS}[name].unit
 
 
 def shear_from_ellipticity(ellipticity, position_angle_deg):
@@ -85,6 +96,17 @@ def ellipticity_from_shear(g1, g2):
     g2 = np.asarray(g2, dtype=float)
     pa = np.rad2deg(0.5 * np.arctan2(g2, g1)) % 180.0
     return np.hypot(g1, g2), pa
+
+
+def ellipticity_errors(g1, g2, g1_err, g2_err):
+    """1-sigma of ``|g|`` and of the position angle (deg) from those of ``g1, g2`` (first
+    order, independent components; the angle's error diverges as ``|g| -> 0``)."""
+    g1, g2, s1, s2 = (np.asarray(v, float) for v in (g1, g2, g1_err, g2_err))
+    e2 = g1**2 + g2**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e_err = np.sqrt((g1 * s1) ** 2 + (g2 * s2) ** 2) / np.sqrt(e2)
+        pa_err = np.rad2deg(0.5 * np.sqrt((g2 * s1) ** 2 + (g1 * s2) ** 2) / e2)
+    return e_err, pa_err
 
 
 def axis_ratio_from_ellipticity(ellipticity):

@@ -41,11 +41,31 @@ def draw_parameters(cfg: SimConfig) -> dict[str, np.ndarray]:
     table["g1"], table["g2"] = shear_from_ellipticity(table["ellipticity"], table["position_angle"])
     # Drawn after the parameters so a sweep and a random set of one seed share noise seeds.
     table["seed"] = rng.integers(1, 2**62, size=n, dtype=np.int64)
+    # Observing conditions last: a config with fixed ones draws exactly what it drew before.
+    sweep = cfg.sweep.parameter is not None
+    table["psf_fwhm"] = _condition(rng, cfg.psf.fwhm, n, log=False, fixed=sweep)
+    table["psf_beta"] = _condition(rng, cfg.psf.beta, n, log=False, fixed=sweep)
+    table["sky_level"] = _condition(rng, cfg.noise.sky_level, n, log=True, fixed=sweep)
     return table
 
 
+def _condition(rng, value, n: int, log: bool, fixed: bool) -> np.ndarray:
+    """One observing condition per galaxy: a fixed value, or drawn over its range (uniformly,
+    or log-uniformly for the sky); a controlled sweep holds it at the range's middle."""
+    if not isinstance(value, tuple):
+        return np.full(n, float(value))
+    lo, hi = value
+    if fixed:
+        return np.full(n, float(np.sqrt(lo * hi) if log else 0.5 * (lo + hi)))
+    if log:
+        return 10.0 ** rng.uniform(np.log10(lo), np.log10(hi), n)
+    return rng.uniform(lo, hi, n)
+
+
 def make_psf(cfg: SimConfig) -> galsim.GSObject:
-    """The PSF profile of ``cfg.psf``."""
+    """The PSF profile of ``cfg.psf`` (with fixed values: see :meth:`SimConfig.for_galaxy`)."""
+    if isinstance(cfg.psf.fwhm, tuple) or isinstance(cfg.psf.beta, tuple):
+        raise ValueError("the PSF varies per galaxy: use cfg.for_galaxy(row) first")
     if cfg.psf.profile == "moffat":
         return galsim.Moffat(beta=cfg.psf.beta, fwhm=cfg.psf.fwhm)
     return galsim.Gaussian(fwhm=cfg.psf.fwhm)
@@ -76,6 +96,11 @@ def pixel_variance(cfg: SimConfig, noiseless: np.ndarray) -> np.ndarray:
     return (np.clip(noiseless, 0.0, None) + n.sky_level) / n.gain + (n.read_noise / n.gain) ** 2
 
 
+def sky_sigma(sky_level, gain: float, read_noise: float):
+    """Sky-noise sigma in ADU of a blank pixel (sky Poisson + read noise)."""
+    return np.sqrt(np.asarray(sky_level, float) / gain + (read_noise / gain) ** 2)
+
+
 def optimal_snr(cfg: SimConfig, noiseless: np.ndarray) -> float:
     """Matched-filter S/N, ``sqrt(sum(I² / var))``: the S/N of an optimal flux measurement."""
     return float(np.sqrt(np.sum(noiseless**2 / pixel_variance(cfg, noiseless))))
@@ -98,20 +123,22 @@ def render_chunk(cfg: SimConfig, rows: dict[str, np.ndarray]) -> dict[str, np.nd
         "flux_in_stamp": np.full(n, np.nan),
         "status": np.full(n, OK, dtype=object),
     }
-    psf = make_psf(cfg)
-    noise = cfg.noise
+    fixed = None if cfg.varies_conditions else cfg.for_galaxy({k: v[0] for k, v in rows.items()})
+    psf = make_psf(fixed) if fixed else None
     with threadpool_limits(1), warnings.catch_warnings():
         # GalSim warns, then goes on, when an FFT exceeds maximum_fft_size: make it fail the
         # galaxy instead, since the cap is what keeps a worker's memory bounded.
         warnings.simplefilter("error", galsim.GalSimFFTSizeWarning)
         for i in range(n):
             row = {k: v[i] for k, v in rows.items()}
+            galaxy_cfg = fixed or cfg.for_galaxy(row)
+            noise = galaxy_cfg.noise
             try:
-                image = render_noiseless(cfg, row, psf)
+                image = render_noiseless(galaxy_cfg, row, psf)
             except (galsim.GalSimError, galsim.GalSimFFTSizeWarning, MemoryError) as err:
                 out["status"][i] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
                 continue
-            out["snr"][i] = optimal_snr(cfg, image.array)
+            out["snr"][i] = optimal_snr(galaxy_cfg, image.array)
             out["flux_in_stamp"][i] = image.array.sum() / row["flux"]
             image.addNoise(galsim.CCDNoise(galsim.BaseDeviate(int(row["seed"])),
                                            sky_level=noise.sky_level, gain=noise.gain,

@@ -47,6 +47,17 @@ class Stamps:
     columns: dict[str, np.ndarray]  # source, index, and for fields x_field, y_field, ra, dec
     truncated: np.ndarray  # (n,) bool: the stamp runs over the edge of its image
     adapted: np.ndarray  # (n,) bool: cropped or zero-padded to the model's stamp size
+    # Observing conditions the input states (psf_fwhm, psf_beta): scalars or per-stamp arrays.
+    conditions: dict = field(default_factory=dict)
+
+
+#: FITS header keywords that state a stamp's PSF for conditioned models.
+CONDITION_KEYWORDS = {"psf_fwhm": "PSFFWHM", "psf_beta": "PSFBETA"}
+
+
+def header_conditions(header: fits.Header) -> dict:
+    """``psf_fwhm`` (arcsec) and ``psf_beta`` from the PSFFWHM / PSFBETA keywords, where present."""
+    return {name: float(header[key]) for name, key in CONDITION_KEYWORDS.items() if key in header}
 
 
 def fit_to_size(images: np.ndarray, size: int, adapt: bool, where: str) -> tuple[np.ndarray, bool]:
@@ -162,11 +173,12 @@ class CubeChunk:
             except (OSError, ValueError, TypeError) as err:
                 raise InputError(f"{self.path}[{self.hdu}]: cannot read stamps "
                                  f"{self.start}-{self.stop} ({err})") from None
+            conditions = header_conditions(h.header)
         n = len(images)
         images, adapted = fit_to_size(images, size, adapt, f"{self.source}[{self.hdu}]")
         return Stamps(images, {"source": np.full(n, self.source, dtype=object),
                                "index": np.arange(self.start, self.start + n)},
-                      np.zeros(n, bool), np.full(n, adapted))
+                      np.zeros(n, bool), np.full(n, adapted), conditions)
 
 
 @dataclass(frozen=True)
@@ -181,12 +193,16 @@ class StampFilesChunk:
         n = len(self.paths)
         images = np.empty((n, size, size), np.float32)
         adapted = np.zeros(n, bool)
+        conditions = {name: np.full(n, np.nan) for name in CONDITION_KEYWORDS}
         for i, (path, source, hdu) in enumerate(zip(self.paths, self.sources, self.hdus)):
             with open_fits(path) as hdul:
                 images[i], adapted[i] = fit_to_size(_native(hdul[hdu].data), size, adapt,
                                                     f"{source}[{hdu}]")
+                for name, value in header_conditions(hdul[hdu].header).items():
+                    conditions[name][i] = value
         return Stamps(images, {"source": np.array(self.sources, dtype=object),
-                               "index": np.zeros(n, np.int64)}, np.zeros(n, bool), adapted)
+                               "index": np.zeros(n, np.int64)}, np.zeros(n, bool), adapted,
+                      {k: v for k, v in conditions.items() if np.isfinite(v).any()})
 
 
 @dataclass(frozen=True)
@@ -201,12 +217,15 @@ class DatasetChunk:
     def read(self, size: int, adapt: bool) -> Stamps:
         from .dataset import Dataset
 
-        images = np.asarray(Dataset.open(self.path).images[self.start:self.stop], np.float32)
+        dataset = Dataset.open(self.path)
+        images = np.asarray(dataset.images[self.start:self.stop], np.float32)
         n = len(images)
         images, adapted = fit_to_size(images, size, adapt, self.source)
+        conditions = {name: dataset.params[name][self.start:self.stop]
+                      for name in (*CONDITION_KEYWORDS, "sky_level")}
         return Stamps(images, {"source": np.full(n, self.source, dtype=object),
                                "index": np.arange(self.start, self.stop)}, np.zeros(n, bool),
-                      np.full(n, adapted))
+                      np.full(n, adapted), conditions)
 
 
 @dataclass(frozen=True)

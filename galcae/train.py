@@ -19,11 +19,14 @@ from tqdm.auto import tqdm
 
 from .checkpoint import META, TrainedModel, load_model, pick_device, save_model, sha256_of, \
     write_json_atomic
+from .conditions import condition_table
 from .config import ConfigError, TrainConfig, from_dict, to_dict
 from .dataset import PARAMS, Dataset
 from .model import CAE, Architecture, cae_loss
+from .params import ellipticity_from_shear
 from .scaling import ParameterScaling, PixelNormalization
-from .uncertainty import HeldoutScatter
+from .simulate import sky_sigma
+from .uncertainty import HeldoutScatter, calibration_scale
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,21 @@ def split_indices(dataset: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.nd
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
-def noise_sigma(dataset: Dataset) -> float:
-    """Sky noise sigma in ADU of the dataset's noise model."""
+def noise_sigma(dataset: Dataset, ids=None) -> float:
+    """Median sky-noise sigma in ADU of the dataset's galaxies (all of them, or ``ids``)."""
     n = dataset.config.noise
-    return float(np.sqrt(n.sky_level / n.gain + (n.read_noise / n.gain) ** 2))
+    sky = dataset.params["sky_level"] if ids is None else dataset.params["sky_level"][ids]
+    return float(np.median(sky_sigma(sky, n.gain, n.read_noise)))
+
+
+def conditioning_inputs(dataset: Dataset, images: np.ndarray, cfg: TrainConfig) -> dict:
+    """The conditions of every galaxy: PSF from the truth table, noise measured on the stamp
+    (exactly as inference will measure it)."""
+    if "psf_beta" in cfg.conditions and dataset.config.psf.profile != "moffat":
+        raise ConfigError(f"conditions: psf_beta needs a Moffat PSF; {dataset.path} has "
+                          f"a {dataset.config.psf.profile} one")
+    given = {n: dataset.params[n] for n in cfg.conditions if n in dataset.params}
+    return condition_table(cfg.conditions, images, given)
 
 
 def provenance(dataset: Dataset) -> dict:
@@ -100,16 +114,26 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
 
     train_ids, test_ids = split_indices(dataset, cfg)
     images = dataset.load_images()
-    normalization = PixelNormalization.fit(images[train_ids], noise_sigma(dataset))
-    scaling = ParameterScaling.fit({k: v[train_ids] for k, v in dataset.params.items()},
-                                   cfg.supervised, cfg.log_scaled)
+    normalization = PixelNormalization.fit(images[train_ids], noise_sigma(dataset, train_ids))
+    train_params = {k: v[train_ids] for k, v in dataset.params.items()}
+    scaling = ParameterScaling.fit(train_params, cfg.supervised, cfg.log_scaled)
+    conditions = conditioning_inputs(dataset, images, cfg)
+    conditioning = (ParameterScaling.fit({k: v[train_ids] for k, v in conditions.items()},
+                                         cfg.conditions, ("noise_sigma",)) if cfg.conditions else None)
     arch = Architecture(stamp_size=dataset.config.stamp_size, latent_dim=cfg.latent_dim,
-                        n_supervised=len(cfg.supervised), dropout=cfg.dropout)
+                        n_supervised=len(cfg.supervised), dropout=cfg.dropout,
+                        n_conditions=len(cfg.conditions), predict_variance=cfg.predict_variance)
     network = CAE(arch).to(device, memory_format=torch.channels_last)
     model = TrainedModel(network, normalization, scaling,
-                         {"train_config": to_dict(cfg), "dataset": provenance(dataset), "epoch": 0})
+                         {"train_config": to_dict(cfg), "dataset": provenance(dataset), "epoch": 0},
+                         conditioning)
     x_all = model.to_input(images)
-    y_all = torch.as_tensor(scaling.to_latent(dataset.params), device=device)
+    # One target table per flip/rotation, so the augmented image keeps matching its truth.
+    size = dataset.config.stamp_size
+    y_all = torch.stack([torch.as_tensor(scaling.to_latent(dihedral_params(dataset.params, k, size)))
+                         for k in range(8 if cfg.augment else 1)]).to(device)
+    c_all = (torch.as_tensor(conditioning.to_latent(conditions), device=device)
+             if conditioning else None)
     optimizer = torch.optim.Adam(network.parameters(), lr=cfg.learning_rate)
     batch_order = torch.Generator().manual_seed(cfg.seed)
     history, start = [], 0
@@ -137,10 +161,12 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
         sums, t0 = {}, time.perf_counter()
         for i in range(0, len(order), cfg.batch_size):
             batch = order[i:i + cfg.batch_size].to(device)
-            x = x_all[batch]
+            x, k = x_all[batch], 0
             if cfg.augment:
-                x = dihedral(x, int(torch.randint(8, (), generator=batch_order)))
-            loss, parts = cae_loss(network, x, y_all[batch], *terms)
+                k = int(torch.randint(8, (), generator=batch_order))
+                x = dihedral(x, k)
+            loss, parts = cae_loss(network, x, y_all[k][batch], *terms,
+                                   c=None if c_all is None else c_all[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -148,8 +174,8 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
                 sums[k] = sums.get(k, 0.0) + v * len(batch)
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, **{k: v / len(order) for k, v in sums.items()},
-                  **{f"test_{k}": v for k, v in _evaluate_loss(network, x_all, y_all, test_ids,
-                                                               cfg, terms).items()},
+                  **{f"test_{k}": v for k, v in _evaluate_loss(network, x_all, y_all[0], c_all,
+                                                               test_ids, terms).items()},
                   "seconds": seconds, "images_per_second": len(order) / seconds}
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", test=f"{record['test_loss']:.4f}")
@@ -162,8 +188,10 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
                     "epoch": epoch + 1}, run_dir / f".{STATE}.tmp")
         (run_dir / f".{STATE}.tmp").replace(run_dir / STATE)
 
-    model.meta.update(error_model(model, images[test_ids], y_all[test_ids].cpu().numpy(),
-                                  {n: dataset.params[n][train_ids] for n in cfg.supervised}))
+    model.meta.update(error_model(model, images[test_ids], y_all[0][test_ids].cpu().numpy(),
+                                  {n: train_params[n] for n in cfg.supervised},
+                                  {n: v[test_ids] for n, v in conditions.items()},
+                                  {n: v[train_ids] for n, v in conditions.items()}))
     save_model(run_dir, model)
     from .evaluate.figures import loss_curve
 
@@ -172,12 +200,22 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
 
 
 def error_model(model: TrainedModel, test_images: np.ndarray, test_targets: np.ndarray,
-                train_truth: dict[str, np.ndarray]) -> dict:
+                train_truth: dict[str, np.ndarray], test_conditions: dict | None = None,
+                train_conditions: dict | None = None) -> dict:
     """What inference needs to qualify its answers: the held-out residual scatter (the
-    default ``_err``) and the range of each supervised parameter seen in training."""
-    z = model.encode(test_images)[:, :len(model.supervised)]
-    return {"heldout_scatter": HeldoutScatter.fit(z, test_targets).to_dict(),
-            "training_range": {n: [float(np.min(v)), float(np.max(v))] for n, v in train_truth.items()}}
+    ``heldout`` ``_err``) and the range of each supervised parameter and condition seen
+    in training."""
+    n_sup = len(model.supervised)
+    ranges = {n: [float(np.min(v)), float(np.max(v))]
+              for n, v in {**train_truth, **(train_conditions or {})}.items()}
+    if not model.network.arch.predict_variance:
+        z = model.encode(test_images, test_conditions)[:, :n_sup]
+        return {"heldout_scatter": HeldoutScatter.fit(z, test_targets).to_dict(),
+                "training_range": ranges}
+    z, log_var = model.encode(test_images, test_conditions, log_var=True)
+    scale = calibration_scale(test_targets, z[:, :n_sup], np.exp(0.5 * log_var))
+    return {"heldout_scatter": HeldoutScatter.fit(z[:, :n_sup], test_targets).to_dict(),
+            "variance_scale": [float(v) for v in scale], "training_range": ranges}
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
@@ -193,13 +231,31 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.flip(x, dims=(-1,)) if k >= 4 else x
 
 
+def dihedral_params(table: dict, k: int, size: int) -> dict:
+    """The truth of the images :func:`dihedral` ``k`` makes: each quarter turn maps the centre
+    ``(x, y) -> (y, size - x)`` and the shear ``g -> -g``; the flip ``x -> size - x``, ``g2 -> -g2``
+    (flux, radius, n and |g| do not change)."""
+    out = dict(table)
+    x, y = np.asarray(table["x"], float), np.asarray(table["y"], float)
+    g1, g2 = np.asarray(table["g1"], float), np.asarray(table["g2"], float)
+    for _ in range(k % 4):
+        x, y, g1, g2 = y, size - x, -g1, -g2
+    if k >= 4:
+        x, g2 = size - x, -g2
+    out.update(x=x, y=y, g1=g1, g2=g2)
+    if "position_angle" in table:
+        out["position_angle"] = ellipticity_from_shear(g1, g2)[1]
+    return out
+
+
 @torch.inference_mode()
-def _evaluate_loss(network: CAE, x_all, y_all, ids, cfg: TrainConfig, terms) -> dict[str, float]:
+def _evaluate_loss(network: CAE, x_all, y_all, c_all, ids, terms) -> dict[str, float]:
     network.eval()
     sums = {}
     for i in range(0, len(ids), 512):
         batch = torch.as_tensor(ids[i:i + 512]).to(x_all.device)
-        _, parts = cae_loss(network, x_all[batch], y_all[batch], *terms)
+        _, parts = cae_loss(network, x_all[batch], y_all[batch], *terms,
+                            c=None if c_all is None else c_all[batch])
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v * len(batch)
     return {k: v / len(ids) for k, v in sums.items()}

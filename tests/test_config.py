@@ -93,8 +93,23 @@ def test_config_file_errors_name_the_file(tmp_path):
         read_config_file(bad)
 
 
-def test_augmentation_refused_when_it_would_change_a_supervised_parameter():
-    """Flips and rotations move the centre, so augment with x supervised is refused."""
+def test_augmentation_refused_only_for_the_wrapping_position_angle():
+    """Flips and rotations transform x, y, g1, g2 with the image; a position angle wraps."""
     with pytest.raises(ConfigError, match="augment"):
-        TrainConfig(supervised=("flux", "x"), log_scaled=("flux",), augment=True)
-    assert TrainConfig(supervised=("flux", "x"), log_scaled=("flux",), augment=False).augment is False
+        TrainConfig(supervised=("flux", "position_angle"), log_scaled=("flux",), augment=True)
+    assert TrainConfig(supervised=("flux", "g1", "x"), log_scaled=(), augment=True).augment
+    with pytest.raises(ConfigError, match="'conditions'.*'seeing'"):
+        TrainConfig(conditions=("seeing",))
+
+
+def test_observing_conditions_take_a_value_or_a_range():
+    cfg = load_stage("simulate", "paper", ["psf.profile=moffat", "psf.fwhm=[0.5, 1.2]",
+                                           "noise.sky_level=[50, 2000]"])
+    assert cfg.psf.fwhm == (0.5, 1.2) and cfg.psf.beta == 3.5 and cfg.varies_conditions
+    one = cfg.for_galaxy({"psf_fwhm": 0.8, "psf_beta": 2.5, "sky_level": 70.0})
+    assert (one.psf.fwhm, one.psf.beta, one.noise.sky_level) == (0.8, 2.5, 70.0)
+    assert not one.varies_conditions
+    with pytest.raises(ConfigError, match="'psf.fwhm'.*above upper end"):
+        load_stage("simulate", "paper", ["psf.fwhm=[1.2, 0.5]"])
+    with pytest.raises(ConfigError, match="'noise.sky_level'.*outside"):
+        load_stage("simulate", "paper", ["noise.sky_level=[-1, 5]"])

@@ -22,19 +22,26 @@ from ..simulate import make_psf
 from .metrics import SNR_BINS, r2
 
 RELATIVE = ("flux", "half_light_radius", "sersic_n")
+#: Per-galaxy observing conditions a truth table carries for rendering, fits and bounds.
+CONDITION_COLUMNS = ("psf_fwhm", "psf_beta", "sky_level")
 
 
 def crb_table(cfg: SimConfig, truth: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """sigma_CRB of every parameter for every galaxy of a truth table."""
-    psf = make_psf(cfg)
-    rows = [cramer_rao(cfg, {n: float(truth[n][i]) for n in FIT_PARAMETERS}, psf=psf)
-            for i in range(len(truth["flux"]))]
+    """sigma_CRB of every parameter for every galaxy of a truth table (which holds the
+    galaxies' ``psf_fwhm``, ``psf_beta`` and ``sky_level`` where ``cfg`` draws them)."""
+    psf = None if cfg.varies_conditions else make_psf(cfg)
+    rows = []
+    for i in range(len(truth["flux"])):
+        row = {n: float(v[i]) for n, v in truth.items()}
+        galaxy_cfg = cfg.for_galaxy(row) if cfg.varies_conditions else cfg
+        rows.append(cramer_rao(galaxy_cfg, {n: row[n] for n in FIT_PARAMETERS}, psf=psf))
     return {n: np.array([r[n] for r in rows]) for n in FIT_PARAMETERS}
 
 
 def _fit_and_bound(cfg: SimConfig, images: np.ndarray, truth: dict[str, np.ndarray]) -> dict:
     """One block: the classical fits of ``images`` (timed per fit) and the CRB of their truth."""
-    fits = fit_images(images, cfg)
+    conditions = {k: truth[k] for k in CONDITION_COLUMNS} if cfg.varies_conditions else None
+    fits = fit_images(images, cfg, conditions=conditions)
     return {**fits, **{f"crb_{n}": v for n, v in crb_table(cfg, truth).items()}}
 
 
@@ -98,3 +105,16 @@ def compare(truth: dict[str, np.ndarray], snr: np.ndarray, crb: dict[str, np.nda
 def fit_failures(status: np.ndarray) -> dict:
     return {"n": int(len(status)), "failed": int(np.sum(status != OK)),
             "statuses": {s: int(np.sum(status == s)) for s in np.unique(status)}}
+
+
+def crb_only(cfg: SimConfig, truth: dict[str, np.ndarray], workers: int = 1,
+             block: int = 16) -> dict[str, np.ndarray]:
+    """:func:`crb_table` of many galaxies, in blocks on ``workers`` processes."""
+    n = len(truth["flux"])
+    blocks = [(cfg, {k: v[i:i + block] for k, v in truth.items()}) for i in range(0, n, block)]
+    results = [None] * len(blocks)
+    with dask_client(workers) as client:
+        for index, result in map_chunks(crb_table, blocks, client, desc="Cramér-Rao bounds",
+                                        unit_scale=[len(b[1]["flux"]) for b in blocks]):
+            results[index] = result
+    return {k: np.concatenate([r[k] for r in results]) for k in FIT_PARAMETERS}

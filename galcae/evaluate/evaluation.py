@@ -14,6 +14,10 @@ from ..dataset import PARAMS, Dataset, atomic_directory
 from ..train import SPLIT, split_indices, train_config_of
 from ..crb import FIT_PARAMETERS
 from . import comparison, figures
+from ..conditions import stamp_noise_sigma
+from .calibration import calibration_table, latent_errors, worst_miss
+from .comparison import CONDITION_COLUMNS
+from .disentangle import remeasured_traversals
 from .metrics import binned_error_summary, error_summary, r2, r2_log10
 from .pca import pca_baseline
 from .report import write_report
@@ -57,13 +61,15 @@ def _sweep_section(model, path) -> tuple[dict, dict]:
     return {"parameter": parameter, "values": values, "latents": latents}, metrics
 
 
-def _traversal_section(model, z0: np.ndarray, steps: np.ndarray, pixel_scale: float):
+def _traversal_section(model, z0: np.ndarray, steps: np.ndarray, pixel_scale: float,
+                       conditions: dict):
     """Decode while each supervised latent moves (Fig. 4); measure flux and size of each image."""
     rows, measured = {}, {}
+    cond = {k: np.full(len(steps), float(v)) for k, v in conditions.items()}
     for k, name in enumerate(model.supervised):
         z = np.repeat(z0[None, :], len(steps), axis=0)
         z[:, k] += steps
-        images = model.decode(z)
+        images = model.decode(z, cond)
         rows[name] = images
         # The decoder's sky is not exactly zero; over a whole stamp it would swamp the flux.
         border = np.concatenate([images[:, :2].reshape(len(images), -1),
@@ -82,7 +88,7 @@ def _traversal_section(model, z0: np.ndarray, steps: np.ndarray, pixel_scale: fl
 
 
 def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, classical: int | None = None,
-                 workers: int = 1) -> dict:
+                 workers: int = 1, bound: int = 0, remeasure: bool = True) -> dict:
     """Evaluate a trained run on the held-out split of ``dataset_path``; write ``RUN/eval``.
 
     Parameters
@@ -99,6 +105,12 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
         bound, against the CAE and PCA [default: all of them]; 0 skips the comparison.
     workers : int
         Processes for the classical fits (a local Dask cluster when > 1). [default: 1]
+    bound : int
+        Without classical fits, test galaxies whose Cramér–Rao bound is computed to give the
+        CAE's efficiency (all seven parameters, S/N bins). [default: 0]
+    remeasure : bool
+        Fit the decoded images of each latent traversal classically (disentanglement
+        figure and numbers). [default: True]
     """
     run_dir = Path(run_dir)
     model = load_model(run_dir)
@@ -114,11 +126,15 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
     params = dataset.params
     truth = {n: params[n][test_ids] for n in names}
     snr = params["snr"][test_ids]
+    positive = [n for n in names if np.all(truth[n] > 0)]  # scored in log10 as well
 
     test_images = dataset.load_images(test_ids)
-    model.predict(test_images[:model.batch_size])  # warm-up, so the timing below is steady
+    # A conditioned model is told each galaxy's PSF, and measures the noise on the stamp.
+    conditions = {n: params[n][test_ids] for n in model.conditions if n in params}
+    model.predict(test_images[:model.batch_size],
+                  {k: v[:model.batch_size] for k, v in conditions.items()})  # warm-up
     start = time.perf_counter()
-    predicted = model.predict(test_images)
+    predicted = model.predict(test_images, conditions)
     cae_seconds = (time.perf_counter() - start) / len(test_ids)
     pca_train = train_ids[np.linspace(0, len(train_ids) - 1, min(len(train_ids), PCA_MAX_TRAIN))
                           .astype(int)]
@@ -126,8 +142,8 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
     train_pixels = as_pixels(dataset.load_images(pca_train))
     test_pixels = as_pixels(test_images)
     pca = pca_baseline(train_pixels, {n: params[n][pca_train] for n in names}, test_pixels, truth)
-    pca_log = pca_baseline(train_pixels, {n: np.log10(params[n][pca_train]) for n in names},
-                           test_pixels, {n: np.log10(truth[n]) for n in names})
+    pca_log = pca_baseline(train_pixels, {n: np.log10(params[n][pca_train]) for n in positive},
+                           test_pixels, {n: np.log10(truth[n]) for n in positive})
 
     metrics = {
         "run": str(run_dir), "dataset": str(dataset.path), "same_dataset_as_training": same_dataset,
@@ -135,15 +151,20 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
         "epochs_trained": model.meta["epoch"], "epochs_paper": 100,
         "r2": {"cae": {n: r2(truth[n], predicted[n]) for n in names},
                "pca_best_single": pca["best_single"], "pca_all": pca["all"]},
-        "r2_log10": {"cae": {n: r2_log10(truth[n], predicted[n]) for n in names},
+        "r2_log10": {"cae": {n: r2_log10(truth[n], predicted[n]) for n in positive},
                      "pca_best_single": pca_log["best_single"], "pca_all": pca_log["all"]},
         "pca": {"n_components": pca["n_components"], "best_component": pca["best_component"],
                 "input": "the CAE's normalised pixels"},
-        "cae_nonpositive": {n: int(np.sum(predicted[n] <= 0)) for n in names},
+        "cae_nonpositive": {n: int(np.sum(predicted[n] <= 0)) for n in positive},
         "relative_error": {n: {"all": error_summary(truth[n], predicted[n]),
                                "snr_bins": binned_error_summary(truth[n], predicted[n], snr)}
-                           for n in names},
+                           for n in positive},
     }
+    if model.network.arch.predict_variance:
+        z_pred, sigma = latent_errors(model, test_images, conditions)
+        table = calibration_table(names, model.scaling.to_latent(truth), z_pred, sigma, snr)
+        metrics["calibration"] = {"coverage": table, "worst_miss_points": worst_miss(table),
+                                  "space": "latent (log10 for log-scaled parameters)"}
 
     n_classical = len(test_ids) if classical is None else min(classical, len(test_ids))
     if n_classical > 0:
@@ -151,6 +172,9 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
                                            {n: predicted[n][:n_classical] for n in names},
                                            {n: pca["predicted"][n][:n_classical] for n in names},
                                            cae_seconds, workers))
+    elif bound > 0:
+        metrics.update(efficiency_section(dataset, test_ids[:bound],
+                                          {n: predicted[n][:bound] for n in names}, workers))
 
     with atomic_directory(run_dir / "eval", overwrite=True) as out:
         fig_dir = out / "figures"
@@ -158,7 +182,9 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
         examples = test_ids[np.argsort(snr)][np.linspace(0, len(test_ids) - 1,
                                                          min(n_examples, len(test_ids))).astype(int)]
         position = np.searchsorted(test_ids, examples)
-        figures.reconstructions(test_images[position], model.reconstruct(test_images[position]),
+        figures.reconstructions(test_images[position],
+                                model.reconstruct(test_images[position],
+                                                  {k: v[position] for k, v in conditions.items()}),
                                 softening, fig_dir / "fig2_reconstructions.png",
                                 titles=[f"S/N {s:.0f}" for s in snr[position]])
         if sweeps:
@@ -169,9 +195,26 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
         z = predicted["latents"]
         centre = np.argmin(np.abs(z[:, :len(names)] - np.median(z[:, :len(names)], 0)).sum(1))
         steps = np.linspace(-1.5, 1.5, 7)
-        rows, measured = _traversal_section(model, z[centre], steps, dataset.config.pixel_scale)
+        centre_conditions = {k: float(v[centre]) for k, v in conditions.items()}
+        if "noise_sigma" in model.conditions:
+            centre_conditions["noise_sigma"] = float(stamp_noise_sigma(test_images[centre:centre + 1])[0])
+        rows, measured = _traversal_section(model, z[centre], steps, dataset.config.pixel_scale,
+                                            centre_conditions)
         figures.traversals(rows, steps, softening, fig_dir / "fig4_traversals.png")
         metrics["traversal"] = measured
+        if remeasure:
+            row = {k: float(v[test_ids[centre]]) for k, v in params.items() if k in CONDITION_COLUMNS}
+            remeasured = remeasured_traversals(model, z[centre], centre_conditions,
+                                               dataset.config.for_galaxy(row), np.linspace(-1, 1, 5))
+            figures.remeasured_traversals(remeasured, fig_dir / "disentanglement.png")
+            metrics["disentanglement"] = {
+                "galaxy": int(test_ids[centre]), "method": "classical fit of each decoded image",
+                **{name: {"response": t["response"], "leak_crb_units": t["leak"],
+                          "leak_parameter": t["leak_parameter"]}
+                   for name, t in remeasured["traversals"].items()},
+                "detail": remeasured}
+        if "calibration" in metrics:
+            figures.calibration(metrics["calibration"]["coverage"], fig_dir / "calibration.png")
         figures.r2_comparison(metrics["r2"], fig_dir / "fig5_r2_comparison.png")
         figures.predicted_vs_true(truth, {n: predicted[n] for n in names}, snr,
                                   fig_dir / "predicted_vs_true.png")
@@ -188,7 +231,7 @@ def comparison_section(dataset: Dataset, ids, images, cae: dict, pca: dict, cae_
                         workers: int) -> dict:
     """CAE, PCA-64 + regression and the classical fit on the same galaxies, against the CRB."""
     cfg = dataset.config
-    truth = {n: dataset.params[n][ids] for n in FIT_PARAMETERS}
+    truth = {n: dataset.params[n][ids] for n in FIT_PARAMETERS + CONDITION_COLUMNS}
     snr = dataset.params["snr"][ids]
     fits, crb, _ = comparison.classical_fits(cfg, images, truth, workers)
     estimates = {"cae": cae, "pca_all": pca, "classical": {n: fits[n] for n in FIT_PARAMETERS}}
@@ -211,6 +254,18 @@ def comparison_section(dataset: Dataset, ids, images, cae: dict, pca: dict, cae_
         "speedup_vs_classical": classical_seconds / cae_seconds,
         "_arrays": {"truth": truth, "snr": snr, "crb": crb, "estimates": estimates},
     }
+
+
+def efficiency_section(dataset: Dataset, ids, cae: dict, workers: int) -> dict:
+    """The CAE against the Cramér–Rao bound alone (no classical fits): bias, scatter and
+    efficiency of every supervised parameter, overall, in S/N bins and by Sérsic n."""
+    truth = {n: dataset.params[n][ids] for n in FIT_PARAMETERS + CONDITION_COLUMNS}
+    crb = comparison.crb_only(dataset.config, truth, workers)
+    compared = comparison.compare(truth, dataset.params["snr"][ids], crb, {"cae": cae})
+    return {"crb": {n: {"median": float(np.median(crb[n]))} for n in FIT_PARAMETERS},
+            "comparison": compared,
+            "efficiency": {"cae": {n: {subset: s.get("efficiency") for subset, s in by_subset.items()}
+                                   for n, by_subset in compared["cae"].items()}}}
 
 
 def _comparison_figures(arrays: dict, fig_dir: Path, timing: dict) -> None:

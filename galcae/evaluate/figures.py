@@ -10,7 +10,7 @@ from matplotlib.ticker import NullFormatter
 
 LABELS = {"flux": "flux [ADU]", "half_light_radius": "half-light radius [arcsec]",
           "sersic_n": "Sérsic n", "ellipticity": "|g|", "position_angle": "PA [deg]",
-          "x": "x [pix]", "y": "y [pix]"}
+          "x": "x [pix]", "y": "y [pix]", "g1": "g1", "g2": "g2"}
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -101,6 +101,49 @@ def traversals(rows: dict[str, np.ndarray], steps: np.ndarray, softening: float,
                 ax.set_xlabel(f"Δz = {step:+.1f}", fontsize=8)
         axes[r, 0].set_ylabel(f"z[{name}]", fontsize=8)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def remeasured_traversals(result: dict, path) -> Path:
+    """One panel per moved latent: every parameter of the decoded galaxy, re-measured by the
+    classical fit, as its change in units of its Cramér–Rao bound (grey band: within the noise)."""
+    moved = list(result["traversals"])
+    cols = min(4, len(moved))
+    rows = -(-len(moved) // cols)
+    fig = Figure(figsize=(3.2 * cols, 2.8 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, name in zip(axes, moved):
+        t = result["traversals"][name]
+        for q, change in t["change_in_crb_units"].items():
+            ax.plot(t["delta_z"], change, marker="o", ms=3, lw=2.5 if q == name else 1,
+                    color="k" if q == name else None, label=q)
+        ax.axhspan(-1, 1, color="0.85", zorder=0)
+        ax.set_yscale("symlog", linthresh=1)
+        ax.set_title(f"move z[{name}]: leak {t['leak']:.1f}σ ({t['leak_parameter']})", fontsize=8)
+        ax.set_xlabel("Δz (latent units)", fontsize=8)
+    axes[0].set_ylabel("re-measured change / σ_CRB", fontsize=8)
+    axes[0].legend(fontsize=6, ncol=2)
+    for ax in axes[len(moved):]:
+        ax.set_visible(False)
+    return _save(fig, path)
+
+
+def calibration(table: dict, path) -> Path:
+    """Coverage of the 68% and 95% intervals per parameter and S/N bin, with ±3-point bands."""
+    names = list(table)
+    fig = Figure(figsize=(max(5, 1.1 * len(names) + 2), 3.2))
+    axes = fig.subplots(1, 2)
+    for ax, level in zip(axes, ("68", "95")):
+        subsets = [s for s in next(iter(table.values())) if table[names[0]][s]["n"] >= 10]
+        for j, subset in enumerate(subsets):
+            ax.plot(np.arange(len(names)) + 0.08 * (j - len(subsets) / 2),
+                    [100 * table[n][subset][level] for n in names], "o", ms=4, label=subset)
+        nominal = float(level)
+        ax.axhspan(nominal - 3, nominal + 3, color="0.85", zorder=0)
+        ax.axhline(nominal, color="k", lw=0.8)
+        ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
+        ax.set_title(f"{level}% interval: coverage [%]", fontsize=9)
+    axes[1].legend(fontsize=6)
     return _save(fig, path)
 
 

@@ -1,0 +1,139 @@
+"""Beyond the paper: seven parameters, observing conditions, calibrated errors, a shipped model."""
+
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+from astropy.table import QTable
+
+from galcae.cli import main
+from galcae.config import load_stage
+from galcae.crb import render
+from galcae.model import CAE, Architecture
+from galcae.simulate import draw_parameters, simulate_dataset
+from galcae.train import dihedral, dihedral_params, train_model
+from galcae.uncertainty import calibration_scale, coverage
+
+from conftest import TINY, tiny_train
+
+# The tiny setup of conftest with survey-like conditions drawn per galaxy.
+TINY_SURVEY = TINY + ["psf.profile=moffat", "psf.fwhm=[0.5,1.2]", "psf.beta=[2.5,5]",
+                      "noise.sky_level=[100,2000]", "log_uniform=[flux, half_light_radius]"]
+SEVEN = ("flux", "half_light_radius", "sersic_n", "g1", "g2", "x", "y")
+
+
+@pytest.fixture(scope="session")
+def survey_dataset(tmp_path_factory):
+    cfg = load_stage("simulate", "paper", TINY_SURVEY)
+    return simulate_dataset(cfg, tmp_path_factory.mktemp("data") / "survey")
+
+
+@pytest.fixture(scope="session")
+def survey_run(survey_dataset, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "survey"
+    train_model(survey_dataset.path, run_dir, tiny_train(
+        epochs=2, supervised=SEVEN, log_scaled=("flux", "half_light_radius"),
+        conditions=("psf_fwhm", "psf_beta", "noise_sigma"), predict_variance=True))
+    return run_dir
+
+
+def test_coverage_of_gaussian_predictions_with_known_variance():
+    """Truths drawn around the predictions with the stated sigma fall in the central 68% / 95%
+    intervals 68% / 95% of the time; sigmas twice too large over-cover and are scaled by 1/2."""
+    rng = np.random.default_rng(0)
+    z_pred = rng.normal(size=(200_000, 2))
+    sigma = np.exp(rng.normal(size=(200_000, 2)))  # heteroscedastic
+    z_true = z_pred + sigma * rng.normal(size=sigma.shape)
+    cov = coverage(z_true, z_pred, sigma)
+    assert np.allclose(cov[0.68], 0.68, atol=0.005) and np.allclose(cov[0.95], 0.95, atol=0.005)
+    assert np.allclose(coverage(z_true, z_pred, 2 * sigma)[0.68], 0.953, atol=0.005)  # too wide
+    assert np.allclose(calibration_scale(z_true, z_pred, 2 * sigma), 0.5, atol=0.01)
+
+
+def test_conditions_enter_encoder_heads_and_decoder():
+    torch.manual_seed(0)
+    net = CAE(Architecture(stamp_size=32, latent_dim=16, n_supervised=7, n_conditions=3,
+                           predict_variance=True)).eval()
+    z = torch.randn(2, 16)
+    good, bad_seeing = torch.zeros(2, 3), torch.tensor([[2.0, 0, 0], [2.0, 0, 0]])
+    assert not torch.allclose(net.decode(z, good), net.decode(z, bad_seeing))
+    x = torch.rand(2, 1, 32, 32)
+    (z1, v1), (z2, v2) = net.heads(net.encoder(x), good), net.heads(net.encoder(x), bad_seeing)
+    assert not torch.allclose(z1, z2) and not torch.allclose(v1, v2) and v1.shape == (2, 7)
+    with pytest.raises(ValueError, match="conditioned on 3"):
+        net.decode(z)
+
+
+def test_flipped_and_rotated_images_keep_matching_their_transformed_truth():
+    """Augmentation transforms x, y, g1, g2 exactly as the pixels move."""
+    cfg = load_stage("simulate", "paper", [])
+    theta = {"flux": 1e4, "half_light_radius": 0.8, "sersic_n": 1.5, "g1": 0.3, "g2": 0.15,
+             "x": 29.3, "y": 34.1}
+    image = render(cfg, theta)
+    for k in range(8):
+        moved = dihedral(torch.as_tensor(image)[None, None], k)[0, 0].numpy()
+        truth = dihedral_params({n: np.array([v]) for n, v in theta.items()}, k, 64)
+        expected = render(cfg, {n: float(v[0]) for n, v in truth.items()})
+        assert np.abs(moved - expected).max() < 1e-5 * image.max(), k
+
+
+def test_survey_preset_draws_cutouts_and_conditions_per_galaxy():
+    cfg = load_stage("simulate", "survey", ["n_galaxies=2000"])
+    t = draw_parameters(cfg)
+    assert np.all(np.abs(t["x"] - 32) <= 2) and np.all(np.abs(t["y"] - 32) <= 2)
+    assert 0.5 <= t["psf_fwhm"].min() < 0.55 and 1.15 < t["psf_fwhm"].max() <= 1.2
+    # log-uniform: as many galaxies in each decade of flux
+    decades = np.histogram(np.log10(t["flux"]), bins=[np.log10(300), np.log10(3000),
+                                                      np.log10(30000), np.log10(300000)])[0]
+    assert decades.min() > 0.28 * len(t["flux"])
+    assert np.median(t["sky_level"]) == pytest.approx(np.sqrt(100 * 2000), rel=0.15)
+    # the paper's preset still draws exactly its old galaxies, under one fixed PSF and sky
+    paper = draw_parameters(load_stage("simulate", "paper", ["n_galaxies=5"]))
+    assert np.all(paper["psf_fwhm"] == 0.7) and np.all(paper["sky_level"] == 100.0)
+
+
+def test_conditioned_seven_parameter_model_catalog(survey_run, survey_dataset, tmp_path):
+    """All seven parameters with errors, |g| and PA derived, the conditions used, and flags for
+    stamps whose seeing is unknown or outside the training range."""
+    assert main(["infer", "--model", str(survey_run), str(survey_dataset.path),
+                 "-o", str(tmp_path / "ds.parquet")]) == 0
+    t = QTable.read(tmp_path / "ds.parquet")
+    for name in (*SEVEN, "ellipticity", "position_angle"):
+        assert np.all(np.isfinite(t[name])) and np.all(t[f"{name}_err"].value > 0), name
+    assert np.allclose(t["psf_fwhm"].value, survey_dataset.params["psf_fwhm"])
+    assert str(t["noise_sigma"].unit) == "adu" and not t["flag_conditions_out_of_range"].any()
+
+    cube = tmp_path / "cube.fits"
+    fits.PrimaryHDU(survey_dataset.load_images()[:8]).writeto(cube)
+    assert main(["infer", str(survey_run), str(cube), "-o", str(tmp_path / "unknown.parquet")]) == 0
+    unknown = QTable.read(tmp_path / "unknown.parquet")
+    assert np.all(np.isnan(unknown["flux"])) and unknown["flag_conditions_out_of_range"].all()
+    assert main(["infer", str(survey_run), str(cube), "--psf-fwhm", "2.0", "--psf-beta", "3",
+                 "-o", str(tmp_path / "wide.parquet")]) == 0
+    wide = QTable.read(tmp_path / "wide.parquet")
+    assert np.all(np.isfinite(wide["flux"])) and wide["flag_conditions_out_of_range"].all()
+
+
+def test_unknown_model_name_is_one_line(tmp_path, capsys):
+    assert main(["infer", "--model", "no-such-model", "x.fits", "-o", str(tmp_path / "c.parquet")]) == 1
+    assert "neither a path nor a shipped model" in capsys.readouterr().err
+
+
+def test_shipped_survey_model_recovers_flux_and_radius_within_its_errors():
+    """The model in the package: load by name, measure fresh simulated galaxies, and find the
+    truth within 3 of its own sigmas for most of them."""
+    from galcae.checkpoint import load_model
+    from galcae.infer import measure
+    from galcae.models import resolve_model
+
+    model = load_model(resolve_model("survey"), device="cpu")
+    cfg = load_stage("simulate", "survey", ["n_galaxies=12", "seed=99", "ranges.flux=[5000, 50000]",
+                                            "ranges.half_light_radius=[0.4, 1.5]"])
+    from galcae.simulate import render_chunk
+
+    truth = draw_parameters(cfg)
+    images = render_chunk(cfg, truth)["images"]
+    out = measure(model, images, {"psf_fwhm": truth["psf_fwhm"], "psf_beta": truth["psf_beta"]})
+    for name in ("flux", "half_light_radius"):
+        pulls = np.abs(out[name] - truth[name]) / out[f"{name}_err"]
+        assert np.sum(pulls < 3) >= 10, (name, pulls)
