@@ -16,6 +16,7 @@ import argparse
 from dask_jobqueue import SLURMCluster
 
 from galcae.infer import infer_catalog
+from galcae.models import resolve_model
 
 
 def slurm_cluster(cores: int, queue=None, account=None) -> SLURMCluster:
@@ -29,7 +30,7 @@ def slurm_cluster(cores: int, queue=None, account=None) -> SLURMCluster:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
+    parser.add_argument("model", help="a shipped model (survey) or a run directory")
     parser.add_argument("inputs", nargs="+")
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--jobs", type=int, default=4, help="Slurm jobs (nodes) to start")
@@ -41,7 +42,7 @@ def main() -> None:
     cluster = slurm_cluster(args.cores, args.queue, args.account)
     cluster.scale(jobs=args.jobs)
     try:
-        summary = infer_catalog(args.model, args.inputs, args.output,
+        summary = infer_catalog(resolve_model(args.model), args.inputs, args.output,
                                 scheduler=cluster.scheduler_address, echo=print)
         print(f"Wrote {summary['rows']} galaxies to {summary['catalog']}")
     finally:

@@ -289,6 +289,11 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
         desc="infer", echo=echo,
         fits_keys={"model_sha256": "MODELSHA", "uncertainty": "UNCERT", "samples": "SAMPLES"},
         extra_files=reconstructions_of, after=write_all_reconstructions if options.reconstruct else None)
+    unmeasured = summary["flags"].get("flag_conditions_out_of_range", 0)
+    if missing and unmeasured == summary["rows"] and summary["rows"]:
+        echo(f"Every stamp is flagged flag_conditions_out_of_range; stamps that state no PSF "
+             f"are not measured: pass {' '.join('--' + n.replace('_', '-') + ' VALUE' for n in missing)} "
+             "(or set the PSFFWHM / PSFBETA keywords)")
     return {**summary, "uncertainty": meta["uncertainty"],
             "reconstructions": str(reconstruct_to) if reconstruct_to else None}
 

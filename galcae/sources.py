@@ -235,6 +235,7 @@ class FieldChunk:
     array: str  # .npy of the background-subtracted field, NaN where masked
     source: str
     detections: dict = field(hash=False)  # index, x, y (numpy 0-based), ra, dec: arrays
+    conditions: dict = field(default_factory=dict, hash=False)  # from the field's header
 
     def read(self, size: int, adapt: bool) -> Stamps:
         from astropy.nddata import Cutout2D, NoOverlapError
@@ -257,7 +258,7 @@ class FieldChunk:
         columns = {"source": np.full(n, self.source, dtype=object), "index": np.asarray(d["index"]),
                    "x_field": np.asarray(d["x"]) + 0.5, "y_field": np.asarray(d["y"]) + 0.5,
                    "ra": np.asarray(d["ra"]), "dec": np.asarray(d["dec"])}
-        return Stamps(images, columns, truncated, np.zeros(n, bool))
+        return Stamps(images, columns, truncated, np.zeros(n, bool), dict(self.conditions))
 
 
 # --- planning --------------------------------------------------------------------------------
@@ -394,6 +395,6 @@ def _plan_field(plan: Plan, hdul, h, path, where: str, chunk_size: int, work_dir
         sl = slice(start, start + chunk_size)
         detections = {"index": np.arange(len(x))[sl], "x": x[sl], "y": y[sl], "ra": ra[sl],
                       "dec": dec[sl]}
-        plan.add(FieldChunk(str(array.resolve()), str(path), detections),
+        plan.add(FieldChunk(str(array.resolve()), str(path), detections, header_conditions(h.header)),
                  len(detections["x"]))
     log.info("%s: %d sources detected", where, len(x))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -88,7 +89,8 @@ def _traversal_section(model, z0: np.ndarray, steps: np.ndarray, pixel_scale: fl
 
 
 def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, classical: int | None = None,
-                 workers: int = 1, bound: int = 0, remeasure: bool = True) -> dict:
+                 workers: int = 1, bound: int = 0, remeasure: bool = True,
+                 test_fraction: float | None = None) -> dict:
     """Evaluate a trained run on the held-out split of ``dataset_path``; write ``RUN/eval``.
 
     Parameters
@@ -111,13 +113,20 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
     remeasure : bool
         Fit the decoded images of each latent traversal classically (disentanglement
         figure and numbers). [default: True]
+    test_fraction : float, optional
+        For a dataset other than the training set, the fraction held out for testing (the
+        rest fits the PCA baseline) [default: the training split's].
     """
     run_dir = Path(run_dir)
     model = load_model(run_dir)
     cfg = train_config_of(run_dir)
     dataset = Dataset.open(dataset_path)
+    if test_fraction is not None:
+        cfg = dataclasses.replace(cfg, test_fraction=test_fraction)
     train_ids, test_ids = split_indices(dataset, cfg)
     same_dataset = sha256_of(dataset.path / PARAMS) == model.meta["dataset"]["params_sha256"]
+    if same_dataset and test_fraction is not None:
+        raise ValueError("test_fraction applies to datasets other than the training set")
     if same_dataset:
         saved = json.loads((run_dir / SPLIT).read_text())
         if saved["test"] != test_ids.tolist():

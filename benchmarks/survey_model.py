@@ -1,0 +1,81 @@
+"""The survey model's targets on fresh simulations: efficiency vs the Cramér–Rao bound and
+calibration of its errors, per parameter and S/N bin, each with its target and verdict.
+
+    python benchmarks/survey_model.py                     # the shipped `survey` model
+    python benchmarks/survey_model.py --model RUN --n 1000 --workers 2
+
+Targets (issue 5): efficiency >= 0.7 (flux, half-light radius) and >= 0.5 (n, g1, g2) in
+every S/N bin above 10; n > 3 at least half the efficiency of n <= 3; 68% / 95% coverage
+within ±3 points.
+"""
+
+import argparse
+
+import numpy as np
+
+from galcae.checkpoint import load_model
+from galcae.config import load_stage
+from galcae.evaluate.calibration import calibration_table, latent_errors
+from galcae.evaluate.comparison import CONDITION_COLUMNS, compare, crb_only
+from galcae.infer import measure
+from galcae.models import resolve_model
+from galcae.crb import FIT_PARAMETERS
+from galcae.simulate import draw_parameters, render_chunk
+
+TARGET = {"flux": 0.7, "half_light_radius": 0.7, "sersic_n": 0.5, "g1": 0.5, "g2": 0.5}
+HIGH_SNR = ("snr 10-30", "snr 30-100", "snr 100-inf")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="survey", help="shipped name or run directory")
+    parser.add_argument("--n", type=int, default=1000, help="fresh galaxies")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    model = load_model(resolve_model(args.model), device="cpu")
+    cfg = load_stage("simulate", "survey", [f"n_galaxies={args.n}", f"seed={args.seed}"])
+    truth = draw_parameters(cfg)
+    rendered = render_chunk(cfg, truth)
+    ok = rendered["status"] == "ok"
+    truth = {k: v[ok] for k, v in truth.items()}
+    images, snr = rendered["images"][ok], rendered["snr"][ok]
+    psf = {n: truth[n] for n in model.conditions if n in truth}
+    predicted = measure(model, images, psf)
+    crb = crb_only(cfg, {n: truth[n] for n in FIT_PARAMETERS + CONDITION_COLUMNS}, args.workers)
+    names = [n for n in model.supervised if n in FIT_PARAMETERS]
+    compared = compare(truth, snr, crb, {"cae": {n: predicted[n] for n in names}})["cae"]
+
+    print(f"Efficiency vs the Cramér–Rao bound, {ok.sum()} fresh survey galaxies (seed {args.seed})")
+    subsets = ["all", "snr 0-10", *HIGH_SNR, "n <= 3", "n > 3"]
+    print(f"{'parameter':<20}" + "".join(f"{s:>13}" for s in subsets) + "   target")
+    for name in names:
+        eff = [compared[name][s].get("efficiency") for s in subsets]
+        cells = "".join(f"{'-' if e is None else f'{e:.2f}':>13}" for e in eff)
+        target = TARGET.get(name)
+        verdict = ""
+        if target:
+            high = [compared[name][s].get("efficiency") or 0 for s in HIGH_SNR]
+            n_ratio = (compared[name]["n > 3"].get("efficiency") or 0) / \
+                (compared[name]["n <= 3"].get("efficiency") or np.inf)
+            verdict = (f"   >= {target} above S/N 10: {'met' if min(high) >= target else 'NOT met'}; "
+                       f"n>3/n<=3 {n_ratio:.2f} ({'met' if n_ratio >= 0.5 else 'NOT met'})")
+        print(f"{name:<20}{cells}{verdict}")
+
+    if model.network.arch.predict_variance:
+        z_pred, sigma = latent_errors(model, images, psf)
+        table = calibration_table(model.supervised,
+                                  model.scaling.to_latent({n: truth[n] for n in model.supervised}),
+                                  z_pred, sigma, snr)
+        print("\nCoverage of the reported 68% / 95% intervals [%] (target ±3 points)")
+        labels = list(next(iter(table.values())))
+        print(f"{'parameter':<20}" + "".join(f"{s:>16}" for s in labels))
+        for name, rows in table.items():
+            print(f"{name:<20}" + "".join(f"{100 * rows[s]['68']:>8.1f}/{100 * rows[s]['95']:<7.1f}"
+                                          for s in labels))
+        print("N per subset: " + ", ".join(f"{s} {next(iter(table.values()))[s]['n']}" for s in labels))
+
+
+if __name__ == "__main__":
+    main()
