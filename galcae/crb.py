@@ -18,7 +18,7 @@ import galsim
 import numpy as np
 
 from .config import SimConfig
-from .params import ellipticity_from_shear
+from .params import DERIVED, PARAMETERS, ellipticity_from_shear
 from .simulate import make_psf, pixel_variance, render_noiseless
 
 #: The parameters of one Sérsic galaxy, in the order of Fisher matrices and fits.
@@ -40,14 +40,18 @@ def _step(name: str, value: float) -> float:
 
 
 def jacobian(cfg: SimConfig, theta: dict, free=FIT_PARAMETERS, psf=None) -> np.ndarray:
-    """``(n_pixels, len(free))`` derivatives of the model image by central differences."""
+    """``(n_pixels, len(free))`` derivatives of the model image by central differences
+    (one-sided where a step would leave the parameter's allowed range, e.g. n near 0.3)."""
     psf = psf if psf is not None else make_psf(cfg)
     columns = []
     for name in free:
         h = _step(name, theta[name])
-        up = render(cfg, {**theta, name: theta[name] + h}, psf)
-        down = render(cfg, {**theta, name: theta[name] - h}, psf)
-        columns.append(((up - down) / (2 * h)).ravel())
+        lo, hi = {**PARAMETERS, **DERIVED}[name].bounds
+        up_value = theta[name] + h if theta[name] + h <= hi else theta[name]
+        down_value = theta[name] - h if theta[name] - h >= lo else theta[name]
+        up = render(cfg, {**theta, name: up_value}, psf)
+        down = render(cfg, {**theta, name: down_value}, psf)
+        columns.append(((up - down) / (up_value - down_value)).ravel())
     return np.stack(columns, axis=1)
 
 

@@ -128,7 +128,8 @@ def disentanglement_text(metrics: dict) -> str:
     if "disentanglement" not in metrics:
         return ""
     d = metrics["disentanglement"]
-    lines = [f"Latent traversals re-measured with the classical fit (test galaxy {d['galaxy']}): "
+    lines = [f"Latent traversals re-measured with the classical fit (test galaxy {d['galaxy']}; "
+             f"{d['failed_fits']} of {d['fits']} fits failed and are left out): "
              "response = fitted / encoded change (1 ideal); leak = largest change of another "
              "parameter in Cramér–Rao sigmas (<= 1: within the noise)",
              f"{'latent moved':<22}{'response':>10}{'leak':>10}  leaking parameter"]

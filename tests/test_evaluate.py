@@ -66,7 +66,7 @@ def test_half_light_radius_of_a_rendered_galaxy():
 def test_evaluate_writes_metrics_figures_and_report(tiny_run, tiny_dataset, tmp_path):
     """evaluate writes metrics.json with the R² table, the paper's figures and a self-contained report."""
     sweep = simulate_dataset(tiny_sim("n_galaxies=8", "sweep.parameter=flux"), tmp_path / "sweep_flux")
-    metrics = evaluate_run(tiny_run, tiny_dataset.path, [sweep.path])
+    metrics = evaluate_run(tiny_run, tiny_dataset.path, [sweep.path], remeasure=False)
     out = tiny_run / "eval"
     saved = json.loads((out / "metrics.json").read_text())
     for method in ("cae", "pca_best_single", "pca_all"):
@@ -112,3 +112,20 @@ def test_efficiency_is_one_at_the_bound_and_half_at_twice_it():
     assert at_bound["efficiency"] == pytest.approx(1.0, abs=0.03)
     assert at_bound["scatter"] == pytest.approx(0.05, rel=0.03) and abs(at_bound["bias"]) < 0.003
     assert twice["efficiency"] == pytest.approx(0.5, abs=0.03) and twice["bias"] == pytest.approx(0.1, abs=0.005)
+
+
+def test_traversals_remeasured_by_the_classical_fit(tiny_run, tiny_dataset):
+    """Each latent is moved, each decoded image fitted: changes in CRB units, a response and a
+    leak per moved parameter, failures counted rather than hidden."""
+    from galcae.checkpoint import load_model
+    from galcae.evaluate.disentangle import remeasured_traversals
+
+    model = load_model(tiny_run)
+    z0 = model.encode(tiny_dataset.load_images([0]))[0]
+    row = {k: v[0] for k, v in tiny_dataset.params.items()}
+    out = remeasured_traversals(model, z0, {}, tiny_dataset.config.for_galaxy(row),
+                                np.linspace(-1, 1, 3), max_seconds=2.0)
+    assert set(out["traversals"]) == {"flux", "half_light_radius"}
+    flux = out["traversals"]["flux"]
+    assert len(flux["change_in_crb_units"]["sersic_n"]) == 3 and len(flux["fit_status"]) == 3
+    assert set(flux) >= {"response", "leak", "leak_parameter", "intended", "fitted"}

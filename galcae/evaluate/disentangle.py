@@ -18,15 +18,16 @@ def _sky_free(images: np.ndarray) -> np.ndarray:
     return images - np.median(border, axis=1)[:, None, None]
 
 
-def remeasured_traversals(model, z0: np.ndarray, conditions: dict, galaxy_cfg, steps: np.ndarray) -> dict:
+def remeasured_traversals(model, z0: np.ndarray, conditions: dict, galaxy_cfg, steps: np.ndarray,
+                          max_seconds: float = 10.0) -> dict:
     """Fit every decoded image of each supervised latent's traversal from ``z0``.
 
     ``conditions``: the galaxy's model conditions (scalars; empty for an unconditioned model);
     ``galaxy_cfg``: a SimConfig with its PSF and sky fixed (the fit's PSF and noise model).
     Returns per traversed parameter the fitted values, the changes of every parameter in
-    units of its Cramér–Rao bound, the response (measured / intended change of the moved
-    parameter, 1 is ideal) and the leak (largest change of any other parameter in bound
-    units; within the noise is <= 1).
+    units of its Cramér–Rao bound, the response (slope of the fitted against the encoded
+    value of the moved parameter over the converged fits, 1 is ideal) and the leak (largest change of any other parameter in bound
+    units; within the noise is <= 1). A fit that takes over ``max_seconds`` counts as failed.
     """
     psf = make_psf(galaxy_cfg)
     n = len(steps)
@@ -39,7 +40,7 @@ def remeasured_traversals(model, z0: np.ndarray, conditions: dict, galaxy_cfg, s
         z = np.repeat(np.asarray(z0, np.float32)[None, :], n, axis=0)
         z[:, k] += steps
         images = _sky_free(model.decode(z, cond))
-        fits = [fit_stamp(im, galaxy_cfg, psf, max_seconds=10.0) for im in images]
+        fits = [fit_stamp(im, galaxy_cfg, psf, max_seconds=max_seconds) for im in images]
         values = {q: np.array([f[q] for f in fits]) for q in FIT_PARAMETERS}
         if sigma is None:  # the bound of the unmoved decoded galaxy: its parameters' noise
             reference = {q: float(values[q][centre]) for q in FIT_PARAMETERS}
@@ -50,9 +51,9 @@ def remeasured_traversals(model, z0: np.ndarray, conditions: dict, galaxy_cfg, s
         change = {q: ((values[q] - values[q][centre]) / sigma[q]).tolist() for q in FIT_PARAMETERS}
         intended = model.scaling.to_physical(z[:, :len(names)])[name]
         response = None
-        if name in values:
-            moved = values[name][-1] - values[name][0]
-            response = float(moved / (intended[-1] - intended[0]))
+        usable = np.isfinite(values[name]) if name in values else np.zeros(n, bool)
+        if usable.sum() >= 2:  # slope of fitted against encoded value, over the fits that worked
+            response = float(np.polyfit(intended[usable], values[name][usable], 1)[0])
         others = [q for q in FIT_PARAMETERS if q != name]
         out[name] = {"delta_z": steps.tolist(), "intended": intended.tolist(),
                      "fitted": {q: v.tolist() for q, v in values.items()},

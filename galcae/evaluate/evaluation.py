@@ -218,6 +218,9 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
             figures.remeasured_traversals(remeasured, fig_dir / "disentanglement.png")
             metrics["disentanglement"] = {
                 "galaxy": int(test_ids[centre]), "method": "classical fit of each decoded image",
+                "failed_fits": int(sum(s != "ok" for t in remeasured["traversals"].values()
+                                       for s in t["fit_status"])),
+                "fits": int(sum(len(t["fit_status"]) for t in remeasured["traversals"].values())),
                 **{name: {"response": t["response"], "leak_crb_units": t["leak"],
                           "leak_parameter": t["leak_parameter"]}
                    for name, t in remeasured["traversals"].items()},

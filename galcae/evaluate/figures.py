@@ -110,7 +110,7 @@ def remeasured_traversals(result: dict, path) -> Path:
     moved = list(result["traversals"])
     cols = min(4, len(moved))
     rows = -(-len(moved) // cols)
-    fig = Figure(figsize=(3.2 * cols, 2.8 * rows))
+    fig = Figure(figsize=(3.2 * cols, 2.9 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, name in zip(axes, moved):
         t = result["traversals"][name]
