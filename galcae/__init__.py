@@ -8,7 +8,8 @@ functions below import their stage on first use.
 - ``simulate_dataset(cfg, out, workers=1)``: render a dataset.
 - ``train_model(dataset, run_dir, cfg)``: train the CAE.
 - ``evaluate_run(run_dir, dataset, sweeps=())``: the paper's Section 4.
-- ``load_model(path)``: a trained model; ``.predict(images)`` gives parameters.
+- ``load_model(path)``: a trained model, or a shipped one by name (``"survey"``);
+  ``.predict(images)`` gives parameters.
 - ``infer_catalog(model, inputs, out, workers=1)``: FITS files in, a catalog out.
 """
 

@@ -124,13 +124,11 @@ def test_shipped_survey_model_recovers_flux_and_radius_within_its_errors():
     truth within 3 of its own sigmas for most of them."""
     from galcae.checkpoint import load_model
     from galcae.infer import measure
-    from galcae.models import resolve_model
-
-    model = load_model(resolve_model("survey"), device="cpu")
-    cfg = load_stage("simulate", "survey", ["n_galaxies=12", "seed=99", "ranges.flux=[5000, 50000]",
-                                            "ranges.half_light_radius=[0.4, 1.5]"])
     from galcae.simulate import render_chunk
 
+    model = load_model("survey", device="cpu")
+    cfg = load_stage("simulate", "survey", ["n_galaxies=12", "seed=99", "ranges.flux=[5000, 50000]",
+                                            "ranges.half_light_radius=[0.4, 1.5]"])
     truth = draw_parameters(cfg)
     images = render_chunk(cfg, truth)["images"]
     out = measure(model, images, {"psf_fwhm": truth["psf_fwhm"], "psf_beta": truth["psf_beta"]})
