@@ -32,6 +32,7 @@ bench: install
 	$(BIN)/python benchmarks/r2_table.py
 	$(BIN)/python benchmarks/inference_speed.py
 	$(BIN)/python benchmarks/classical_comparison.py --run bench_output/run
+	$(BIN)/python benchmarks/survey_model.py
 
 clean:
 	rm -rf $(VENV) demo_output bench_output
