@@ -53,14 +53,15 @@ def noise_sigma(dataset: Dataset, ids=None) -> float:
     return float(np.median(sky_sigma(sky, n.gain, n.read_noise)))
 
 
-def conditioning_inputs(dataset: Dataset, images: np.ndarray, cfg: TrainConfig) -> dict:
-    """The conditions of every galaxy: PSF from the truth table, noise measured on the stamp
-    (exactly as inference will measure it)."""
-    if "psf_beta" in cfg.conditions and dataset.config.psf.profile != "moffat":
+def conditioning_inputs(dataset: Dataset, images: np.ndarray, names, ids=None) -> dict:
+    """The ``names`` conditions of the galaxies ``ids`` (all when None) whose ``images`` are
+    given: PSF from the truth table, noise measured on the stamp (as inference measures it)."""
+    if "psf_beta" in names and dataset.config.psf.profile != "moffat":
         raise ConfigError(f"conditions: psf_beta needs a Moffat PSF; {dataset.path} has "
                           f"a {dataset.config.psf.profile} one")
-    given = {n: dataset.params[n] for n in cfg.conditions if n in dataset.params}
-    return condition_table(cfg.conditions, images, given)
+    rows = slice(None) if ids is None else ids
+    given = {n: dataset.params[n][rows] for n in names if n in dataset.params}
+    return condition_table(names, images, given)
 
 
 def provenance(dataset: Dataset) -> dict:
@@ -117,7 +118,7 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
     normalization = PixelNormalization.fit(images[train_ids], noise_sigma(dataset, train_ids))
     train_params = {k: v[train_ids] for k, v in dataset.params.items()}
     scaling = ParameterScaling.fit(train_params, cfg.supervised, cfg.log_scaled)
-    conditions = conditioning_inputs(dataset, images, cfg)
+    conditions = conditioning_inputs(dataset, images, cfg.conditions)
     conditioning = (ParameterScaling.fit({k: v[train_ids] for k, v in conditions.items()},
                                          cfg.conditions, ("noise_sigma",)) if cfg.conditions else None)
     arch = Architecture(stamp_size=dataset.config.stamp_size, latent_dim=cfg.latent_dim,

@@ -22,8 +22,7 @@ from galcae.checkpoint import META, load_model, save_model
 from galcae.dataset import Dataset
 from galcae.demo import calibration_text, comparison_table, disentanglement_text, r2_table
 from galcae.evaluate import evaluate_run
-from galcae.conditions import condition_table, stamp_noise_sigma
-from galcae.train import SPLIT, error_model
+from galcae.train import SPLIT, conditioning_inputs, error_model
 
 
 def main() -> None:
@@ -46,12 +45,10 @@ def main() -> None:
     split = json.loads((args.run / SPLIT).read_text())
     train, test = split["train"], split["test"]
     images = dataset.load_images(test)
-    psf = [n for n in model.conditions if n != "noise_sigma"]
-    conditions = condition_table(model.conditions, images, {n: dataset.params[n][test] for n in psf})
-    train_conditions = {n: dataset.params[n][train] for n in psf}
-    if "noise_sigma" in model.conditions:  # measured on the stamps: read the training ones in blocks
-        train_conditions["noise_sigma"] = np.concatenate(
-            [stamp_noise_sigma(dataset.load_images(train[i:i + 4096])) for i in range(0, len(train), 4096)])
+    conditions = conditioning_inputs(dataset, images, model.conditions, test)
+    parts = [conditioning_inputs(dataset, dataset.load_images(train[i:i + 4096]), model.conditions,
+                                 train[i:i + 4096]) for i in range(0, len(train), 4096)]  # in blocks
+    train_conditions = {n: np.concatenate([p[n] for p in parts]) for n in model.conditions}
     targets = model.scaling.to_latent({n: dataset.params[n][test] for n in model.supervised})
     model.meta.update(error_model(model, images, targets,
                                   {n: dataset.params[n][train] for n in model.supervised},

@@ -11,7 +11,7 @@ from ..fit import fit_stamp
 from ..simulate import make_psf
 
 
-def _sky_free(images: np.ndarray) -> np.ndarray:
+def sky_free(images: np.ndarray) -> np.ndarray:
     """The decoder's sky is not exactly zero: subtract each image's border median."""
     border = np.concatenate([images[:, :2].reshape(len(images), -1),
                              images[:, -2:].reshape(len(images), -1)], axis=1)
@@ -39,7 +39,7 @@ def remeasured_traversals(model, z0: np.ndarray, conditions: dict, galaxy_cfg, s
     for k, name in enumerate(names):
         z = np.repeat(np.asarray(z0, np.float32)[None, :], n, axis=0)
         z[:, k] += steps
-        images = _sky_free(model.decode(z, cond))
+        images = sky_free(model.decode(z, cond))
         fits = [fit_stamp(im, galaxy_cfg, psf, max_seconds=max_seconds) for im in images]
         values = {q: np.array([f[q] for f in fits]) for q in FIT_PARAMETERS}
         if sigma is None:  # the bound of the unmoved decoded galaxy: its parameters' noise

@@ -18,7 +18,7 @@ from . import comparison, figures
 from ..conditions import stamp_noise_sigma
 from .calibration import calibration_table, latent_errors, worst_miss
 from .comparison import CONDITION_COLUMNS
-from .disentangle import remeasured_traversals
+from .disentangle import remeasured_traversals, sky_free
 from .metrics import binned_error_summary, error_summary, r2, r2_log10
 from .pca import pca_baseline
 from .report import write_report
@@ -72,10 +72,7 @@ def _traversal_section(model, z0: np.ndarray, steps: np.ndarray, pixel_scale: fl
         z[:, k] += steps
         images = model.decode(z, cond)
         rows[name] = images
-        # The decoder's sky is not exactly zero; over a whole stamp it would swamp the flux.
-        border = np.concatenate([images[:, :2].reshape(len(images), -1),
-                                 images[:, -2:].reshape(len(images), -1)], axis=1)
-        galaxy = images - np.median(border, axis=1)[:, None, None]
+        galaxy = sky_free(images)  # over a whole stamp, the decoder's sky would swamp the flux
         flux = galaxy.sum(axis=(1, 2))
         radius = np.array([half_light_radius_of(im, pixel_scale) for im in galaxy])
         measured[name] = {"delta_z": steps.tolist(), "flux": flux.tolist(),
