@@ -1,6 +1,7 @@
 """End-to-end ``galcae infer`` throughput, its overhead over a bare encoder, and peak memory.
 
     python benchmarks/inference_speed.py [--run RUN] [--n 100000] [--small 10000] [--workdir DIR]
+    python benchmarks/inference_speed.py --run survey     # the shipped, conditioned model
 
 Writes a FITS cube of ``--n`` 64x64 stamps (a 1,000-galaxy paper simulation tiled, so
 the pixels are realistic and rendering does not dominate), then, side by side:
@@ -13,7 +14,9 @@ the pixels are realistic and rendering does not dominate), then, side by side:
   ``--small`` and ``--n`` stamps: flat memory means the two are close.
 
 Without ``--run`` a model is trained for one epoch on the simulated galaxies (speed does
-not depend on the weights).
+not depend on the weights). ``--run`` also takes a shipped model's name; a conditioned
+model is given one PSF for the whole cube, and its bare encoder includes the condition
+input and the variance head.
 """
 
 import argparse
@@ -33,6 +36,9 @@ from galcae.config import load_stage
 from galcae.dataset import Dataset
 from galcae.simulate import simulate_dataset
 from galcae.train import train_model
+
+#: The PSF a conditioned model is told for every stamp of the cube.
+PSF = {"psf_fwhm": 0.8, "psf_beta": 3.5}
 
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the (large) parent.
 PEAK_RSS = ("import re, sys; from galcae.cli import main; rc = main(sys.argv[1:]); "
@@ -67,13 +73,15 @@ def bare_encoder_seconds(run: Path, images: np.ndarray, n: int) -> float:
     """The network alone over ``n`` stamps already normalised in memory, in galcae's batches."""
     model = load_model(run, device="cpu")
     x = model.to_input(images)
+    c = model.condition_input(images, PSF)
+    c = None if c is None else torch.as_tensor(c)
     net, step = model.network, model.batch_size
     with torch.inference_mode():
-        net.to_phys(net.encoder(x[:step]))
+        net.heads(net.encoder(x[:step]), None if c is None else c[:step])
         start = time.perf_counter()
         for i in range(0, n, step):
             j = i % (len(x) - step)
-            net.to_phys(net.encoder(x[j:j + step]))
+            net.heads(net.encoder(x[j:j + step]), None if c is None else c[j:j + step])
     return time.perf_counter() - start
 
 
@@ -105,11 +113,14 @@ def main() -> None:
 
     n, cube = rows[-1]
     bare = bare_encoder_seconds(run, images, n)
-    one, rss_big = infer(run, cube, work / "cat1.parquet")
-    two, _ = infer(run, cube, work / "cat2.parquet", "--workers", "2")
-    _, rss_small = infer(run, rows[0][1], work / "cat_small.parquet")
+    psf = ("--psf-fwhm", str(PSF["psf_fwhm"]), "--psf-beta", str(PSF["psf_beta"])) \
+        if load_model(run, device="cpu").conditions else ()
+    one, rss_big = infer(run, cube, work / "cat1.parquet", *psf)
+    two, _ = infer(run, cube, work / "cat2.parquet", "--workers", "2", *psf)
+    _, rss_small = infer(run, rows[0][1], work / "cat_small.parquet", *psf)
 
-    print(f"galcae infer on a FITS cube of {n:,} 64x64 stamps, CPU, {torch.get_num_threads()} threads")
+    print(f"galcae infer ({run}) on a FITS cube of {n:,} 64x64 stamps, CPU, "
+          f"{torch.get_num_threads()} threads")
     print(f"{'measurement':<44} {'seconds':>9} {'galaxies/s':>11} {'vs bare':>8}")
     for label, seconds in (("bare encoder (in memory, batch 32)", bare),
                            ("galcae infer, in-process", one),
