@@ -78,7 +78,8 @@ class TrainedModel:
             return None
         return self.conditioning.to_latent(condition_table(self.conditions, images, conditions or {}))
 
-    def _batches(self, images, c, step):
+    def batches(self, images: np.ndarray, c: np.ndarray | None, step: int):
+        """``(normalised images, conditions)`` tensors of ``step`` images at a time."""
         for i in range(0, len(images), step):
             cb = None if c is None else torch.as_tensor(c[i:i + step], device=self.device)
             yield self.to_input(images[i:i + step]), cb  # normalised per batch: memory stays small
@@ -103,7 +104,7 @@ class TrainedModel:
         self.network.eval()
         c = self.condition_input(images, conditions)
         z, v = [], []
-        for x, cb in self._batches(images, c, batch_size or self.batch_size):
+        for x, cb in self.batches(images, c, batch_size or self.batch_size):
             zb, vb = self.network.heads(self.network.encoder(x), cb)
             z.append(zb.float().cpu().numpy())
             if log_var:
@@ -139,11 +140,8 @@ class TrainedModel:
 
     def reconstruct(self, images: np.ndarray, conditions: dict | None = None) -> np.ndarray:
         """Encode then decode: the model's reconstruction of each image, in ADU."""
-        conditions = conditions or {}
-        if self.conditions and "noise_sigma" in self.conditions and "noise_sigma" not in conditions:
-            from .conditions import stamp_noise_sigma
-
-            conditions = {**conditions, "noise_sigma": stamp_noise_sigma(images)}
+        # Measured once (the noise, unless given), for the encoder and the decoder alike.
+        conditions = condition_table(self.conditions, images, conditions or {})
         return self.decode(self.encode(images, conditions), conditions)
 
 

@@ -109,7 +109,7 @@ def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = N
     c = model.condition_input(images, conditions)
     z_mean, z_var, z_all = [], [], []
     with torch.inference_mode():
-        for x, cb in model._batches(images, c, batch_size or model.batch_size):
+        for x, cb in model.batches(images, c, batch_size or model.batch_size):
             h = net.encoder(x)
             z, log_var = net.heads(h, cb)
             if latents:

@@ -209,14 +209,15 @@ def error_model(model: TrainedModel, test_images: np.ndarray, test_targets: np.n
     n_sup = len(model.supervised)
     ranges = {n: [float(np.min(v)), float(np.max(v))]
               for n, v in {**train_truth, **(train_conditions or {})}.items()}
-    if not model.network.arch.predict_variance:
-        z = model.encode(test_images, test_conditions)[:, :n_sup]
-        return {"heldout_scatter": HeldoutScatter.fit(z, test_targets).to_dict(),
-                "training_range": ranges}
-    z, log_var = model.encode(test_images, test_conditions, log_var=True)
-    scale = calibration_scale(test_targets, z[:, :n_sup], np.exp(0.5 * log_var))
-    return {"heldout_scatter": HeldoutScatter.fit(z[:, :n_sup], test_targets).to_dict(),
-            "variance_scale": [float(v) for v in scale], "training_range": ranges}
+    head = model.network.arch.predict_variance
+    z, log_var = (model.encode(test_images, test_conditions, log_var=True) if head
+                  else (model.encode(test_images, test_conditions), None))
+    out = {"heldout_scatter": HeldoutScatter.fit(z[:, :n_sup], test_targets).to_dict(),
+           "training_range": ranges}
+    if head:
+        scale = calibration_scale(test_targets, z[:, :n_sup], np.exp(0.5 * log_var))
+        out["variance_scale"] = [float(v) for v in scale]
+    return out
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:

@@ -15,7 +15,7 @@ from ..dataset import PARAMS, Dataset, atomic_directory
 from ..train import SPLIT, split_indices, train_config_of
 from ..crb import FIT_PARAMETERS
 from . import comparison, figures
-from ..conditions import stamp_noise_sigma
+from ..conditions import condition_table
 from .calibration import calibration_table, latent_errors, worst_miss
 from .comparison import CONDITION_COLUMNS
 from .disentangle import remeasured_traversals, sky_free
@@ -201,9 +201,9 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
         z = predicted["latents"]
         centre = np.argmin(np.abs(z[:, :len(names)] - np.median(z[:, :len(names)], 0)).sum(1))
         steps = np.linspace(-1.5, 1.5, 7)
-        centre_conditions = {k: float(v[centre]) for k, v in conditions.items()}
-        if "noise_sigma" in model.conditions:
-            centre_conditions["noise_sigma"] = float(stamp_noise_sigma(test_images[centre:centre + 1])[0])
+        centre_conditions = {k: float(v[0]) for k, v in condition_table(
+            model.conditions, test_images[centre:centre + 1],
+            {k: v[centre] for k, v in conditions.items()}).items()}
         rows, measured = _traversal_section(model, z[centre], steps, dataset.config.pixel_scale,
                                             centre_conditions)
         figures.traversals(rows, steps, softening, fig_dir / "fig4_traversals.png")
@@ -240,7 +240,7 @@ def comparison_section(dataset: Dataset, ids, images, cae: dict, pca: dict, cae_
                         workers: int) -> dict:
     """CAE, PCA-64 + regression and the classical fit on the same galaxies, against the CRB."""
     cfg = dataset.config
-    truth = {n: dataset.params[n][ids] for n in FIT_PARAMETERS + CONDITION_COLUMNS}
+    truth = _truth_for_bounds(dataset, ids)
     snr = dataset.params["snr"][ids]
     fits, crb, _ = comparison.classical_fits(cfg, images, truth, workers)
     estimates = {"cae": cae, "pca_all": pca, "classical": {n: fits[n] for n in FIT_PARAMETERS}}
@@ -253,8 +253,7 @@ def comparison_section(dataset: Dataset, ids, images, cae: dict, pca: dict, cae_
                     **({"median_relative": float(np.median(crb[n] / truth[n]))}
                        if n in comparison.RELATIVE else {})} for n in FIT_PARAMETERS},
         "comparison": compared,
-        "efficiency": {m: {n: {subset: s.get("efficiency") for subset, s in by_subset.items()}
-                           for n, by_subset in per_param.items()} for m, per_param in compared.items()},
+        "efficiency": _efficiencies(compared),
         "classical": {**comparison.fit_failures(fits["status"]), "workers": workers,
                       "seconds_per_galaxy": classical_seconds,
                       "median_fit_seconds": float(np.median(fits["seconds"])),
@@ -268,13 +267,22 @@ def comparison_section(dataset: Dataset, ids, images, cae: dict, pca: dict, cae_
 def efficiency_section(dataset: Dataset, ids, cae: dict, workers: int) -> dict:
     """The CAE against the Cramér–Rao bound alone (no classical fits): bias, scatter and
     efficiency of every supervised parameter, overall, in S/N bins and by Sérsic n."""
-    truth = {n: dataset.params[n][ids] for n in FIT_PARAMETERS + CONDITION_COLUMNS}
+    truth = _truth_for_bounds(dataset, ids)
     crb = comparison.crb_only(dataset.config, truth, workers)
     compared = comparison.compare(truth, dataset.params["snr"][ids], crb, {"cae": cae})
     return {"crb": {n: {"median": float(np.median(crb[n]))} for n in FIT_PARAMETERS},
-            "comparison": compared,
-            "efficiency": {"cae": {n: {subset: s.get("efficiency") for subset, s in by_subset.items()}
-                                   for n, by_subset in compared["cae"].items()}}}
+            "comparison": compared, "efficiency": _efficiencies(compared)}
+
+
+def _truth_for_bounds(dataset: Dataset, ids) -> dict:
+    """The truth the fits and bounds of galaxies ``ids`` need: parameters and conditions."""
+    return {n: dataset.params[n][ids] for n in FIT_PARAMETERS + CONDITION_COLUMNS}
+
+
+def _efficiencies(compared: dict) -> dict:
+    """``{method: {parameter: {subset: efficiency}}}`` of a :func:`comparison.compare` table."""
+    return {m: {n: {subset: s.get("efficiency") for subset, s in by_subset.items()}
+                for n, by_subset in per_param.items()} for m, per_param in compared.items()}
 
 
 def _comparison_figures(arrays: dict, fig_dir: Path, timing: dict) -> None:
