@@ -212,8 +212,15 @@ class TrainConfig:
     conditions: tuple[str, ...] = ()
     # A Gaussian log-variance head per supervised parameter: per-galaxy errors at inference.
     predict_variance: bool = False
+    # With a variance head, train the means by the beta-NLL (0 = likelihood weighting, which
+    # favours well-measured galaxies; 1 = MSE-like) instead of the MSE; null keeps the MSE.
+    nll_beta: float | None = None
     # Dropout on the encoder features (not in the paper); > 0 enables `galcae infer --samples K`.
     dropout: float = 0.0
+    # Encoder convolution widths, one Conv-MaxPool-ReLU block each, mirrored by the decoder.
+    channels: tuple[int, ...] = (32, 64)
+    # A hidden Dense-ReLU layer of this width before the latent heads (0: the paper's linear heads).
+    head_hidden: int = 0
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 
     def __post_init__(self):
@@ -239,6 +246,13 @@ class TrainConfig:
             _check(name in MODEL_CONDITIONS, "conditions",
                    f"'{name}' is not one of {', '.join(MODEL_CONDITIONS)}")
         _check_range(self.dropout, "dropout", 0.0, 0.9)
+        if self.nll_beta is not None:
+            _check_range(self.nll_beta, "nll_beta", 0.0, 1.0)
+            _check(self.predict_variance, "nll_beta", "needs predict_variance: true")
+        _check(1 <= len(self.channels) <= 5, "channels", f"has {len(self.channels)} entries, not 1 to 5")
+        for width in self.channels:
+            _check_range(width, "channels", 1, 1024)
+        _check_range(self.head_hidden, "head_hidden", 0, 65536)
         _check(self.device in ("auto", "cpu", "cuda"), "device",
                f"'{self.device}' is not one of 'auto', 'cpu', 'cuda'")
 
@@ -333,7 +347,8 @@ def preset_names() -> list[str]:
 def read_config_file(name_or_path: str | Path) -> dict:
     """The raw mapping of a YAML config file, or of a shipped preset by name."""
     path = Path(name_or_path)
-    if not path.exists() and str(name_or_path) in preset_names():
+    # A file of that name wins; a directory (say ./survey holding a dataset) does not hide the preset.
+    if not path.is_file() and str(name_or_path) in preset_names():
         text = _configs_dir().joinpath(f"{name_or_path}.yaml").read_text()
         source = f"preset '{name_or_path}'"
     elif path.is_file():

@@ -21,10 +21,10 @@ import torch
 from .catalog import STAMP_FLAGS, Column, atomic_save, build_catalog, check_outputs, clean, \
     flag_columns, id_columns, write_part
 from .checkpoint import TrainedModel, load_model, model_paths
-from .conditions import stamp_noise_sigma
+from .conditions import condition_table
 from .params import CONDITIONS, ellipticity_errors, ellipticity_from_shear, unit_of
 from .sources import InputError
-from .uncertainty import HeldoutScatter, physical_sigma
+from .uncertainty import HeldoutScatter, VarianceCalibration, physical_sigma
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = N
     if z_var:
         sigma_z = np.sqrt(np.concatenate(z_var))
         if net.arch.predict_variance:
-            sigma_z = sigma_z * np.asarray(model.meta.get("variance_scale", np.ones(n_sup)))
+            sigma_z = VarianceCalibration.from_meta(model.meta, n_sup).apply(sigma_z)
     elif samples == 1 and not net.arch.predict_variance:
         sigma_z = HeldoutScatter.from_dict(model.meta["heldout_scatter"]).latent_sigma(z)
     else:
@@ -164,16 +164,13 @@ def check_samples(model: TrainedModel, samples: int, where="the model") -> None:
 def chunk_conditions(model: TrainedModel, stamps, options: InferOptions) -> dict:
     """The observing conditions of a chunk's stamps: the options, else what the input states
     (FITS keywords, a dataset's truth); ``noise_sigma`` measured on the raw stamps."""
-    given = dict(stamps.conditions)
+    # An unknown PSF stays NaN (the stamp is flagged, not the run stopped).
+    given = {name: np.nan for name in model.conditions if name != "noise_sigma"}
+    given.update(stamps.conditions)
     for name in ("psf_fwhm", "psf_beta"):
         if getattr(options, name) is not None:
             given[name] = getattr(options, name)
-    n = len(stamps.images)
-    out = {name: np.broadcast_to(np.asarray(given.get(name, np.nan), float), (n,)).copy()
-           for name in model.conditions if name != "noise_sigma"}
-    if "noise_sigma" in model.conditions:
-        out["noise_sigma"] = stamp_noise_sigma(stamps.images)  # before NaNs are zeroed
-    return out
+    return condition_table(model.conditions, stamps.images, given)  # before NaNs are zeroed
 
 
 def conditions_out_of_range(model: TrainedModel, conditions: dict, n: int) -> np.ndarray:

@@ -7,11 +7,16 @@ Latent: ``z_phys`` = Dense(n_supervised, linear), one axis per supervised parame
 Decoder: Dense(16x16x64, ReLU) -> UpSample(2) -> Conv(64, 3x3, ReLU) -> UpSample(2)
 -> Conv(32, 3x3, ReLU) -> Conv(1, 3x3, sigmoid).
 
-Beyond the paper (both off in its preset, so the paper's network is unchanged):
+Beyond the paper (all off in its preset, so the paper's network is unchanged):
 
 - conditioning: ``n_conditions`` standardised observing conditions (PSF FWHM and Moffat
   beta, sky noise) are appended to the encoder's features before the latent heads and to
   the latents at the decoder's input, so one network serves a range of seeing and sky;
+- ``channels`` of any length: one Conv -> MaxPool -> ReLU block per entry, mirrored by the
+  decoder (the paper has two);
+- ``head_hidden``: a Dense(head_hidden, ReLU) layer between the features (and conditions)
+  and the latent heads. The paper's heads are linear in the features, which cannot
+  express, e.g., the deconvolution of a size by a PSF that is an input;
 - ``predict_variance``: a third head, Dense(n_supervised, linear), gives the log-variance
   of each supervised latent, trained with a Gaussian negative log-likelihood.
 """
@@ -29,19 +34,28 @@ from torch.nn import functional as F
 class Architecture:
     """Shape of the CAE; saved in ``model.json`` so a model rebuilds without guessing."""
 
-    stamp_size: int = 64  # input side in pixels; must be divisible by 4
+    stamp_size: int = 64  # input side in pixels; must be divisible by 2 ** len(channels)
     latent_dim: int = 64  # total latents (paper: 64)
     n_supervised: int = 2  # leading latents tied to physical parameters (paper: 2)
-    channels: tuple[int, int] = (32, 64)  # encoder conv widths; the decoder mirrors them
+    channels: tuple[int, ...] = (32, 64)  # encoder conv widths; the decoder mirrors them
     # Dropout on the encoder's flattened features (not in the paper, 0 there): a model
     # trained with it can give Monte-Carlo-dropout uncertainties at inference.
     dropout: float = 0.0
     n_conditions: int = 0  # observing conditions fed to encoder heads and decoder
     predict_variance: bool = False  # a log-variance head for the supervised latents
+    head_hidden: int = 0  # width of a hidden layer before the latent heads; 0 = linear heads
 
     def __post_init__(self):
-        if self.stamp_size % 4:
-            raise ValueError(f"stamp_size {self.stamp_size} is not divisible by 4")
+        if not self.channels:
+            raise ValueError("channels is empty: the encoder needs at least one convolution")
+        if self.stamp_size % self.reduction:
+            raise ValueError(f"stamp_size {self.stamp_size} is not divisible by {self.reduction}, "
+                             f"as {len(self.channels)} poolings need")
+
+    @property
+    def reduction(self) -> int:
+        """How much the encoder's poolings shrink each side of the image."""
+        return 2 ** len(self.channels)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels)}
@@ -49,6 +63,19 @@ class Architecture:
     @classmethod
     def from_dict(cls, data: dict) -> "Architecture":
         return cls(**{**data, "channels": tuple(data["channels"])})
+
+
+def mirrored_decoder(channels: tuple[int, ...], side: int, n_inputs: int) -> nn.Sequential:
+    """Dense -> (channels[-1], side, side), then per block UpSample(2) -> Conv -> ReLU down to
+    channels[0], and a last Conv to one channel of logits. For the paper's (32, 64):
+    Dense(16x16x64) -> Up -> Conv(64) -> Up -> Conv(32) -> Conv(1)."""
+    top = channels[-1]
+    layers = [nn.Linear(n_inputs, top * side * side), nn.ReLU(), nn.Unflatten(1, (top, side, side))]
+    widths = (top,) + tuple(reversed(channels))  # e.g. (64, 64, 32)
+    for c_in, c_out in zip(widths[:-1], widths[1:]):
+        layers += [nn.Upsample(scale_factor=2), nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
+    # logits; the sigmoid is applied in decode / the loss
+    return nn.Sequential(*layers, nn.Conv2d(channels[0], 1, 3, padding=1))
 
 
 class CAE(nn.Module):
@@ -60,25 +87,23 @@ class CAE(nn.Module):
     def __init__(self, arch: Architecture = Architecture()):
         super().__init__()
         self.arch = arch
-        c1, c2 = arch.channels
-        side = arch.stamp_size // 4
-        flat = c2 * side * side
+        side = arch.stamp_size // arch.reduction
         # Pooling before the ReLU is the same function (max and ReLU commute) and runs the
         # ReLU on a quarter of the pixels: 2-4x faster encoding on CPU.
-        self.encoder = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(),
-            nn.Flatten())
+        blocks = []
+        for c_in, c_out in zip((1,) + arch.channels[:-1], arch.channels):
+            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.MaxPool2d(2), nn.ReLU()]
+        self.encoder = nn.Sequential(*blocks, nn.Flatten())
         self.dropout = nn.Dropout(arch.dropout)
-        seen = flat + arch.n_conditions
+        seen = arch.channels[-1] * side * side + arch.n_conditions
+        self.hidden = None
+        if arch.head_hidden:
+            self.hidden = nn.Sequential(nn.Linear(seen, arch.head_hidden), nn.ReLU())
+            seen = arch.head_hidden
         self.to_phys = nn.Linear(seen, arch.n_supervised)
         self.to_res = nn.Linear(seen, arch.latent_dim - arch.n_supervised)
         self.to_log_var = nn.Linear(seen, arch.n_supervised) if arch.predict_variance else None
-        self.decoder = nn.Sequential(
-            nn.Linear(arch.latent_dim + arch.n_conditions, flat), nn.ReLU(), nn.Unflatten(1, (c2, side, side)),
-            nn.Upsample(scale_factor=2), nn.Conv2d(c2, c2, 3, padding=1), nn.ReLU(),
-            nn.Upsample(scale_factor=2), nn.Conv2d(c2, c1, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(c1, 1, 3, padding=1))  # logits; the sigmoid is applied in decode / the loss
+        self.decoder = mirrored_decoder(arch.channels, side, arch.latent_dim + arch.n_conditions)
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, 1, H, W)`` normalised images -> ``(B, latent_dim)`` latents ``[z_phys, z_res]``."""
@@ -90,6 +115,8 @@ class CAE(nn.Module):
         Dropout applies here, in training mode."""
         h = self.dropout(features)
         h = self.with_conditions(h, c)
+        if self.hidden is not None:
+            h = self.hidden(h)
         z = torch.cat([self.to_phys(h), F.relu(self.to_res(h))], dim=1)
         # Clamped: a variance e^±12 is already far beyond any physical error.
         log_var = self.to_log_var(h).clamp(-12.0, 12.0) if self.to_log_var is not None else None
@@ -117,24 +144,38 @@ class CAE(nn.Module):
 
 
 def cae_loss(model: CAE, x: torch.Tensor, y_phys: torch.Tensor, lambda_phys: float,
-             lambda_l1: float, c: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             lambda_l1: float, c: torch.Tensor | None = None, nll_beta: float | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 2-5: BCE(x, x_hat) + lambda_phys * MSE(z_phys, y) + lambda_l1 * mean|z_res|,
     plus, with a variance head, lambda_phys * the Gaussian NLL of the residuals.
 
-    The NLL sees the mean detached (Stirn et al. 2023, "faithful" heteroscedastic
+    By default the NLL sees the mean detached (Stirn et al. 2023, "faithful" heteroscedastic
     regression): the variance is fitted to the residuals the MSE leaves, and cannot buy a
-    lower loss by blurring the mean. Returns the total (for backward) and its terms as floats.
+    lower loss by blurring the mean. The MSE then weighs every galaxy alike, so galaxies
+    too faint to measure dominate it. ``nll_beta`` in [0, 1] replaces both terms with the
+    beta-NLL of Seitzer et al. (2022), ``stopgrad(sigma^(2 beta)) * NLL``: each residual is
+    weighed by ``1 / sigma^(2 (1 - beta))``, so well-measured galaxies count more (beta = 0
+    is the plain NLL, the maximum-likelihood weighting; beta = 1 weighs like the MSE).
+    Returns the total (for backward) and its terms as floats.
     """
     logits, z, log_var = model(x, c)
     n_sup = model.arch.n_supervised
     bce = F.binary_cross_entropy_with_logits(logits, x)  # == BCE(sigmoid(logits), x), stabler
-    mse = F.mse_loss(z[:, :n_sup], y_phys)
+    residual2 = (z[:, :n_sup] - y_phys) ** 2
+    mse = residual2.mean()
     l1 = z[:, n_sup:].abs().mean()
-    total = bce + lambda_phys * mse + lambda_l1 * l1
     parts = {"bce": bce.item(), "mse": mse.item(), "l1": l1.item()}
-    if log_var is not None:
-        residual2 = (z[:, :n_sup].detach() - y_phys) ** 2
-        nll = 0.5 * (log_var + residual2 * torch.exp(-log_var)).mean()
-        total = total + lambda_phys * nll
-        parts["nll"] = nll.item()
+    if nll_beta is not None:
+        if log_var is None:
+            raise ValueError("nll_beta needs a network with a variance head (predict_variance)")
+        nll = 0.5 * (log_var + residual2 * torch.exp(-log_var))
+        phys = (torch.exp(nll_beta * log_var.detach()) * nll).mean()
+        parts["nll"] = nll.mean().item()
+    else:
+        phys = mse
+        if log_var is not None:
+            nll = 0.5 * (log_var + residual2.detach() * torch.exp(-log_var)).mean()
+            phys = phys + nll
+            parts["nll"] = nll.item()
+    total = bce + lambda_phys * phys + lambda_l1 * l1
     return total, {"loss": total.item(), **parts}

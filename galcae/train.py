@@ -26,7 +26,7 @@ from .model import CAE, Architecture, cae_loss
 from .params import ellipticity_from_shear
 from .scaling import ParameterScaling, PixelNormalization
 from .simulate import sky_sigma
-from .uncertainty import HeldoutScatter, calibration_scale
+from .uncertainty import HeldoutScatter, VarianceCalibration
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def provenance(dataset: Dataset) -> dict:
 
 def _check_resume(run_dir: Path, cfg: TrainConfig, dataset: Dataset) -> None:
     meta = json.loads((run_dir / META).read_text())
-    saved = dict(meta.get("train_config", {}))
+    # Through TrainConfig, so keys added since the run was saved compare at their defaults.
+    saved = to_dict(from_dict(TrainConfig, meta.get("train_config", {})))
     new = to_dict(cfg)
     differs = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
     if differs:
@@ -107,9 +108,11 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
                               "pass --resume to continue it or --overwrite to replace it")
     if resume:
         _check_resume(run_dir, cfg, dataset)
-    if dataset.config.stamp_size % 4:
+    reduction = 2 ** len(cfg.channels)
+    if dataset.config.stamp_size % reduction:
         raise ConfigError(f"dataset {dataset.path}: stamp_size {dataset.config.stamp_size} "
-                          "is not divisible by 4, as the CAE's two poolings need")
+                          f"is not divisible by {reduction}, as the CAE's {len(cfg.channels)} "
+                          "poolings need")
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
@@ -123,7 +126,8 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
                                          cfg.conditions, ("noise_sigma",)) if cfg.conditions else None)
     arch = Architecture(stamp_size=dataset.config.stamp_size, latent_dim=cfg.latent_dim,
                         n_supervised=len(cfg.supervised), dropout=cfg.dropout,
-                        n_conditions=len(cfg.conditions), predict_variance=cfg.predict_variance)
+                        n_conditions=len(cfg.conditions), predict_variance=cfg.predict_variance,
+                        channels=tuple(cfg.channels), head_hidden=cfg.head_hidden)
     network = CAE(arch).to(device, memory_format=torch.channels_last)
     model = TrainedModel(network, normalization, scaling,
                          {"train_config": to_dict(cfg), "dataset": provenance(dataset), "epoch": 0},
@@ -151,7 +155,7 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / SPLIT, {"train": train_ids.tolist(), "test": test_ids.tolist()})
 
-    terms = (cfg.lambda_phys, cfg.lambda_l1)
+    terms = {"lambda_phys": cfg.lambda_phys, "lambda_l1": cfg.lambda_l1, "nll_beta": cfg.nll_beta}
     bar = tqdm(range(start, cfg.epochs), desc="train", unit="epoch", disable=None,
                initial=start, total=cfg.epochs)
     for epoch in bar:
@@ -166,7 +170,7 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
             if cfg.augment:
                 k = int(torch.randint(8, (), generator=batch_order))
                 x = dihedral(x, k)
-            loss, parts = cae_loss(network, x, y_all[k][batch], *terms,
+            loss, parts = cae_loss(network, x, y_all[k][batch], **terms,
                                    c=None if c_all is None else c_all[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -215,8 +219,8 @@ def error_model(model: TrainedModel, test_images: np.ndarray, test_targets: np.n
     out = {"heldout_scatter": HeldoutScatter.fit(z[:, :n_sup], test_targets).to_dict(),
            "training_range": ranges}
     if head:
-        scale = calibration_scale(test_targets, z[:, :n_sup], np.exp(0.5 * log_var))
-        out["variance_scale"] = [float(v) for v in scale]
+        out["variance_calibration"] = VarianceCalibration.fit(
+            test_targets, z[:, :n_sup], np.exp(0.5 * log_var)).to_dict()
     return out
 
 
@@ -256,7 +260,7 @@ def _evaluate_loss(network: CAE, x_all, y_all, c_all, ids, terms) -> dict[str, f
     sums = {}
     for i in range(0, len(ids), 512):
         batch = torch.as_tensor(ids[i:i + 512]).to(x_all.device)
-        _, parts = cae_loss(network, x_all[batch], y_all[batch], *terms,
+        _, parts = cae_loss(network, x_all[batch], y_all[batch], **terms,
                             c=None if c_all is None else c_all[batch])
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v * len(batch)

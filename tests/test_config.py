@@ -55,6 +55,12 @@ def test_train_values_are_validated():
         TrainConfig(test_fraction=1.5)
     with pytest.raises(ConfigError, match="supervised"):
         load_stage("train", "paper", ["supervised=[flux,colour]"])
+    with pytest.raises(ConfigError, match="nll_beta.*predict_variance"):
+        TrainConfig(nll_beta=0.5)
+    with pytest.raises(ConfigError, match="nll_beta"):
+        TrainConfig(nll_beta=2.0, predict_variance=True)
+    with pytest.raises(ConfigError, match="channels"):
+        load_stage("train", "paper", ["channels=[]"])
 
 
 def test_overrides_parse_yaml_values_into_nested_keys():
@@ -91,6 +97,13 @@ def test_config_file_errors_name_the_file(tmp_path):
     bad.write_text("simulat:\n  n_galaxies: 3\n")
     with pytest.raises(ConfigError, match="unknown section 'simulat'"):
         read_config_file(bad)
+
+
+def test_a_directory_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
+    """`galcae train survey/dataset --config survey` run where ./survey is a directory."""
+    (tmp_path / "survey").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert "simulate" in read_config_file("survey")
 
 
 def test_augmentation_refused_only_for_the_wrapping_position_angle():

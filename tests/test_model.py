@@ -46,10 +46,49 @@ def test_loss_is_bce_plus_weighted_mse_and_l1():
     assert parts["bce"] == pytest.approx(bce.item(), rel=1e-5)
 
 
+def test_beta_nll_weighs_each_residual_by_its_predicted_variance():
+    """nll_beta replaces MSE + detached NLL by stopgrad(sigma^(2 beta)) * NLL (Seitzer et al.
+    2022); it needs a variance head."""
+    torch.manual_seed(0)
+    net = CAE(Architecture(stamp_size=16, latent_dim=8, predict_variance=True))
+    x, y = torch.rand(4, 1, 16, 16), torch.randn(4, 2)
+    for beta in (0.0, 0.5, 1.0):
+        total, parts = cae_loss(net, x, y, lambda_phys=2.0, lambda_l1=0.5, nll_beta=beta)
+        with torch.no_grad():
+            logits, z, log_var = net(x)
+            nll = 0.5 * (log_var + (z[:, :2] - y) ** 2 * torch.exp(-log_var))
+            expected = (torch.nn.functional.binary_cross_entropy_with_logits(logits, x)
+                        + 2.0 * (torch.exp(beta * log_var) * nll).mean() + 0.5 * z[:, 2:].abs().mean())
+        assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="variance head"):
+        cae_loss(CAE(Architecture(stamp_size=16, latent_dim=8)), x, y, 1.0, 1.0, nll_beta=0.5)
+
+
 def test_stamp_size_must_allow_two_poolings():
     """A stamp size the two 2x2 poolings cannot halve twice is refused."""
     with pytest.raises(ValueError, match="divisible by 4"):
         Architecture(stamp_size=30)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        Architecture(stamp_size=36, channels=(8, 16, 32))
+
+
+def test_deeper_encoder_and_hidden_head_are_configurations_of_the_same_network():
+    """Three conv blocks are mirrored by three upsampling blocks; a hidden head layer sits
+    between the features (with the conditions) and the latents; shapes stay the paper's."""
+    arch = Architecture(stamp_size=32, latent_dim=12, n_supervised=3, channels=(8, 16, 32),
+                        head_hidden=20, n_conditions=2, predict_variance=True)
+    net = CAE(arch)
+    convs = [(m.in_channels, m.out_channels) for m in net.encoder if isinstance(m, torch.nn.Conv2d)]
+    dconvs = [(m.in_channels, m.out_channels) for m in net.decoder if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [(1, 8), (8, 16), (16, 32)]
+    assert dconvs == [(32, 32), (32, 16), (16, 8), (8, 1)]
+    assert net.hidden[0].in_features == 32 * 4 * 4 + 2 and net.to_phys.in_features == 20
+    x, c = torch.rand(5, 1, 32, 32), torch.randn(5, 2)
+    logits, z, log_var = net(x, c)
+    assert logits.shape == x.shape and z.shape == (5, 12) and log_var.shape == (5, 3)
+    # The conditions reach the latents through the hidden layer.
+    assert not torch.allclose(net.encode(x, c), net.encode(x, c + 1))
+    assert Architecture.from_dict(arch.to_dict()) == arch
 
 
 def test_pixel_normalization_keeps_absolute_flux():

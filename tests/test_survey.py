@@ -12,7 +12,7 @@ from galcae.crb import render
 from galcae.model import CAE, Architecture
 from galcae.simulate import draw_parameters, simulate_dataset
 from galcae.train import dihedral, dihedral_params, train_model
-from galcae.uncertainty import calibration_scale, coverage
+from galcae.uncertainty import VarianceCalibration, calibration_scale, coverage
 
 from conftest import TINY, tiny_train
 
@@ -33,7 +33,8 @@ def survey_run(survey_dataset, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "survey"
     train_model(survey_dataset.path, run_dir, tiny_train(
         epochs=2, supervised=SEVEN, log_scaled=("flux", "half_light_radius"),
-        conditions=("psf_fwhm", "psf_beta", "noise_sigma"), predict_variance=True))
+        conditions=("psf_fwhm", "psf_beta", "noise_sigma"), predict_variance=True,
+        nll_beta=0.5, channels=(8, 16, 32), head_hidden=16))  # the survey preset's options
     return run_dir
 
 
@@ -48,6 +49,27 @@ def test_coverage_of_gaussian_predictions_with_known_variance():
     assert np.allclose(cov[0.68], 0.68, atol=0.005) and np.allclose(cov[0.95], 0.95, atol=0.005)
     assert np.allclose(coverage(z_true, z_pred, 2 * sigma)[0.68], 0.953, atol=0.005)  # too wide
     assert np.allclose(calibration_scale(z_true, z_pred, 2 * sigma), 0.5, atol=0.01)
+
+
+def test_recalibration_in_bins_of_sigma_fixes_a_head_wrong_only_at_large_sigma():
+    """A head right for small sigmas and 2x too confident for large ones: one scale per
+    parameter cannot fix both halves, the binned recalibration does."""
+    rng = np.random.default_rng(1)
+    z_pred = rng.normal(size=(40_000, 1))
+    sigma = np.exp(rng.uniform(-3, 1, size=(40_000, 1)))
+    truth_sigma = np.where(sigma > np.exp(-1), 2 * sigma, sigma)
+    z_true = z_pred + truth_sigma * rng.normal(size=sigma.shape)
+    calibration = VarianceCalibration.fit(z_true[:20_000], z_pred[:20_000], sigma[:20_000])
+    fresh = slice(20_000, None)
+    big = sigma[fresh, 0] > np.exp(-1)
+    one_scale = sigma[fresh] * calibration_scale(z_true[:20_000], z_pred[:20_000], sigma[:20_000])
+    binned = calibration.apply(sigma[fresh])
+    for half in (big, ~big):
+        assert abs(coverage(z_true[fresh][half], z_pred[fresh][half], binned[half])[0.68][0] - 0.683) < 0.02
+    assert abs(coverage(z_true[fresh][~big], z_pred[fresh][~big], one_scale[~big])[0.68][0] - 0.683) > 0.1
+    # A model saved with one scale per parameter reads as a single bin.
+    single = VarianceCalibration.from_meta({"variance_scale": [2.0]}, 1)
+    assert np.allclose(single.apply(sigma[:5]), 2 * sigma[:5])
 
 
 def test_conditions_enter_encoder_heads_and_decoder():

@@ -78,6 +78,11 @@ def test_resume_continues_exactly(tiny_dataset, tmp_path, monkeypatch):
         train_model(tiny_dataset.path, tmp_path / "b", tiny_train(epochs=2))
     monkeypatch.setattr(train_module, "_evaluate_loss", real)
     assert len(json.loads((tmp_path / "b" / "history.json").read_text())) == 1
+    # A run saved before a config key existed resumes: the missing key is its default.
+    meta_path = tmp_path / "b" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["train_config"]["head_hidden"]
+    meta_path.write_text(json.dumps(meta))
     resumed = train_model(tiny_dataset.path, tmp_path / "b", tiny_train(epochs=2), resume=True)
     for (name, p), q in zip(straight.network.state_dict().items(), resumed.network.state_dict().values()):
         torch.testing.assert_close(p, q, msg=name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..uncertainty import LEVELS, coverage
+from ..uncertainty import LEVELS, VarianceCalibration, coverage
 from .metrics import SNR_BINS
 
 
@@ -13,8 +13,7 @@ def latent_errors(model, images: np.ndarray, conditions: dict | None) -> tuple[n
     """Supervised latents and their recalibrated 1-sigma from the variance head."""
     n_sup = len(model.supervised)
     z, log_var = model.encode(images, conditions, log_var=True)
-    scale = np.asarray(model.meta.get("variance_scale", np.ones(n_sup)))
-    return z[:, :n_sup], np.exp(0.5 * log_var) * scale
+    return z[:, :n_sup], VarianceCalibration.from_meta(model.meta, n_sup).apply(np.exp(0.5 * log_var))
 
 
 def calibration_table(names, z_true: np.ndarray, z_pred: np.ndarray, sigma: np.ndarray,
