@@ -19,7 +19,7 @@ def sky_free(images: np.ndarray) -> np.ndarray:
 
 
 def remeasured_traversals(model, z0: np.ndarray, conditions: dict, galaxy_cfg, steps: np.ndarray,
-                          max_seconds: float = 10.0) -> dict:
+                          max_seconds: float = 30.0) -> dict:
     """Fit every decoded image of each supervised latent's traversal from ``z0``.
 
     ``conditions``: the galaxy's model conditions (scalars; empty for an unconditioned model);
