@@ -45,8 +45,11 @@ def dask_client(workers: int = 1, scheduler: str | None = None):
             yield client
         return
     with dask.config.set({"distributed.nanny.pre-spawn-environ": _SINGLE_THREAD_ENV}):
+        # No dashboard; the scheduler's remaining HTTP routes take a free port, so two galcae
+        # runs (or a notebook's cluster on 8787) do not collide.
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None, host="127.0.0.1") as cluster, \
+                          dashboard_address=None, scheduler_kwargs={"dashboard_address": ":0"},
+                          host="127.0.0.1") as cluster, \
                 Client(cluster) as client:
             log.info("local Dask cluster of %d worker processes", workers)
             yield client

@@ -113,3 +113,20 @@ def test_a_crash_leaves_no_half_written_dataset(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="worker died"):
         simulate_dataset(tiny_sim("n_galaxies=2"), tmp_path / "d")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_busy_dashboard_port_does_not_disturb_a_local_cluster():
+    """Another Dask cluster (a notebook's, a second galcae run) holding port 8787 neither
+    stops nor warns a galcae run: its scheduler takes a free port."""
+    import socket
+
+    from galcae.distributed import dask_client
+
+    with socket.socket() as held:
+        try:
+            held.bind(("127.0.0.1", 8787))
+            held.listen()
+        except OSError:
+            pass  # taken already: the same situation
+        with dask_client(2) as client:
+            assert client.submit(sum, [1, 2]).result() == 3

@@ -25,6 +25,8 @@ from .report import write_report
 
 log = logging.getLogger(__name__)
 
+#: Lowest S/N of the galaxy the latent traversals start from (any, if no test galaxy has it).
+TRAVERSAL_MIN_SNR = 30.0
 #: Training images used to fit the PCA baseline (enough for 64 stable components).
 PCA_MAX_TRAIN = 20000
 
@@ -197,9 +199,14 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
             sections = [_sweep_section(model, p) for p in sweeps]
             figures.controlled_sweeps([s for s, _ in sections], fig_dir / "fig3_controlled.png")
             metrics["controlled"] = {s["parameter"]: m for s, m in sections}
-        # Traverse from the test galaxy whose supervised latents are closest to the median.
+        # Traverse from the test galaxy whose supervised latents are closest to the median of
+        # those with S/N >= 30: the decoded images of a galaxy near the detection limit are
+        # too faint for the classical fit to re-measure (the fits ran past their time limit).
         z = predicted["latents"]
-        centre = np.argmin(np.abs(z[:, :len(names)] - np.median(z[:, :len(names)], 0)).sum(1))
+        pool = np.flatnonzero(snr >= TRAVERSAL_MIN_SNR)
+        pool = pool if len(pool) else np.arange(len(z))
+        zp = z[pool, :len(names)]
+        centre = pool[np.argmin(np.abs(zp - np.median(zp, 0)).sum(1))]
         steps = np.linspace(-1.5, 1.5, 7)
         centre_conditions = {k: float(v[0]) for k, v in condition_table(
             model.conditions, test_images[centre:centre + 1],

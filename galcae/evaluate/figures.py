@@ -112,17 +112,19 @@ def remeasured_traversals(result: dict, path) -> Path:
     rows = -(-len(moved) // cols)
     fig = Figure(figsize=(3.2 * cols, 2.9 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    measured = list(result["traversals"][moved[0]]["change_in_crb_units"])
+    colour = {q: f"C{i}" for i, q in enumerate(measured)}  # one colour per parameter, every panel
     for ax, name in zip(axes, moved):
         t = result["traversals"][name]
         for q, change in t["change_in_crb_units"].items():
-            ax.plot(t["delta_z"], change, marker="o", ms=3, lw=2.5 if q == name else 1,
-                    color="k" if q == name else None, label=q)
+            ax.plot(t["delta_z"], change, marker="o", ms=3, color=colour[q], label=q,
+                    lw=3 if q == name else 1, zorder=3 if q == name else 2)
         ax.axhspan(-1, 1, color="0.85", zorder=0)
         ax.set_yscale("symlog", linthresh=1)
         ax.set_title(f"move z[{name}]: leak {t['leak']:.1f}σ ({t['leak_parameter']})", fontsize=8)
         ax.set_xlabel("Δz (latent units)", fontsize=8)
     axes[0].set_ylabel("re-measured change / σ_CRB", fontsize=8)
-    axes[0].legend(fontsize=6, ncol=2)
+    axes[0].legend(fontsize=6, ncol=2, title="thick: the moved one", title_fontsize=6)
     for ax in axes[len(moved):]:
         ax.set_visible(False)
     return _save(fig, path)
