@@ -147,11 +147,6 @@ def coverage(z_true: np.ndarray, z_pred: np.ndarray, sigma: np.ndarray, levels=L
     return {level: np.mean(pulls <= norm.ppf(0.5 + level / 2), axis=0) for level in levels}
 
 
-def calibration_scale(z_true: np.ndarray, z_pred: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Per column, the factor on ``sigma`` that puts 68.27% of ``|z_true - z_pred|`` inside 1 sigma."""
-    pulls = np.abs((np.asarray(z_true, float) - z_pred) / sigma)
-    return _one_sigma_quantile(pulls, axis=0)
-
-
-def _one_sigma_quantile(pulls: np.ndarray, axis=None):
-    return np.quantile(pulls, norm.cdf(1.0) - norm.cdf(-1.0), axis=axis)
+def _one_sigma_quantile(pulls: np.ndarray) -> float:
+    """The factor on sigma that puts 68.27% of ``pulls`` (|residual| / sigma) inside 1 sigma."""
+    return float(np.quantile(pulls, norm.cdf(1.0) - norm.cdf(-1.0)))

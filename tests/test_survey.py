@@ -12,7 +12,7 @@ from galcae.crb import render
 from galcae.model import CAE, Architecture
 from galcae.simulate import draw_parameters, simulate_dataset
 from galcae.train import dihedral, dihedral_params, train_model
-from galcae.uncertainty import VarianceCalibration, calibration_scale, coverage
+from galcae.uncertainty import VarianceCalibration, coverage
 
 from conftest import TINY, tiny_train
 
@@ -48,7 +48,8 @@ def test_coverage_of_gaussian_predictions_with_known_variance():
     cov = coverage(z_true, z_pred, sigma)
     assert np.allclose(cov[0.68], 0.68, atol=0.005) and np.allclose(cov[0.95], 0.95, atol=0.005)
     assert np.allclose(coverage(z_true, z_pred, 2 * sigma)[0.68], 0.953, atol=0.005)  # too wide
-    assert np.allclose(calibration_scale(z_true, z_pred, 2 * sigma), 0.5, atol=0.01)
+    one_bin = VarianceCalibration.fit(z_true, z_pred, 2 * sigma, per_bin=len(z_true))
+    assert np.allclose(one_bin.scale, 0.5, atol=0.01)
 
 
 def test_recalibration_in_bins_of_sigma_fixes_a_head_wrong_only_at_large_sigma():
@@ -62,7 +63,8 @@ def test_recalibration_in_bins_of_sigma_fixes_a_head_wrong_only_at_large_sigma()
     calibration = VarianceCalibration.fit(z_true[:20_000], z_pred[:20_000], sigma[:20_000])
     fresh = slice(20_000, None)
     big = sigma[fresh, 0] > np.exp(-1)
-    one_scale = sigma[fresh] * calibration_scale(z_true[:20_000], z_pred[:20_000], sigma[:20_000])
+    one_scale = VarianceCalibration.fit(z_true[:20_000], z_pred[:20_000], sigma[:20_000],
+                                        per_bin=20_000).apply(sigma[fresh])
     binned = calibration.apply(sigma[fresh])
     for half in (big, ~big):
         assert abs(coverage(z_true[fresh][half], z_pred[fresh][half], binned[half])[0.68][0] - 0.683) < 0.02

@@ -26,8 +26,9 @@ def remeasured_traversals(model, z0: np.ndarray, conditions: dict, galaxy_cfg, s
     ``galaxy_cfg``: a SimConfig with its PSF and sky fixed (the fit's PSF and noise model).
     Returns per traversed parameter the fitted values, the changes of every parameter in
     units of its Cramér–Rao bound, the response (slope of the fitted against the encoded
-    value of the moved parameter over the converged fits, 1 is ideal) and the leak (largest change of any other parameter in bound
-    units; within the noise is <= 1). A fit that takes over ``max_seconds`` counts as failed.
+    value of the moved parameter over the converged fits, 1 is ideal) and the leak (largest
+    change of any other parameter in bound units; within the noise is <= 1). A fit that
+    takes over ``max_seconds`` counts as failed.
     """
     psf = make_psf(galaxy_cfg)
     n = len(steps)
