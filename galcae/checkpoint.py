@@ -185,11 +185,10 @@ def model_paths(path: str | Path) -> tuple[Path, Path]:
 def load_model(path: str | Path, device: str = "auto") -> TrainedModel:
     """Load a model written by ``galcae train`` from its run directory or either file, or a
     model shipped with galcae by name (``"survey"``)."""
-    if not Path(path).exists():
-        from .models import resolve_model, shipped_models
+    from .models import resolve_model, shipped_models
 
-        if str(path) in shipped_models():
-            path = resolve_model(path)
+    if str(path) in shipped_models():
+        path = resolve_model(path)
     weights, meta_path = model_paths(path)
     for p in (weights, meta_path):
         if not p.is_file():

@@ -1,11 +1,14 @@
 """Beyond the paper: seven parameters, observing conditions, calibrated errors, a shipped model."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from astropy.io import fits
 from astropy.table import QTable
 
+from galcae.checkpoint import load_model
 from galcae.cli import main
 from galcae.config import load_stage
 from galcae.crb import render
@@ -141,6 +144,16 @@ def test_conditioned_seven_parameter_model_catalog(survey_run, survey_dataset, t
 def test_unknown_model_name_is_one_line(tmp_path, capsys):
     assert main(["infer", "--model", "no-such-model", "x.fits", "-o", str(tmp_path / "c.parquet")]) == 1
     assert "neither a path nor a shipped model" in capsys.readouterr().err
+
+
+def test_a_directory_named_like_a_shipped_model_does_not_hide_it(tmp_path, monkeypatch):
+    """The README's layout (survey/dataset, survey/run) leaves a ./survey directory."""
+    from galcae.models import resolve_model
+
+    (tmp_path / "survey" / "dataset").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("survey") != Path("survey")
+    assert load_model("survey", device="cpu").supervised[0] == "flux"
 
 
 def test_shipped_survey_model_recovers_flux_and_radius_within_its_errors():

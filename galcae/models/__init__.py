@@ -21,9 +21,12 @@ def shipped_models() -> list[str]:
 def resolve_model(name_or_path: str | Path) -> Path:
     """A model path as given, or the directory of the shipped model of that name."""
     path = Path(name_or_path)
+    # A model file or run directory wins; any other directory (say ./survey holding a
+    # dataset) does not hide the shipped model of that name.
+    holds_model = path.is_file() or (path / META).is_file()
+    if not holds_model and str(name_or_path) in shipped_models():
+        return Path(str(resources.files(__name__).joinpath(str(name_or_path))))
     if path.exists():
         return path
-    if str(name_or_path) in shipped_models():
-        return Path(str(resources.files(__name__).joinpath(str(name_or_path))))
     raise ModelError(f"model '{name_or_path}' is neither a path nor a shipped model "
                      f"({', '.join(shipped_models()) or 'none installed'})")
