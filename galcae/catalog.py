@@ -162,11 +162,12 @@ def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[b
     write_catalog(out, part_files, columns, meta, fits_keys)
     if after is not None:
         after(parts, plan)
-    flags = [name for name, dtype, *_ in columns if dtype == pa.bool_()]
-    counts = flag_counts(part_files, flags)
+    counts = flag_counts(part_files, [name for name, dtype, *_ in columns if dtype == pa.bool_()])
     shutil.rmtree(parts, ignore_errors=True)
     return {"rows": int(sum(plan.rows)), "chunks": len(plan.chunks), "skipped": len(plan.chunks) - len(todo),
-            "catalog": str(out), "flags": counts, "warnings": plan.warnings}
+            "catalog": str(out), "flags": {k: v for k, v in counts.items() if k.startswith("flag_")},
+            "true_counts": {k: v for k, v in counts.items() if not k.startswith("flag_")},
+            "warnings": plan.warnings}
 
 
 def _signature(inputs, options: dict) -> str:

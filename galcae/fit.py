@@ -57,13 +57,18 @@ def initial_guess(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject) -> di
     sigma = moments.moments_sigma * cfg.pixel_scale
     intrinsic = np.sqrt(max(sigma**2 - psf_sigma**2, (0.3 * sigma) ** 2))
     shear = moments.observed_shape  # galsim.Shear: distortion of the PSF-convolved image
-    lower, upper = bounds(cfg)
     guess.update(flux=max(moments.moments_amp, total, 10.0),
                  half_light_radius=float(intrinsic * np.sqrt(2 * np.log(2))),
                  g1=float(np.clip(shear.g1, -0.5, 0.5)), g2=float(np.clip(shear.g2, -0.5, 0.5)),
                  # HSM's centroid is GalSim's (first pixel centred at 1); galcae's origin is the corner.
                  x=moments.moments_centroid.x - 0.5, y=moments.moments_centroid.y - 0.5)
-    vector = np.clip([guess[n] for n in FIT_PARAMETERS], lower + 1e-9, upper - 1e-9)
+    return inside_bounds(guess, cfg)
+
+
+def inside_bounds(theta: dict, cfg: SimConfig) -> dict[str, float]:
+    """``theta``'s :data:`FIT_PARAMETERS`, clipped just inside :func:`bounds`."""
+    lower, upper = bounds(cfg)
+    vector = np.clip([theta[n] for n in FIT_PARAMETERS], lower + 1e-9, upper - 1e-9)
     return dict(zip(FIT_PARAMETERS, map(float, vector)))
 
 
@@ -72,8 +77,11 @@ class _OutOfTime(Exception):
 
 
 def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = None,
-              max_nfev: int = 100, max_seconds: float = 20.0) -> dict:
+              max_nfev: int = 100, max_seconds: float = 20.0, guess: dict | None = None) -> dict:
     """Fit one sky-subtracted ADU stamp; return values, ``<name>_err``, status and cost.
+
+    ``guess``: the starting point (e.g. the CAE's estimate; clipped into the bounds),
+    instead of HSM adaptive moments.
 
     ``<name>_err`` comes from the inverse of ``J^T J`` at the solution (J of the weighted
     residuals): the fit's own Cramér–Rao-style error estimate. A fit that takes more than
@@ -88,7 +96,7 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
     if not np.all(np.isfinite(image)) or not np.any(image):
         return {**out, "status": f"{FAILED}: empty or non-finite stamp", "nfev": 0,
                 "chi2_dof": np.nan, "seconds": time.perf_counter() - start}
-    guess = initial_guess(image, cfg, psf)
+    guess = initial_guess(image, cfg, psf) if guess is None else inside_bounds(guess, cfg)
     sigma = np.sqrt(pixel_variance(cfg, render(cfg, guess, psf))).ravel()
     data = image.astype(np.float64).ravel()
     scale = np.array([max(guess["flux"], 1.0), 0.3, 0.5, 0.1, 0.1, 0.5, 0.5])
@@ -147,9 +155,10 @@ def catalog_columns(has_field: bool) -> list[Column]:
 
 
 def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100,
-               conditions: dict | None = None) -> dict[str, np.ndarray]:
+               conditions: dict | None = None, guesses: dict | None = None) -> dict[str, np.ndarray]:
     """:func:`fit_stamp` over a stack; one array per output column. ``conditions`` holds
-    per-image ``psf_fwhm``, ``psf_beta``, ``sky_level`` where ``cfg`` draws them per galaxy."""
+    per-image ``psf_fwhm``, ``psf_beta``, ``sky_level`` where ``cfg`` draws them per galaxy;
+    ``guesses`` per-image starting points (:data:`FIT_PARAMETERS` columns), else HSM's."""
     from threadpoolctl import threadpool_limits
 
     conditions = conditions or {}
@@ -159,7 +168,8 @@ def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100,
         for i, image in enumerate(images):
             galaxy_cfg, psf = fixed or (lambda c: (c, make_psf(c)))(
                 cfg.for_galaxy({k: v[i] for k, v in conditions.items()}))
-            rows.append(fit_stamp(image, galaxy_cfg, psf, max_nfev))
+            guess = {n: guesses[n][i] for n in FIT_PARAMETERS} if guesses else None
+            rows.append(fit_stamp(image, galaxy_cfg, psf, max_nfev, guess=guess))
     keys = rows[0].keys() if rows else ()
     return {k: np.array([r[k] for r in rows], dtype=object if k == "status" else None) for k in keys}
 

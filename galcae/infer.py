@@ -34,6 +34,9 @@ FLAGS = {**STAMP_FLAGS,
                               "any the model was trained on",
          "flag_conditions_out_of_range": "seeing or noise outside what the model was trained on "
                                          "(or unknown)"}
+#: Added when refining (``--refine-snr``).
+REFINE_FLAGS = {"flag_refine_failed": "the classical fit of a bright stamp failed; the CAE's values "
+                                      "are kept"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class InferOptions:
     device: str = "auto"
     psf_fwhm: float | None = None  # arcsec; overrides the inputs' own (PSFFWHM, dataset truth)
     psf_beta: float | None = None  # Moffat beta; likewise (PSFBETA)
+    refine_snr: float | None = None  # classical fit, from the CAE's values, of stamps this bright
 
 
 def uncertainty_method(model: TrainedModel, samples: int) -> str:
@@ -57,7 +61,7 @@ def uncertainty_method(model: TrainedModel, samples: int) -> str:
     return "nll" if head else "heldout"
 
 
-def catalog_columns(model_meta: dict, has_field: bool) -> list[Column]:
+def catalog_columns(model_meta: dict, has_field: bool, refine: bool = False) -> list[Column]:
     """``(name, arrow type, unit, description)`` of every catalog column, in order."""
     cols = id_columns(has_field)
     names = model_meta["parameter_scaling"]["names"]
@@ -72,7 +76,12 @@ def catalog_columns(model_meta: dict, has_field: bool) -> list[Column]:
                  ("position_angle_err", pa.float64(), "deg", "1-sigma uncertainty of position_angle")]
     for name in model_meta.get("condition_scaling", {}).get("names", []):
         cols.append((name, pa.float64(), unit_of(name), f"observing condition used: {CONDITIONS[name].description}"))
-    return cols + flag_columns(FLAGS)
+    if refine:
+        cols += [("snr", pa.float64(), "", "matched-filter S/N of the CAE's estimate (model image "
+                                           "under the stamp's noise)"),
+                 ("refined", pa.bool_(), "", "values and errors are the classical fit's, started "
+                                             "at the CAE's (snr >= the refine threshold)")]
+    return cols + flag_columns({**FLAGS, **(REFINE_FLAGS if refine else {})})
 
 
 # --- the per-chunk work ------------------------------------------------------------------
@@ -200,6 +209,13 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
     result = measure(model, ready.images[~skip], {k: v[~skip] for k, v in conditions.items()},
                      samples=options.samples, batch_size=options.batch_size, generator=generator,
                      latents=options.reconstruct)
+    if options.refine_snr is not None:
+        from .refine import refine, training_config
+
+        done = refine(training_config(model.meta), ready.images[~skip],
+                      {k: v[~skip] for k, v in conditions.items()}, result, options.refine_snr)
+        result.update(done)
+        result["flag_refine_failed"] = result.pop("refine_failed")
 
     table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **conditions}
     out_of_range = ready.brightest > model.normalization.ceiling
@@ -207,7 +223,7 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
     for key in result:
         if key == "latents":
             continue
-        table[key] = np.full(n, np.nan)
+        table[key] = np.full(n, np.nan) if result[key].dtype != bool else np.zeros(n, bool)
         table[key][~skip] = result[key]
         if key in training_range and key in model.supervised:
             lo, hi = training_range[key]
@@ -258,6 +274,9 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
     out = check_outputs(out, reconstruct_to, overwrite=overwrite)
     if options.samples < 1:
         raise InputError(f"--samples {options.samples} must be at least 1")
+    refining = options.refine_snr is not None
+    if refining and not options.refine_snr >= 0:
+        raise InputError(f"--refine-snr {options.refine_snr} must be a S/N of 0 or more")
     model = load_model(model_path, device="cpu")
     _, meta_path = model_paths(model_path)
     sha = model.meta["weights_sha256"]
@@ -269,7 +288,10 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
                  "stamps without them are left unmeasured", meta_path.parent, ", ".join(missing))
     meta = {"model": str(meta_path), "model_sha256": sha, "model_epochs": model.meta.get("epoch"),
             "uncertainty": uncertainty_method(model, options.samples),
-            "samples": options.samples, "flags": FLAGS}
+            "samples": options.samples, "flags": {**FLAGS, **(REFINE_FLAGS if refining else {})},
+            "refine_snr": options.refine_snr}
+    if refining:
+        meta["uncertainty"] += f"; classical fit where snr >= {options.refine_snr:g}"
 
     def reconstructions_of(parts, number):  # a chunk is done when these exist too
         return [recon_path(parts, number)] if options.reconstruct else []
@@ -279,7 +301,7 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
 
     summary = build_catalog(
         partial(infer_chunk, str(meta_path.resolve()), sha, options), inputs, out,
-        columns_for=partial(catalog_columns, model.meta), meta=meta,
+        columns_for=partial(catalog_columns, model.meta, refine=refining), meta=meta,
         options={"model": sha, **asdict(options)}, stamp_size=model.network.arch.stamp_size,
         pixel_scale=model.meta["dataset"]["simulate"]["pixel_scale"], workers=workers,
         scheduler=scheduler, chunk_size=chunk_size, hdu=hdu, detect_threshold=detect_threshold,

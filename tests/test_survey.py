@@ -141,6 +141,23 @@ def test_conditioned_seven_parameter_model_catalog(survey_run, survey_dataset, t
     assert np.all(np.isfinite(wide["flux"])) and wide["flag_conditions_out_of_range"].all()
 
 
+def test_refined_catalog_marks_the_rows_the_fit_replaced(survey_run, survey_dataset, tmp_path, capsys):
+    cube = tmp_path / "cube.fits"
+    fits.PrimaryHDU(survey_dataset.load_images()[:6]).writeto(cube)
+    common = ["infer", str(survey_run), str(cube), "--psf-fwhm", "0.8", "--psf-beta", "3"]
+    assert main([*common, "-o", str(tmp_path / "cae.fits")]) == 0
+    assert main([*common, "--refine-snr", "20", "-o", str(tmp_path / "refined.fits")]) == 0
+    assert "refined:" in capsys.readouterr().out
+    cae, refined = QTable.read(tmp_path / "cae.fits"), QTable.read(tmp_path / "refined.fits")
+    assert "snr" not in cae.colnames and np.all(np.isfinite(refined["snr"]))
+    rows = np.asarray(refined["refined"])
+    assert np.array_equal(rows, (refined["snr"] >= 20) & ~refined["flag_refine_failed"]) and rows.any()
+    assert np.all(refined["flux"][rows] != cae["flux"][rows])
+    assert np.all(refined["flux"][~rows] == cae["flux"][~rows])
+    assert "classical fit where snr >= 20" in refined.meta["UNCERT"]
+    assert main([*common, "--refine-snr", "-1", "-o", str(tmp_path / "bad.fits")]) == 2
+
+
 def test_unknown_model_name_is_one_line(tmp_path, capsys):
     assert main(["infer", "--model", "no-such-model", "x.fits", "-o", str(tmp_path / "c.parquet")]) == 1
     assert "neither a path nor a shipped model" in capsys.readouterr().err
@@ -172,3 +189,58 @@ def test_shipped_survey_model_recovers_flux_and_radius_within_its_errors():
     for name in ("flux", "half_light_radius"):
         pulls = np.abs(out[name] - truth[name]) / out[f"{name}_err"]
         assert np.sum(pulls < 3) >= 10, (name, pulls)
+
+
+def test_refinement_sky_level_reproduces_the_measured_noise():
+    from galcae.refine import stamp_config
+    from galcae.simulate import sky_sigma
+
+    sim = load_stage("simulate", "survey", [])
+    noise = sky_sigma(np.array([150.0, 1800.0]), sim.noise.gain, sim.noise.read_noise)
+    cfg = stamp_config(sim, {"psf_fwhm": [0.7, 1.1], "psf_beta": [3.0, 4.0], "noise_sigma": noise}, 1)
+    assert cfg.noise.sky_level == pytest.approx(1800.0) and cfg.psf.fwhm == 1.1 and cfg.psf.beta == 4.0
+
+
+def test_stamp_snr_estimates_the_matched_filter_snr():
+    from galcae.conditions import stamp_noise_sigma
+    from galcae.refine import stamp_snr
+    from galcae.simulate import render_chunk
+
+    cfg = load_stage("simulate", "survey", ["n_galaxies=24", "seed=97", "ranges.flux=[3000, 300000]"])
+    rendered = render_chunk(cfg, draw_parameters(cfg))
+    images, snr = rendered["images"], rendered["snr"]
+    estimate = stamp_snr(images, stamp_noise_sigma(images), cfg.noise.gain)
+    bright = snr > 30
+    assert bright.sum() > 10 and np.all(np.abs(estimate[bright] / snr[bright] - 1) < 0.25)
+    assert np.median(np.abs(estimate[bright] / snr[bright] - 1)) < 0.05
+
+
+def test_refinement_fits_bright_stamps_from_the_cae_values_and_leaves_faint_ones():
+    """Bright galaxies get the classical fit's values and its (smaller) errors, which cover the
+    truth; a galaxy below the threshold keeps the CAE's row."""
+    from galcae.infer import measure
+    from galcae.refine import refine, training_config
+    from galcae.simulate import render_chunk
+
+    model = load_model("survey", device="cpu")
+    cfg = load_stage("simulate", "survey", ["n_galaxies=5", "seed=98", "ranges.flux=[40000, 200000]",
+                                            "ranges.half_light_radius=[0.4, 1.0]", "ranges.sersic_n=[0.8, 3]"])
+    truth = draw_parameters(cfg)
+    truth["flux"][0] = 400.0  # far below S/N 30
+    images = render_chunk(cfg, truth)["images"]
+    conditions = {"psf_fwhm": truth["psf_fwhm"], "psf_beta": truth["psf_beta"]}
+    cae = measure(model, images, conditions)
+    out = measure(model, images, conditions)
+    from galcae.conditions import stamp_noise_sigma
+
+    done = refine(training_config(model.meta), images,
+                  {**conditions, "noise_sigma": stamp_noise_sigma(images)}, out, min_snr=30)
+    assert done["snr"][0] < 30 and not done["refined"][0] and out["flux"][0] == cae["flux"][0]
+    bright = slice(1, None)
+    assert done["refined"][bright].all() and not done["refine_failed"].any()
+    assert np.all(done["snr"][bright] > 100)
+    for name in SEVEN:
+        assert np.all(out[f"{name}_err"][bright] < cae[f"{name}_err"][bright]), name
+        pulls = np.abs(out[name][bright] - truth[name][bright]) / out[f"{name}_err"][bright]
+        assert np.all(pulls < 4), (name, pulls)
+    assert not np.array_equal(out["ellipticity"][bright], cae["ellipticity"][bright])
