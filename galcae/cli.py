@@ -127,8 +127,9 @@ def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, workers):
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
               help="Worker processes of a local Dask cluster (1: in-process).")
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler to use instead.")
-@click.option("--chunk-size", default=4096, show_default=True, type=click.IntRange(1),
-              help="Stamps per chunk: the unit of work, of memory and of resumption.")
+@click.option("--chunk-size", default=None, type=click.IntRange(1),
+              help="Stamps per chunk: the unit of work, of memory and of resumption [default: "
+                   "4096; 256 with --refine-snr, so that workers share the fits].")
 @click.option("--hdu", default=None, help="HDU (name or number) holding the images [default: the "
                                            "first 2-D or 3-D image].")
 @click.option("--adapt-size", is_flag=True, help="Centre-crop / zero-pad stamps of another size "
@@ -138,9 +139,9 @@ def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, workers):
 @click.option("--detect-threshold", default=3.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Detection threshold in sigma for FITS fields (sep).")
 @click.option("--refine-snr", type=click.FloatRange(0), default=None, metavar="S/N",
-              help="Re-measure stamps whose estimate has a matched-filter S/N of at least this "
-                   "with the classical fit, started at the CAE's values: near the Cramér-Rao "
-                   "bound where the CAE is not, at about a second per refined stamp (e.g. 100).")
+              help="Re-measure stamps whose S/N (measured on the stamp) is at least this with "
+                   "the classical fit, started at the CAE's values: at the Cramér-Rao bound where "
+                   "the CAE is not, for about a second per refined stamp (e.g. 25).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--overwrite", is_flag=True, help=OUTPUT_HELP)
 def infer(inputs, model_name, out, psf_fwhm, psf_beta, samples, workers, scheduler, chunk_size, hdu,
@@ -162,6 +163,7 @@ def infer(inputs, model_name, out, psf_fwhm, psf_beta, samples, workers, schedul
     model = resolve_model(model_name)
     options = InferOptions(samples=samples, adapt_size=adapt_size, device=device,
                            psf_fwhm=psf_fwhm, psf_beta=psf_beta, refine_snr=refine_snr)
+    chunk_size = chunk_size or (4096 if refine_snr is None else 256)
     summary = infer_catalog(model, inputs, out, workers=workers, scheduler=scheduler,
                             chunk_size=chunk_size, options=options, hdu=hdu,
                             reconstruct_to=reconstruct, detect_threshold=detect_threshold,
