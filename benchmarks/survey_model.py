@@ -144,6 +144,11 @@ def coverage_table(method: str, names, pulls: np.ndarray, snr: np.ndarray) -> No
     print("N per subset (±1σ sampling noise of the 68% coverage): " + ", ".join(
         f"{s} {n} (±{100 * np.sqrt(0.68 * 0.32 / n):.1f})" for s, n in counts.items()))
     print(f"Worst miss: {worst_miss(table):.1f} points")
+    # A miss beyond 3σ of binomial noise is a real miscalibration, not a small sample.
+    real = [f"{name} {label} {100 * row[lv]:.1f}% at {lv}%"
+            for name, rows in table.items() for label, row in rows.items() for lv in ("68", "95")
+            if abs(row[lv] - int(lv) / 100) > 3 * np.sqrt(int(lv) / 100 * (1 - int(lv) / 100) / row["n"])]
+    print("Beyond 3σ of binomial noise: " + ("; ".join(real) if real else "none"))
 
 
 if __name__ == "__main__":

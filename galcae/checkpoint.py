@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .conditions import condition_table
+from .conditions import condition_table, stamp_noise_sigma, stamp_snr
 from .model import CAE, Architecture
 from .scaling import ParameterScaling, PixelNormalization
 
@@ -77,6 +77,11 @@ class TrainedModel:
         if not self.conditions:
             return None
         return self.conditioning.to_latent(condition_table(self.conditions, images, conditions or {}))
+
+    def stamp_snr(self, images: np.ndarray) -> np.ndarray:
+        """:func:`galcae.conditions.stamp_snr` of ``images`` under the training set's gain."""
+        gain = self.meta.get("dataset", {}).get("simulate", {}).get("noise", {}).get("gain", 1.0)
+        return stamp_snr(images, stamp_noise_sigma(images), gain)
 
     def batches(self, images: np.ndarray, c: np.ndarray | None, step: int):
         """``(normalised images, conditions)`` tensors of ``step`` images at a time."""

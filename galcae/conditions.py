@@ -34,6 +34,18 @@ def stamp_noise_sigma(images: np.ndarray) -> np.ndarray:
     return out
 
 
+def stamp_snr(images: np.ndarray, noise_sigma: np.ndarray, gain: float) -> np.ndarray:
+    """Matched-filter S/N measured on the stamps, ``sqrt(sum(d² / var) - N_pixels)`` with
+    ``var = noise_sigma² + d / gain``: unbiased for ``sqrt(sum(mu² / var))`` (as
+    ``E[d²] = mu² + var``), within a few per cent of the truth above S/N 30, and free (a
+    model rendering per stamp would cost 20-60 ms)."""
+    d = np.asarray(images, np.float64)
+    var = np.asarray(noise_sigma, float)[:, None, None] ** 2 + np.clip(d, 0.0, None) / gain
+    with np.errstate(divide="ignore", invalid="ignore"):  # noiseless or blank stamps: inf or NaN
+        chi2 = np.sum(d * d / var, axis=(1, 2)) - d[0].size if len(d) else np.empty(0)
+    return np.sqrt(np.clip(chi2, 0.0, None))
+
+
 def condition_table(names, images: np.ndarray, given: dict) -> dict[str, np.ndarray]:
     """The ``names`` conditions of each stamp: ``given`` values (scalars broadcast, arrays per
     stamp) and, unless given, ``noise_sigma`` measured on the stamps.

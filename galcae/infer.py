@@ -141,7 +141,8 @@ def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = N
     if z_var:
         sigma_z = np.sqrt(np.concatenate(z_var))
         if net.arch.predict_variance:
-            sigma_z = VarianceCalibration.from_meta(model.meta, n_sup).apply(sigma_z)
+            calibration = VarianceCalibration.from_meta(model.meta, n_sup)
+            sigma_z = calibration.apply(sigma_z, model.stamp_snr(images) if calibration.needs_snr else None)
     elif samples == 1 and not net.arch.predict_variance:
         sigma_z = HeldoutScatter.from_dict(model.meta["heldout_scatter"]).latent_sigma(z)
     else:

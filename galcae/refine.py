@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .conditions import stamp_noise_sigma, stamp_snr
 from .config import SimConfig, from_dict
 from .crb import FIT_PARAMETERS
 from .fit import MAX_NFEV as STOPPED, OK, fit_stamp, initial_guess
@@ -45,17 +46,6 @@ def stamp_config(sim: SimConfig, conditions: dict, i: int) -> SimConfig:
     return sim.for_galaxy(row) if row or sim.varies_conditions else sim
 
 
-def stamp_snr(images: np.ndarray, noise_sigma: np.ndarray, gain: float) -> np.ndarray:
-    """Matched-filter S/N measured on the stamps, ``sqrt(sum(d² / var) - N_pixels)`` with
-    ``var = noise_sigma² + d / gain``: unbiased for ``sqrt(sum(mu² / var))`` (as
-    ``E[d²] = mu² + var``), within a few per cent of the truth above S/N 30, and free (a
-    model rendering per stamp would cost 20-60 ms)."""
-    d = np.asarray(images, np.float64)
-    var = np.asarray(noise_sigma, float)[:, None, None] ** 2 + np.clip(d, 0.0, None) / gain
-    chi2 = np.sum(d * d / var, axis=(1, 2)) - d[0].size if len(d) else np.empty(0)
-    return np.sqrt(np.clip(chi2, 0.0, None))
-
-
 def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict,
            min_snr: float, max_nfev: int = MAX_NFEV) -> dict[str, np.ndarray]:
     """Re-measure the stamps with :func:`stamp_snr` >= ``min_snr`` by the classical fit.
@@ -66,7 +56,6 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
     updated in place where a fit succeeds. Returns ``snr``, ``refined`` (the fit replaced
     the CAE's values) and ``refine_failed`` (a fit was tried and failed).
     """
-    from .conditions import stamp_noise_sigma
     from threadpoolctl import threadpool_limits
 
     n = len(images)

@@ -213,15 +213,21 @@ def error_model(model: TrainedModel, test_images: np.ndarray, test_targets: np.n
     n_sup = len(model.supervised)
     ranges = {n: [float(np.min(v)), float(np.max(v))]
               for n, v in {**train_truth, **(train_conditions or {})}.items()}
-    head = model.network.arch.predict_variance
-    z, log_var = (model.encode(test_images, test_conditions, log_var=True) if head
-                  else (model.encode(test_images, test_conditions), None))
+    z = model.encode(test_images, test_conditions)
     out = {"heldout_scatter": HeldoutScatter.fit(z[:, :n_sup], test_targets).to_dict(),
            "training_range": ranges}
-    if head:
-        out["variance_calibration"] = VarianceCalibration.fit(
-            test_targets, z[:, :n_sup], np.exp(0.5 * log_var)).to_dict()
+    if model.network.arch.predict_variance:
+        out["variance_calibration"] = calibrate_variance(model, test_images, test_targets, test_conditions)
     return out
+
+
+def calibrate_variance(model: TrainedModel, images: np.ndarray, targets: np.ndarray,
+                       conditions: dict | None = None, per_bin: int = 300) -> dict:
+    """The variance head's recalibration fitted on ``images`` (held-out, e.g. a larger set
+    simulated for it) and their latent ``targets``: the ``variance_calibration`` meta."""
+    z, log_var = model.encode(images, conditions, log_var=True)
+    return VarianceCalibration.fit(targets, z[:, :len(model.supervised)], np.exp(0.5 * log_var),
+                                   model.stamp_snr(images), per_bin=per_bin).to_dict()
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:

@@ -6,8 +6,9 @@ Three methods, named in every catalog's metadata:
   log-likelihood), times a scale fitted on the held-out split at the end of training so
   that 68.27% of held-out truths fall within 1 sigma (a post-hoc recalibration, Kuleshov
   et al. 2018). The scale is fitted in quantile bins of the predicted sigma, so a head
-  that is right at high S/N and too confident at low S/N is corrected at both; the
-  default for models that have the head.
+  that is right at high S/N and too confident at low S/N is corrected at both, then a
+  second factor in quantile bins of the S/N measured on the stamp, so that the coverage
+  holds per S/N bin too; the default for models that have the head.
 
 - ``heldout``: the robust scatter (astropy ``mad_std``) of the held-out residuals,
   measured at the end of training in bins of the predicted value and stored in
@@ -87,23 +88,26 @@ def bin_index(edges, key: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class VarianceCalibration:
     """Per supervised latent: bin edges in ``log(sigma)`` of the variance head and the factor
-    on sigma in each bin that puts 68.27% of held-out truths within 1 sigma there."""
+    on sigma in each bin that puts 68.27% of held-out truths within 1 sigma there; then
+    (models calibrated since the S/N stage) edges in ``log(snr)`` of the stamp and a second
+    factor in each of those bins."""
 
     edges: tuple[tuple[float, ...], ...]
     scale: tuple[tuple[float, ...], ...]
+    snr_edges: tuple[tuple[float, ...], ...] = ()
+    snr_scale: tuple[tuple[float, ...], ...] = ()
 
     @classmethod
-    def fit(cls, z_true: np.ndarray, z_pred: np.ndarray, sigma: np.ndarray, per_bin: int = 300
-            ) -> "VarianceCalibration":
+    def fit(cls, z_true: np.ndarray, z_pred: np.ndarray, sigma: np.ndarray, snr: np.ndarray | None = None,
+            per_bin: int = 300) -> "VarianceCalibration":
         """Bins of about ``per_bin`` held-out galaxies: the 68% quantile of a few hundred pulls
-        is good to about ±3 points of coverage."""
-        pulls = np.abs((np.asarray(z_true, float) - z_pred) / sigma)
-        edges, scale = [], []
-        for k in range(pulls.shape[1]):
-            e, s = binned_statistic(np.log(sigma[:, k]), pulls[:, k], _one_sigma_quantile, per_bin)
-            edges.append(e)
-            scale.append(s)
-        return cls(tuple(edges), tuple(scale))
+        is good to about ±3 points of coverage. ``snr`` (the stamps' :func:`stamp_snr`) adds
+        the S/N stage, fitted on the pulls the first stage leaves."""
+        first = cls(*_binned_scales(np.log(sigma), z_true, z_pred, sigma, per_bin))
+        if snr is None:
+            return first
+        key = np.log(np.clip(snr, 0.1, None))[:, None].repeat(sigma.shape[1], 1)
+        return cls(first.edges, first.scale, *_binned_scales(key, z_true, z_pred, first.apply(sigma), per_bin))
 
     @classmethod
     def from_meta(cls, meta: dict, n_supervised: int) -> "VarianceCalibration":
@@ -111,19 +115,44 @@ class VarianceCalibration:
         none) gets a single bin."""
         if "variance_calibration" in meta:
             data = meta["variance_calibration"]
-            return cls(tuple(map(tuple, data["edges"])), tuple(map(tuple, data["scale"])))
+            return cls(*(tuple(map(tuple, data.get(k, ()))) for k in ("edges", "scale", "snr_edges", "snr_scale")))
         scale = meta.get("variance_scale", [1.0] * n_supervised)
         return cls(tuple((0.0, 0.0) for _ in scale), tuple((float(v),) for v in scale))
 
     def to_dict(self) -> dict:
-        return {"edges": [list(e) for e in self.edges], "scale": [list(s) for s in self.scale]}
+        out = {"edges": [list(e) for e in self.edges], "scale": [list(s) for s in self.scale]}
+        if self.snr_edges:
+            out.update(snr_edges=[list(e) for e in self.snr_edges], snr_scale=[list(s) for s in self.snr_scale])
+        return out
 
-    def apply(self, sigma: np.ndarray) -> np.ndarray:
-        """The recalibrated ``(N, n_supervised)`` sigma."""
+    @property
+    def needs_snr(self) -> bool:
+        return bool(self.snr_edges)
+
+    def apply(self, sigma: np.ndarray, snr: np.ndarray | None = None) -> np.ndarray:
+        """The recalibrated ``(N, n_supervised)`` sigma; ``snr`` (of each stamp) is needed
+        when :attr:`needs_snr` (a stamp whose S/N is not finite gets the first stage only)."""
         out = np.empty(sigma.shape, dtype=float)
         for k, (e, s) in enumerate(zip(self.edges, self.scale)):
             out[:, k] = sigma[:, k] * np.asarray(s)[bin_index(e, np.log(sigma[:, k]))]
+        if not self.needs_snr:
+            return out
+        if snr is None:
+            raise ValueError("this recalibration needs the S/N of each stamp")
+        snr = np.asarray(snr, float)
+        known = np.isfinite(snr)
+        key = np.log(np.clip(snr[known], 0.1, None))
+        for k, (e, s) in enumerate(zip(self.snr_edges, self.snr_scale)):
+            out[known, k] *= np.asarray(s)[bin_index(e, key)]
         return out
+
+
+def _binned_scales(key: np.ndarray, z_true, z_pred, sigma, per_bin: int) -> tuple[tuple, tuple]:
+    """Per column of ``key``: quantile-bin edges and the 1-sigma factor of the pulls in each."""
+    pulls = np.abs((np.asarray(z_true, float) - z_pred) / sigma)
+    fitted = [binned_statistic(key[:, k], pulls[:, k], _one_sigma_quantile, per_bin)
+              for k in range(pulls.shape[1])]
+    return tuple(e for e, _ in fitted), tuple(s for _, s in fitted)
 
 
 def physical_sigma(scaling: ParameterScaling, z_pred: np.ndarray, sigma_z: np.ndarray) -> dict:

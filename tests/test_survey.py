@@ -77,6 +77,28 @@ def test_recalibration_in_bins_of_sigma_fixes_a_head_wrong_only_at_large_sigma()
     assert np.allclose(single.apply(sigma[:5]), 2 * sigma[:5])
 
 
+def test_snr_stage_fixes_a_head_wrong_by_snr_at_every_sigma():
+    """A head 1.5x too confident on faint stamps and 0.7x too cautious on bright ones, whatever
+    its sigma: bins of sigma cannot tell them apart, the S/N stage can; it survives model.json."""
+    rng = np.random.default_rng(2)
+    n = 40_000
+    z_pred, sigma = rng.normal(size=(n, 2)), np.exp(rng.uniform(-2, 0, size=(n, 2)))
+    snr = np.exp(rng.uniform(0, 6, size=n))
+    z_true = z_pred + np.where(snr < 20, 1.5, 0.7)[:, None] * sigma * rng.normal(size=sigma.shape)
+    fitted = VarianceCalibration.fit(z_true[:20_000], z_pred[:20_000], sigma[:20_000], snr[:20_000])
+    calibration = VarianceCalibration.from_meta({"variance_calibration": fitted.to_dict()}, 2)
+    assert calibration == fitted and calibration.needs_snr
+    with pytest.raises(ValueError, match="S/N"):
+        calibration.apply(sigma)
+    fresh = slice(20_000, None)
+    sigma_only = VarianceCalibration.fit(z_true[:20_000], z_pred[:20_000], sigma[:20_000]).apply(sigma[fresh])
+    both = calibration.apply(sigma[fresh], snr[fresh])
+    for half in (snr[fresh] < 20, snr[fresh] >= 20):
+        assert np.all(np.abs(coverage(z_true[fresh][half], z_pred[fresh][half], both[half])[0.68] - 0.683) < 0.03)
+        assert np.all(np.abs(coverage(z_true[fresh][half], z_pred[fresh][half], sigma_only[half])[0.68]
+                             - 0.683) > 0.08)
+
+
 def test_conditions_enter_encoder_heads_and_decoder():
     torch.manual_seed(0)
     net = CAE(Architecture(stamp_size=32, latent_dim=16, n_supervised=7, n_conditions=3,

@@ -13,7 +13,9 @@ def latent_errors(model, images: np.ndarray, conditions: dict | None) -> tuple[n
     """Supervised latents and their recalibrated 1-sigma from the variance head."""
     n_sup = len(model.supervised)
     z, log_var = model.encode(images, conditions, log_var=True)
-    return z[:, :n_sup], VarianceCalibration.from_meta(model.meta, n_sup).apply(np.exp(0.5 * log_var))
+    calibration = VarianceCalibration.from_meta(model.meta, n_sup)
+    snr = model.stamp_snr(images) if calibration.needs_snr else None
+    return z[:, :n_sup], calibration.apply(np.exp(0.5 * log_var), snr)
 
 
 def calibration_table(names, z_true: np.ndarray, z_pred: np.ndarray, sigma: np.ndarray,
