@@ -24,7 +24,7 @@ from galcae.infer import measure
 from galcae.models import resolve_model
 from galcae.conditions import condition_table
 from galcae.crb import FIT_PARAMETERS
-from galcae.distributed import dask_client, map_chunks
+from galcae.distributed import map_ordered
 from galcae.refine import refine, training_config
 from galcae.simulate import draw_parameters, render_chunk
 
@@ -97,11 +97,8 @@ def refine_all(model, images, conditions, predicted, min_snr, workers, block=16)
     blocks = [(sim, images[i:i + block], {k: v[i:i + block] for k, v in conditions.items()},
                {k: v[i:i + block].copy() for k, v in predicted.items()}, min_snr)
               for i in range(0, len(images), block)]
-    results = [None] * len(blocks)
-    with dask_client(workers) as client:
-        for index, result in map_chunks(timed_refine, blocks, client, desc="refinement",
-                                        unit_scale=[len(b[1]) for b in blocks]):
-            results[index] = result
+    results = map_ordered(timed_refine, blocks, workers, desc="refinement",
+                          unit_scale=[len(b[1]) for b in blocks])
     refined = {k: np.concatenate([r[0][k] for r in results]) for k in predicted}
     done = {k: np.concatenate([r[1][k] for r in results]) for k in results[0][1]}
     return refined, done, sum(r[2] for r in results)

@@ -83,6 +83,17 @@ def map_chunks(func: Callable, args: Iterable[tuple], client=None, *, total: int
         bar.close()
 
 
+def map_ordered(func: Callable, args: Iterable[tuple], workers: int = 1, *, desc: str = "",
+                unit_scale: Iterable[int] | None = None) -> list:
+    """``[func(*a) for a in args]``, run on a local cluster of ``workers`` processes."""
+    args = list(args)
+    results = [None] * len(args)
+    with dask_client(workers) as client:
+        for index, result in map_chunks(func, args, client, desc=desc, unit_scale=unit_scale):
+            results[index] = result
+    return results
+
+
 def cpu_count() -> int:
     """Cores this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -16,7 +16,7 @@ from astropy.stats import mad_std
 
 from ..config import SimConfig
 from ..crb import FIT_PARAMETERS, cramer_rao
-from ..distributed import dask_client, map_chunks
+from ..distributed import map_ordered
 from ..fit import OK, fit_images
 from ..simulate import make_psf
 from .metrics import SNR_BINS, r2
@@ -54,11 +54,8 @@ def classical_fits(cfg: SimConfig, images: np.ndarray, truth: dict[str, np.ndarr
     start = time.perf_counter()
     blocks = [(cfg, images[i:i + block], {n: v[i:i + block] for n, v in truth.items()})
               for i in range(0, len(images), block)]
-    results = [None] * len(blocks)
-    with dask_client(workers) as client:
-        for index, result in map_chunks(_fit_and_bound, blocks, client, desc="classical fits + CRB",
-                                        unit_scale=[len(b[1]) for b in blocks]):
-            results[index] = result
+    results = map_ordered(_fit_and_bound, blocks, workers, desc="classical fits + CRB",
+                          unit_scale=[len(b[1]) for b in blocks])
     seconds = time.perf_counter() - start
     merged = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
     crb = {n: merged.pop(f"crb_{n}") for n in FIT_PARAMETERS}
@@ -112,9 +109,6 @@ def crb_only(cfg: SimConfig, truth: dict[str, np.ndarray], workers: int = 1,
     """:func:`crb_table` of many galaxies, in blocks on ``workers`` processes."""
     n = len(truth["flux"])
     blocks = [(cfg, {k: v[i:i + block] for k, v in truth.items()}) for i in range(0, n, block)]
-    results = [None] * len(blocks)
-    with dask_client(workers) as client:
-        for index, result in map_chunks(crb_table, blocks, client, desc="Cramér-Rao bounds",
-                                        unit_scale=[len(b[1]["flux"]) for b in blocks]):
-            results[index] = result
+    results = map_ordered(crb_table, blocks, workers, desc="Cramér-Rao bounds",
+                          unit_scale=[len(b[1]["flux"]) for b in blocks])
     return {k: np.concatenate([r[k] for r in results]) for k in FIT_PARAMETERS}
