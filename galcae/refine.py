@@ -50,8 +50,8 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
            min_snr: float, max_nfev: int = MAX_NFEV) -> dict[str, np.ndarray]:
     """Re-measure the stamps with :func:`stamp_snr` >= ``min_snr`` by the classical fit.
 
-    ``conditions``: per stamp ``noise_sigma`` (measured; see :mod:`galcae.conditions`) and,
-    where the model's PSF varies, ``psf_fwhm`` and ``psf_beta``. ``estimates``: the CAE's
+    ``conditions``: where the model's PSF varies, ``psf_fwhm`` and ``psf_beta`` (scalars or per
+    stamp); ``noise_sigma`` per stamp, measured on the stamps unless given. ``estimates``: the CAE's
     columns (``<name>``, ``<name>_err``, as :func:`galcae.infer.measure` returns them),
     updated in place where a fit succeeds. Returns ``snr``, ``refined`` (the fit replaced
     the CAE's values) and ``refine_failed`` (a fit was tried and failed).
@@ -59,6 +59,7 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
     from threadpoolctl import threadpool_limits
 
     n = len(images)
+    conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
     noise = conditions["noise_sigma"] if "noise_sigma" in conditions else stamp_noise_sigma(images)
     out = {"snr": stamp_snr(images, noise, sim.noise.gain), "refined": np.zeros(n, bool),
            "refine_failed": np.zeros(n, bool)}
