@@ -244,3 +244,21 @@ def test_slurm_example_builds_single_threaded_jobs():
     finally:
         cluster.close()
     assert "#SBATCH -p short" in script and "OMP_NUM_THREADS=1" in script and "--nworkers 4" in script
+
+
+def test_refinement_of_a_two_parameter_model_starts_the_rest_from_moments(tiny_run, tiny_dataset):
+    """The paper's model predicts flux and r½ only: the fit starts the other five from HSM
+    moments and updates the two columns the catalog has."""
+    from galcae.checkpoint import load_model
+    from galcae.infer import measure
+    from galcae.refine import refine, training_config
+
+    model = load_model(tiny_run, device="cpu")
+    images = tiny_dataset.load_images()[:3]
+    cae = measure(model, images)
+    out = measure(model, images)
+    done = refine(training_config(model.meta), images, {}, out, min_snr=0)
+    assert set(out) == set(cae) and done["refined"].all()
+    flux = tiny_dataset.params["flux"][:3]
+    assert np.all(np.abs(out["flux"] / flux - 1) < np.abs(cae["flux"] / flux - 1) + 0.02)
+    assert np.all(out["flux_err"] < cae["flux_err"])
