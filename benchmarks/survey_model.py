@@ -24,8 +24,7 @@ from galcae.infer import measure
 from galcae.models import resolve_model
 from galcae.conditions import condition_table
 from galcae.crb import FIT_PARAMETERS
-from galcae.distributed import map_ordered
-from galcae.refine import refine, training_config
+from galcae.refine import refine_blocks, training_config
 from galcae.simulate import draw_parameters, render_chunk
 
 TARGET = {"flux": 0.7, "half_light_radius": 0.7, "sersic_n": 0.5, "g1": 0.5, "g2": 0.5}
@@ -58,8 +57,8 @@ def main() -> None:
     methods = {"CAE": predicted}
     if args.refine_snr is not None:
         conditions = condition_table(model.conditions, images, psf)
-        refined, done, fit_seconds = refine_all(model, images, conditions, predicted, args.refine_snr,
-                                                args.workers)
+        refined, done, fit_seconds = refine_blocks(training_config(model.meta), images, conditions,
+                                                   predicted, args.refine_snr, args.workers)
         methods[f"CAE + fit at S/N >= {args.refine_snr:g}"] = refined
         n_refined = int(done["refined"].sum())
         print(f"Refined {n_refined} of {len(images)} galaxies ({int(done['refine_failed'].sum())} "
@@ -88,26 +87,6 @@ def main() -> None:
                 done["refined"][:, None], fit_pulls, pulls["CAE"])
         for method, pull in pulls.items():
             coverage_table(method, model.supervised, pull, snr)
-
-
-def refine_all(model, images, conditions, predicted, min_snr, workers, block=16):
-    """:func:`galcae.refine.refine` of a copy of ``predicted``, in blocks on ``workers``;
-    returns the refined columns, what was refined and the summed seconds of the blocks."""
-    sim = training_config(model.meta)
-    blocks = [(sim, images[i:i + block], {k: v[i:i + block] for k, v in conditions.items()},
-               {k: v[i:i + block].copy() for k, v in predicted.items()}, min_snr)
-              for i in range(0, len(images), block)]
-    results = map_ordered(timed_refine, blocks, workers, desc="refinement",
-                          unit_scale=[len(b[1]) for b in blocks])
-    refined = {k: np.concatenate([r[0][k] for r in results]) for k in predicted}
-    done = {k: np.concatenate([r[1][k] for r in results]) for k in results[0][1]}
-    return refined, done, sum(r[2] for r in results)
-
-
-def timed_refine(sim, images, conditions, estimates, min_snr):
-    start = time.perf_counter()
-    done = refine(sim, images, conditions, estimates, min_snr)
-    return estimates, done, time.perf_counter() - start
 
 
 def efficiency_table(compared: dict, names) -> None:

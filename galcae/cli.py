@@ -93,15 +93,18 @@ def train(dataset, overrides, out, config, resume, overwrite):
                    "efficiency, per parameter and S/N bin.")
 @click.option("--no-remeasure", is_flag=True,
               help="Skip the classical fits of the latent traversals (disentanglement).")
+@click.option("--refine-snr", type=click.FloatRange(0), default=None, metavar="S/N",
+              help="Also score the CAE refined by the classical fit above this stamp S/N "
+                   "(as `galcae infer --refine-snr`), on the galaxies compared or bounded.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
               help="Processes for the classical fits and bounds.")
-def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, workers):
+def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, workers):
     """Evaluate RUN on the held-out galaxies of DATASET; write RUN/eval/ (metrics, figures, report)."""
     from .demo import calibration_text, comparison_table, disentanglement_text, r2_table
     from .evaluate import evaluate_run
 
     metrics = evaluate_run(run, dataset, sweeps, classical=classical, workers=workers, bound=bound,
-                           remeasure=not no_remeasure)
+                           remeasure=not no_remeasure, refine_snr=refine_snr)
     for text in (r2_table(metrics), comparison_table(metrics), calibration_text(metrics),
                  disentanglement_text(metrics)):
         if text:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .config import load_stage
 from .evaluate import evaluate_run
+from .evaluate.report import refinement_summary
 from .simulate import simulate_dataset
 from .train import train_model
 
@@ -106,6 +107,8 @@ def comparison_table(metrics: dict) -> str:
         lines.append(f"Time per galaxy: CAE {t['cae']:.2g} s, classical fit {t['classical']:.2g} s "
                      f"({classical['failed']} of {classical['n']} fits failed): "
                      f"speedup {metrics['speedup_vs_classical']:.0f}x")
+    if "refinement" in metrics:
+        lines.append(refinement_summary(metrics))
     return "\n".join(lines)
 
 

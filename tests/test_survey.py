@@ -180,6 +180,19 @@ def test_refined_catalog_marks_the_rows_the_fit_replaced(survey_run, survey_data
     assert main([*common, "--refine-snr", "-1", "-o", str(tmp_path / "bad.fits")]) == 2
 
 
+def test_evaluate_scores_the_refined_cae_beside_the_cae(survey_run, survey_dataset, capsys):
+    import json
+
+    assert main(["evaluate", str(survey_run), str(survey_dataset.path), "--classical", "0",
+                 "--bound", "6", "--refine-snr", "0", "--no-remeasure"]) == 0
+    saved = json.loads((survey_run / "eval" / "metrics.json").read_text())
+    assert set(saved["comparison"]) == {"cae", "cae+fit"}
+    assert saved["refinement"]["n"] == 6 and saved["refinement"]["refined"] + saved["refinement"]["failed"] == 6
+    assert saved["comparison"]["cae+fit"]["flux"]["all"]["n"] == 6
+    assert "cae+fit: the CAE refined" in capsys.readouterr().out
+    assert "cae+fit: the CAE refined" in (survey_run / "eval" / "report.html").read_text()
+
+
 def test_unknown_model_name_is_one_line(tmp_path, capsys):
     assert main(["infer", "--model", "no-such-model", "x.fits", "-o", str(tmp_path / "c.parquet")]) == 1
     assert "neither a path nor a shipped model" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..checkpoint import load_model, sha256_of
 from ..dataset import PARAMS, Dataset, atomic_directory
+from ..refine import refine_blocks, training_config
 from ..train import SPLIT, split_indices, train_config_of
 from ..crb import FIT_PARAMETERS
 from . import comparison, figures
@@ -89,7 +90,7 @@ def _traversal_section(model, z0: np.ndarray, steps: np.ndarray, pixel_scale: fl
 
 def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, classical: int | None = None,
                  workers: int = 1, bound: int = 0, remeasure: bool = True,
-                 test_fraction: float | None = None) -> dict:
+                 test_fraction: float | None = None, refine_snr: float | None = None) -> dict:
     """Evaluate a trained run on the held-out split of ``dataset_path``; write ``RUN/eval``.
 
     Parameters
@@ -115,6 +116,10 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
     test_fraction : float, optional
         For a dataset other than the training set, the fraction held out for testing (the
         rest fits the PCA baseline) [default: the training split's].
+    refine_snr : float, optional
+        Also score ``cae+fit``: the CAE refined by the classical fit where the stamp's S/N
+        is at least this (``galcae infer --refine-snr``), on the galaxies of the comparison
+        or the bound.
     """
     run_dir = Path(run_dir)
     model = load_model(run_dir)
@@ -174,15 +179,30 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
         metrics["calibration"] = {"coverage": table, "worst_miss_points": worst_miss(table),
                                   "space": "latent (log10 for log-scaled parameters)"}
 
+    def refined(n: int) -> dict:
+        """``{"cae+fit": estimates}`` of the first ``n`` test galaxies (none without refine_snr)."""
+        if refine_snr is None:
+            return {}
+        values, done, seconds = refine_blocks(training_config(model.meta), test_images[:n],
+                                              {k: v[:n] for k, v in conditions.items()},
+                                              {k: predicted[k][:n] for k in names}, refine_snr, workers)
+        count = int(done["refined"].sum())
+        metrics["refinement"] = {"min_snr": refine_snr, "n": n, "refined": count,
+                                 "failed": int(done["refine_failed"].sum()),
+                                 "seconds_per_refined": seconds / max(count, 1),
+                                 "cae_seconds_per_galaxy": cae_seconds}
+        return {"cae+fit": values}
+
     n_classical = len(test_ids) if classical is None else min(classical, len(test_ids))
     if n_classical > 0:
         metrics.update(comparison_section(dataset, test_ids[:n_classical], test_images[:n_classical],
                                            {n: predicted[n][:n_classical] for n in names},
                                            {n: pca["predicted"][n][:n_classical] for n in names},
-                                           cae_seconds, workers))
+                                           cae_seconds, workers, refined(n_classical)))
     elif bound > 0:
         metrics.update(efficiency_section(dataset, test_ids[:bound],
-                                          {n: predicted[n][:bound] for n in names}, workers))
+                                          {n: predicted[n][:bound] for n in names}, workers,
+                                          refined(min(bound, len(test_ids)))))
 
     with atomic_directory(run_dir / "eval", overwrite=True) as out:
         fig_dir = out / "figures"
@@ -244,13 +264,14 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
 
 
 def comparison_section(dataset: Dataset, ids, images, cae: dict, pca: dict, cae_seconds: float,
-                        workers: int) -> dict:
+                        workers: int, extra: dict | None = None) -> dict:
     """CAE, PCA-64 + regression and the classical fit on the same galaxies, against the CRB."""
     cfg = dataset.config
     truth = _truth_for_bounds(dataset, ids)
     snr = dataset.params["snr"][ids]
     fits, crb, _ = comparison.classical_fits(cfg, images, truth, workers)
-    estimates = {"cae": cae, "pca_all": pca, "classical": {n: fits[n] for n in FIT_PARAMETERS}}
+    estimates = {"cae": cae, **(extra or {}), "pca_all": pca,
+                 "classical": {n: fits[n] for n in FIT_PARAMETERS}}
     compared = comparison.compare(truth, snr, crb, estimates)
     # Per galaxy with `workers` cores fitting: the fits' own times (the CRB runs in the same
     # tasks and is not the fit's cost), shared among the workers.
@@ -271,12 +292,13 @@ def comparison_section(dataset: Dataset, ids, images, cae: dict, pca: dict, cae_
     }
 
 
-def efficiency_section(dataset: Dataset, ids, cae: dict, workers: int) -> dict:
-    """The CAE against the Cramér–Rao bound alone (no classical fits): bias, scatter and
-    efficiency of every supervised parameter, overall, in S/N bins and by Sérsic n."""
+def efficiency_section(dataset: Dataset, ids, cae: dict, workers: int, extra: dict | None = None) -> dict:
+    """The CAE (and ``extra`` estimates) against the Cramér–Rao bound alone (no classical
+    fits): bias, scatter and efficiency of every supervised parameter, overall, in S/N bins
+    and by Sérsic n."""
     truth = _truth_for_bounds(dataset, ids)
     crb = comparison.crb_only(dataset.config, truth, workers)
-    compared = comparison.compare(truth, dataset.params["snr"][ids], crb, {"cae": cae})
+    compared = comparison.compare(truth, dataset.params["snr"][ids], crb, {"cae": cae, **(extra or {})})
     return {"crb": {n: {"median": float(np.median(crb[n]))} for n in FIT_PARAMETERS},
             "comparison": compared, "efficiency": _efficiencies(compared)}
 

@@ -145,7 +145,8 @@ def calibration(table: dict, path) -> Path:
         ax.axhline(nominal, color="k", lw=0.8)
         ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
         ax.set_title(f"{level}% interval: coverage [%]", fontsize=9)
-    axes[1].legend(fontsize=6)
+    if subsets:  # a held-out set of fewer than 10 galaxies has no subset worth a point
+        axes[1].legend(fontsize=6)
     return _save(fig, path)
 
 

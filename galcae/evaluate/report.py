@@ -169,6 +169,17 @@ def write_report(path: Path, metrics: dict, model_meta: dict, fig_dir: Path, los
     Path(path).write_text("\n".join(parts), encoding="utf-8")
 
 
+def refinement_summary(metrics: dict) -> str:
+    """One sentence on the ``cae+fit`` rows (``evaluate --refine-snr``), or ''."""
+    r = metrics.get("refinement")
+    if not r:
+        return ""
+    return (f"cae+fit: the CAE refined by the classical fit where the stamp's S/N >= {r['min_snr']:g} "
+            f"(galcae infer --refine-snr): {r['refined']} of {r['n']} galaxies refined, {r['failed']} "
+            f"fits failed (CAE kept); {r['seconds_per_refined']:.2f} s per refined galaxy on one core "
+            f"against {1e3 * r['cae_seconds_per_galaxy']:.2f} ms per galaxy for the CAE.")
+
+
 def _comparison_html(metrics: dict) -> list[str]:
     """The physical-limit section: CAE, PCA and classical fit against the Cramér–Rao bound."""
     if "classical" not in metrics:
@@ -191,6 +202,8 @@ def _comparison_html(metrics: dict) -> list[str]:
                  f"Time per galaxy: CAE {metrics['timing']['cae']:.2g} s, classical fit "
                  f"{metrics['timing']['classical']:.2g} s on {c['workers']} process(es): the CAE is "
                  f"<b>{metrics['speedup_vs_classical']:.0f}×</b> faster.</p>"]
+    if "refinement" in metrics:
+        parts.append(f"<p>{html.escape(refinement_summary(metrics))}</p>")
     rows = []
     for method, per_param in metrics["comparison"].items():
         for name, by_subset in per_param.items():
