@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--test-fraction", type=float, default=0.75)
     parser.add_argument("--no-remeasure", action="store_true", help="skip the traversal fits")
+    parser.add_argument("--refine-snr", type=float, default=None,
+                        help="also score the CAE refined by the classical fit above this S/N")
     parser.add_argument("--calibration", type=Path, default=None,
                         help="a dataset (unseen in training and evaluation) to fit the recalibration on")
     args = parser.parse_args()
@@ -69,7 +71,7 @@ def main() -> None:
 
     metrics = evaluate_run(args.run, args.heldout, classical=0, bound=args.bound,
                            workers=args.workers, test_fraction=args.test_fraction,
-                           remeasure=not args.no_remeasure)
+                           remeasure=not args.no_remeasure, refine_snr=args.refine_snr)
     for text in (r2_table(metrics), comparison_table(metrics), calibration_text(metrics),
                  disentanglement_text(metrics)):
         print(text, end="\n\n")
