@@ -77,8 +77,8 @@ def catalog_columns(model_meta: dict, has_field: bool, refine: bool = False) -> 
     for name in model_meta.get("condition_scaling", {}).get("names", []):
         cols.append((name, pa.float64(), unit_of(name), f"observing condition used: {CONDITIONS[name].description}"))
     if refine:
-        cols += [("snr", pa.float64(), "", "matched-filter S/N of the CAE's estimate (model image "
-                                           "under the stamp's noise)"),
+        cols += [("snr", pa.float64(), "", "matched-filter S/N measured on the stamp "
+                                           "(sqrt(sum(d^2/var) - N_pixels))"),
                  ("refined", pa.bool_(), "", "values and errors are the classical fit's, started "
                                              "at the CAE's (snr >= the refine threshold)")]
     return cols + flag_columns({**FLAGS, **(REFINE_FLAGS if refine else {})})

@@ -8,8 +8,9 @@ on faint ones (it fails, or wanders). So the CAE measures every stamp, the stamp
 bright ones, and only those are fitted, starting from the CAE's values: their catalog
 values and errors become the fit's (the inverse Hessian, which is the bound at high S/N).
 From there a few Gauss-Newton steps suffice: on 120 fresh survey galaxies above S/N 30,
-4 steps gave the same efficiency (0.9-1.5) as running to convergence in half the time
-(benchmarks/survey_model.py). A fit that fails keeps the CAE's row and is flagged.
+4 steps gave the same efficiency (0.9-1.5) as running to convergence in half the time (an
+experiment; ``benchmarks/survey_model.py --refine-snr`` measures the shipped setting). A fit
+that fails keeps the CAE's row and is flagged.
 
 The fit needs what the CAE does not: the noise model per pixel. It is the model's
 training one, with the sky level taken from the stamp's measured ``noise_sigma``

@@ -106,7 +106,7 @@ class VarianceCalibration:
         first = cls(*_binned_scales(np.log(sigma), z_true, z_pred, sigma, per_bin))
         if snr is None:
             return first
-        key = np.log(np.clip(snr, 0.1, None))[:, None].repeat(sigma.shape[1], 1)
+        key = _snr_key(snr)[:, None].repeat(sigma.shape[1], 1)
         return cls(first.edges, first.scale, *_binned_scales(key, z_true, z_pred, first.apply(sigma), per_bin))
 
     @classmethod
@@ -141,10 +141,15 @@ class VarianceCalibration:
             raise ValueError("this recalibration needs the S/N of each stamp")
         snr = np.asarray(snr, float)
         known = np.isfinite(snr)
-        key = np.log(np.clip(snr[known], 0.1, None))
+        key = _snr_key(snr[known])
         for k, (e, s) in enumerate(zip(self.snr_edges, self.snr_scale)):
             out[known, k] *= np.asarray(s)[bin_index(e, key)]
         return out
+
+
+def _snr_key(snr: np.ndarray) -> np.ndarray:
+    """log S/N, the faintest stamps (measured S/N 0) at 0.1."""
+    return np.log(np.clip(snr, 0.1, None))
 
 
 def _binned_scales(key: np.ndarray, z_true, z_pred, sigma, per_bin: int) -> tuple[tuple, tuple]:
