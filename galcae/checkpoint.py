@@ -78,10 +78,11 @@ class TrainedModel:
             return None
         return self.conditioning.to_latent(condition_table(self.conditions, images, conditions or {}))
 
-    def stamp_snr(self, images: np.ndarray) -> np.ndarray:
-        """:func:`galcae.conditions.stamp_snr` of ``images`` under the training set's gain."""
+    def stamp_snr(self, images: np.ndarray, noise_sigma: np.ndarray | None = None) -> np.ndarray:
+        """:func:`galcae.conditions.stamp_snr` of ``images`` under the training set's gain;
+        ``noise_sigma`` per stamp is measured unless given."""
         gain = self.meta.get("dataset", {}).get("simulate", {}).get("noise", {}).get("gain", 1.0)
-        return stamp_snr(images, stamp_noise_sigma(images), gain)
+        return stamp_snr(images, stamp_noise_sigma(images) if noise_sigma is None else noise_sigma, gain)
 
     def batches(self, images: np.ndarray, c: np.ndarray | None, step: int):
         """``(normalised images, conditions)`` tensors of ``step`` images at a time."""

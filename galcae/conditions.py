@@ -39,10 +39,15 @@ def stamp_snr(images: np.ndarray, noise_sigma: np.ndarray, gain: float) -> np.nd
     ``var = noise_sigma² + d / gain``: unbiased for ``sqrt(sum(mu² / var))`` (as
     ``E[d²] = mu² + var``), within a few per cent of the truth above S/N 30, and free (a
     model rendering per stamp would cost 20-60 ms)."""
-    d = np.asarray(images, np.float64)
-    var = np.asarray(noise_sigma, float)[:, None, None] ** 2 + np.clip(d, 0.0, None) / gain
+    # float32 and in place: it runs on every stamp of a catalog (13 us against 260 us per
+    # 64x64 stamp in float64 with temporaries); the sum is accumulated in float64.
+    d = np.asarray(images, np.float32)
+    var = np.maximum(d, 0.0)
+    var *= 1.0 / gain
+    var += (np.asarray(noise_sigma, np.float32) ** 2)[:, None, None]
     with np.errstate(divide="ignore", invalid="ignore"):  # noiseless or blank stamps: inf or NaN
-        chi2 = np.sum(d * d / var, axis=(1, 2)) - d[0].size if len(d) else np.empty(0)
+        np.divide(np.square(d), var, out=var)
+        chi2 = var.sum(axis=(1, 2), dtype=np.float64) - d[0].size if len(d) else np.empty(0)
     return np.sqrt(np.clip(chi2, 0.0, None))
 
 

@@ -155,10 +155,9 @@ def catalog_columns(has_field: bool) -> list[Column]:
 
 
 def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100,
-               conditions: dict | None = None, guesses: dict | None = None) -> dict[str, np.ndarray]:
+               conditions: dict | None = None) -> dict[str, np.ndarray]:
     """:func:`fit_stamp` over a stack; one array per output column. ``conditions`` holds
-    per-image ``psf_fwhm``, ``psf_beta``, ``sky_level`` where ``cfg`` draws them per galaxy;
-    ``guesses`` per-image starting points (:data:`FIT_PARAMETERS` columns), else HSM's."""
+    per-image ``psf_fwhm``, ``psf_beta``, ``sky_level`` where ``cfg`` draws them per galaxy."""
     from threadpoolctl import threadpool_limits
 
     conditions = conditions or {}
@@ -168,8 +167,7 @@ def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100,
         for i, image in enumerate(images):
             galaxy_cfg, psf = fixed or (lambda c: (c, make_psf(c)))(
                 cfg.for_galaxy({k: v[i] for k, v in conditions.items()}))
-            guess = {n: guesses[n][i] for n in FIT_PARAMETERS} if guesses else None
-            rows.append(fit_stamp(image, galaxy_cfg, psf, max_nfev, guess=guess))
+            rows.append(fit_stamp(image, galaxy_cfg, psf, max_nfev))
     keys = rows[0].keys() if rows else ()
     return {k: np.array([r[k] for r in rows], dtype=object if k == "status" else None) for k in keys}
 

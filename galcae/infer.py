@@ -142,7 +142,12 @@ def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = N
         sigma_z = np.sqrt(np.concatenate(z_var))
         if net.arch.predict_variance:
             calibration = VarianceCalibration.from_meta(model.meta, n_sup)
-            sigma_z = calibration.apply(sigma_z, model.stamp_snr(images) if calibration.needs_snr else None)
+            if calibration.needs_snr:  # the noise already measured for the conditions, if it was
+                noise = (conditions or {}).get("noise_sigma")
+                noise = None if noise is None else np.broadcast_to(np.asarray(noise, float), (len(images),))
+                sigma_z = calibration.apply(sigma_z, model.stamp_snr(images, noise))
+            else:
+                sigma_z = calibration.apply(sigma_z)
     elif samples == 1 and not net.arch.predict_variance:
         sigma_z = HeldoutScatter.from_dict(model.meta["heldout_scatter"]).latent_sigma(z)
     else:

@@ -213,11 +213,13 @@ def error_model(model: TrainedModel, test_images: np.ndarray, test_targets: np.n
     n_sup = len(model.supervised)
     ranges = {n: [float(np.min(v)), float(np.max(v))]
               for n, v in {**train_truth, **(train_conditions or {})}.items()}
-    z = model.encode(test_images, test_conditions)
+    head = model.network.arch.predict_variance
+    z, log_var = (model.encode(test_images, test_conditions, log_var=True) if head
+                  else (model.encode(test_images, test_conditions), None))
     out = {"heldout_scatter": HeldoutScatter.fit(z[:, :n_sup], test_targets).to_dict(),
            "training_range": ranges}
-    if model.network.arch.predict_variance:
-        out["variance_calibration"] = calibrate_variance(model, test_images, test_targets, test_conditions)
+    if head:
+        out["variance_calibration"] = _fit_calibration(model, test_images, test_targets, z, log_var)
     return out
 
 
@@ -226,6 +228,10 @@ def calibrate_variance(model: TrainedModel, images: np.ndarray, targets: np.ndar
     """The variance head's recalibration fitted on ``images`` (held-out, e.g. a larger set
     simulated for it) and their latent ``targets``: the ``variance_calibration`` meta."""
     z, log_var = model.encode(images, conditions, log_var=True)
+    return _fit_calibration(model, images, targets, z, log_var, per_bin)
+
+
+def _fit_calibration(model: TrainedModel, images, targets, z, log_var, per_bin: int = 300) -> dict:
     return VarianceCalibration.fit(targets, z[:, :len(model.supervised)], np.exp(0.5 * log_var),
                                    model.stamp_snr(images), per_bin=per_bin).to_dict()
 
