@@ -24,8 +24,9 @@ from galcae.infer import measure
 from galcae.models import resolve_model
 from galcae.conditions import condition_table
 from galcae.crb import FIT_PARAMETERS
-from galcae.refine import refine_blocks, training_config
+from galcae.refine import fit_error_calibration, refine_blocks, training_config
 from galcae.simulate import draw_parameters, render_chunk
+from galcae.uncertainty import LEVELS, half_widths
 
 TARGET = {"flux": 0.7, "half_light_radius": 0.7, "sersic_n": 0.5, "g1": 0.5, "g2": 0.5}
 HIGH_SNR = ("snr 10-30", "snr 30-100", "snr 100-inf")
@@ -58,7 +59,8 @@ def main() -> None:
     if args.refine_snr is not None:
         conditions = condition_table(model.conditions, images, psf)
         refined, done, fit_seconds = refine_blocks(training_config(model.meta), images, conditions,
-                                                   predicted, args.refine_snr, args.workers)
+                                                   predicted, args.refine_snr, args.workers,
+                                                   calibration=fit_error_calibration(model.meta))
         methods[f"CAE + fit at S/N >= {args.refine_snr:g}"] = refined
         n_refined = int(done["refined"].sum())
         print(f"Refined {n_refined} of {len(images)} galaxies ({int(done['refine_failed'].sum())} "
@@ -78,15 +80,18 @@ def main() -> None:
         print()
 
     if model.network.arch.predict_variance:
-        z_pred, sigma = latent_errors(model, images, psf)
+        z_pred, sigma, tail = latent_errors(model, images, psf)
         z_true = model.scaling.to_latent({n: truth[n] for n in model.supervised})
-        pulls = {"CAE": (z_true - z_pred) / sigma}
-        if args.refine_snr is not None:  # the fit's errors are physical: its pulls are too
+        pulls = {"CAE": ((z_true - z_pred) / sigma, tail)}
+        if args.refine_snr is not None:  # the fit's intervals are symmetric in physical units
             fit_pulls = np.stack([(truth[n] - refined[n]) / refined[f"{n}_err"] for n in model.supervised], 1)
-            pulls[f"CAE + fit at S/N >= {args.refine_snr:g}"] = np.where(
-                done["refined"][:, None], fit_pulls, pulls["CAE"])
-        for method, pull in pulls.items():
-            coverage_table(method, model.supervised, pull, snr)
+            fit_tail = np.stack([(refined[f"{n}_hi95"] - refined[n]) / half_widths(refined[f"{n}_err"])[LEVELS[1]]
+                                 for n in model.supervised], 1)  # what the catalog's 95% ends imply
+            fitted = done["refined"][:, None]
+            pulls[f"CAE + fit at S/N >= {args.refine_snr:g}"] = (
+                np.where(fitted, fit_pulls, pulls["CAE"][0]), np.where(fitted, fit_tail, tail))
+        for method, (pull, tail) in pulls.items():
+            coverage_table(method, model.supervised, pull, tail, snr)
 
 
 def efficiency_table(compared: dict, names) -> None:
@@ -106,9 +111,10 @@ def efficiency_table(compared: dict, names) -> None:
         print(f"{name:<20}{cells}{verdict}")
 
 
-def coverage_table(method: str, names, pulls: np.ndarray, snr: np.ndarray) -> None:
-    """Coverage of ``(truth - estimate) / error`` per parameter and S/N bin."""
-    table = calibration_table(names, pulls, np.zeros_like(pulls), np.ones_like(pulls), snr)
+def coverage_table(method: str, names, pulls: np.ndarray, tail: np.ndarray, snr: np.ndarray) -> None:
+    """Coverage of ``(truth - estimate) / error`` per parameter and S/N bin (``tail``: the
+    factors on the Gaussian 95% intervals)."""
+    table = calibration_table(names, pulls, np.zeros_like(pulls), np.ones_like(pulls), snr, tail)
     print(f"\n{method}: coverage of the reported 68% / 95% intervals [%] (target ±3 points)")
     labels = list(next(iter(table.values())))
     print(f"{'parameter':<20}" + "".join(f"{s:>16}" for s in labels))

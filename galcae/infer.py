@@ -24,7 +24,7 @@ from .checkpoint import TrainedModel, load_model, model_paths
 from .conditions import condition_table
 from .params import CONDITIONS, ellipticity_errors, ellipticity_from_shear, unit_of
 from .sources import InputError
-from .uncertainty import HeldoutScatter, VarianceCalibration, physical_sigma
+from .uncertainty import LEVELS, HeldoutScatter, VarianceCalibration, half_widths, physical_sigma
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,9 @@ def catalog_columns(model_meta: dict, has_field: bool, refine: bool = False) -> 
     for name in names:
         unit = unit_of(name)
         cols += [(name, pa.float64(), unit, f"predicted {name.replace('_', ' ')}"),
-                 (f"{name}_err", pa.float64(), unit, f"1-sigma uncertainty of {name}")]
+                 (f"{name}_err", pa.float64(), unit, f"1-sigma uncertainty of {name}"),
+                 (f"{name}_lo95", pa.float64(), unit, f"lower end of the central 95% interval of {name}"),
+                 (f"{name}_hi95", pa.float64(), unit, f"upper end of the central 95% interval of {name}")]
     if {"g1", "g2"} <= set(names):
         cols += [("ellipticity", pa.float64(), "", "|g| from the predicted g1, g2"),
                  ("ellipticity_err", pa.float64(), "", "1-sigma uncertainty of ellipticity"),
@@ -103,7 +105,8 @@ def worker_model(meta_path: str, sha: str, device: str) -> TrainedModel:
 def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = None, *,
             samples: int = 1, batch_size: int | None = None, generator: torch.Generator | None = None,
             latents: bool = False) -> dict[str, np.ndarray]:
-    """Predicted parameters and ``<name>_err`` of finite ADU stamps ``(N, H, W)``.
+    """Predicted parameters, ``<name>_err`` and the central 95% interval ``<name>_lo95``,
+    ``<name>_hi95`` of finite ADU stamps ``(N, H, W)``.
 
     ``conditions``: the observing conditions of a conditioned model (see
     :meth:`TrainedModel.condition_input`). Errors: the variance head (recalibrated) when the
@@ -138,6 +141,7 @@ def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = N
             z_var.append(var.float().cpu().numpy())
     empty = np.empty((0, n_sup), np.float32)
     z = np.concatenate(z_mean) if z_mean else empty
+    tail = 1.0  # Gaussian 95% intervals unless the recalibration has a tail stage
     if z_var:
         sigma_z = np.sqrt(np.concatenate(z_var))
         if net.arch.predict_variance:
@@ -145,7 +149,8 @@ def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = N
             if calibration.needs_snr:  # the noise already measured for the conditions, if it was
                 noise = (conditions or {}).get("noise_sigma")
                 noise = None if noise is None else np.broadcast_to(np.asarray(noise, float), (len(images),))
-                sigma_z = calibration.apply(sigma_z, model.stamp_snr(images, noise))
+                snr = model.stamp_snr(images, noise)
+                sigma_z, tail = calibration.apply(sigma_z, snr), calibration.tail(snr, len(images))
             else:
                 sigma_z = calibration.apply(sigma_z)
     elif samples == 1 and not net.arch.predict_variance:
@@ -154,9 +159,12 @@ def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = N
         sigma_z = empty
     values = model.scaling.to_physical(z)
     errors = physical_sigma(model.scaling, z, sigma_z)
+    wide = half_widths(sigma_z, tail)[LEVELS[1]]  # latent: log10 axes give asymmetric ends
+    lo, hi = model.scaling.to_physical(z - wide), model.scaling.to_physical(z + wide)
     out = {}
     for name in model.supervised:
         out[name], out[f"{name}_err"] = values[name], errors[name]
+        out[f"{name}_lo95"], out[f"{name}_hi95"] = lo[name], hi[name]
     if "g1" in out and "g2" in out:
         out["ellipticity"], out["position_angle"] = ellipticity_from_shear(out["g1"], out["g2"])
         out["ellipticity_err"], out["position_angle_err"] = ellipticity_errors(
@@ -216,10 +224,11 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
                      samples=options.samples, batch_size=options.batch_size, generator=generator,
                      latents=options.reconstruct)
     if options.refine_snr is not None:
-        from .refine import refine, training_config
+        from .refine import fit_error_calibration, refine, training_config
 
         done = refine(training_config(model.meta), ready.images[~skip],
-                      {k: v[~skip] for k, v in conditions.items()}, result, options.refine_snr)
+                      {k: v[~skip] for k, v in conditions.items()}, result, options.refine_snr,
+                      calibration=fit_error_calibration(model.meta))
         result.update(done)
         result["flag_refine_failed"] = result.pop("refine_failed")
 

@@ -15,6 +15,11 @@ that fails keeps the CAE's row and is flagged.
 The fit needs what the CAE does not: the noise model per pixel. It is the model's
 training one, with the sky level taken from the stamp's measured ``noise_sigma``
 (``sigma² = sky / gain + (read_noise / gain)²``) and the PSF from the stamp's conditions.
+
+The fit's errors (the inverse Hessian at its estimate, after a few steps) are not exactly
+its scatter: a model shipped with a ``refine_calibration`` (:func:`calibrate_fit_errors`,
+fitted on refined held-out simulations) rescales them as the variance head's are, per bin
+of error and of S/N, with a tail factor for the 95% interval.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .crb import FIT_PARAMETERS
 from .fit import MAX_NFEV as STOPPED, OK, fit_stamp, initial_guess
 from .params import ellipticity_errors, ellipticity_from_shear
 from .simulate import make_psf
+from .uncertainty import LEVELS, VarianceCalibration, half_widths
 
 #: Trust-region steps of a refinement (each one a Jacobian: 8 renders).
 MAX_NFEV = 5
@@ -47,15 +53,24 @@ def stamp_config(sim: SimConfig, conditions: dict, i: int) -> SimConfig:
     return sim.for_galaxy(row) if row or sim.varies_conditions else sim
 
 
+def fit_error_calibration(meta: dict) -> VarianceCalibration | None:
+    """The recalibration of refined rows' errors a model was shipped with, if any."""
+    data = meta.get("refine_calibration")
+    return None if data is None else VarianceCalibration.from_dict(data)
+
+
 def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict,
-           min_snr: float, max_nfev: int = MAX_NFEV) -> dict[str, np.ndarray]:
+           min_snr: float, max_nfev: int = MAX_NFEV,
+           calibration: VarianceCalibration | None = None) -> dict[str, np.ndarray]:
     """Re-measure the stamps with :func:`stamp_snr` >= ``min_snr`` by the classical fit.
 
     ``conditions``: where the model's PSF varies, ``psf_fwhm`` and ``psf_beta`` (scalars or per
     stamp); ``noise_sigma`` per stamp, measured on the stamps unless given. ``estimates``: the CAE's
-    columns (``<name>``, ``<name>_err``, as :func:`galcae.infer.measure` returns them),
-    updated in place where a fit succeeds. Returns ``snr``, ``refined`` (the fit replaced
-    the CAE's values) and ``refine_failed`` (a fit was tried and failed).
+    columns (``<name>``, ``<name>_err``, ``<name>_lo95``, ``<name>_hi95``, as
+    :func:`galcae.infer.measure` returns them), updated in place where a fit succeeds, with
+    its errors recalibrated by ``calibration`` (:func:`fit_error_calibration`) if given.
+    Returns ``snr``, ``refined`` (the fit replaced the CAE's values) and ``refine_failed``
+    (a fit was tried and failed).
     """
     from threadpoolctl import threadpool_limits
 
@@ -84,6 +99,19 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
                 estimates[name][i] = fit[name]
                 if f"{name}_err" in estimates:
                     estimates[f"{name}_err"][i] = fit[f"{name}_err"]
+    rows = out["refined"]
+    if rows.any() and all(f"{name}_err" in estimates for name in supervised):  # values only: no errors
+        err = np.stack([estimates[f"{name}_err"][rows] for name in supervised], 1)
+        tail = 1.0  # Gaussian errors in physical units, unless recalibrated
+        if calibration is not None:
+            snr = out["snr"][rows]
+            err, tail = calibration.apply(err, snr), calibration.tail(snr, len(snr))
+        wide = half_widths(err, tail)[LEVELS[1]]
+        for k, name in enumerate(supervised):
+            value = estimates[name][rows]
+            estimates[f"{name}_err"][rows] = err[:, k]
+            if f"{name}_lo95" in estimates:
+                estimates[f"{name}_lo95"][rows], estimates[f"{name}_hi95"][rows] = value - wide[:, k], value + wide[:, k]
     if "ellipticity_err" in estimates:
         e, pa = ellipticity_from_shear(estimates["g1"], estimates["g2"])
         e_err, pa_err = ellipticity_errors(estimates["g1"], estimates["g2"], estimates["g1_err"],
@@ -95,7 +123,8 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
 
 
 def refine_blocks(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict, min_snr: float,
-                  workers: int = 1, block: int = 16) -> tuple[dict, dict, float]:
+                  workers: int = 1, block: int = 16, calibration: VarianceCalibration | None = None
+                  ) -> tuple[dict, dict, float]:
     """:func:`refine` of a copy of ``estimates``, in blocks on a local cluster of ``workers``
     processes; returns the refined columns, :func:`refine`'s output and the summed seconds
     of the blocks (the single-core cost)."""
@@ -104,7 +133,7 @@ def refine_blocks(sim: SimConfig, images: np.ndarray, conditions: dict, estimate
     n = len(images)
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
     blocks = [(sim, images[i:i + block], {k: v[i:i + block] for k, v in conditions.items()},
-               {k: v[i:i + block].copy() for k, v in estimates.items()}, min_snr)
+               {k: v[i:i + block].copy() for k, v in estimates.items()}, min_snr, calibration)
               for i in range(0, n, block)]
     results = map_ordered(_timed_refine, blocks, workers, desc="refinement",
                           unit_scale=[len(b[1]) for b in blocks])
@@ -113,9 +142,26 @@ def refine_blocks(sim: SimConfig, images: np.ndarray, conditions: dict, estimate
     return refined, done, float(sum(r[2] for r in results))
 
 
-def _timed_refine(sim, images, conditions, estimates, min_snr):
+def _timed_refine(sim, images, conditions, estimates, min_snr, calibration):
     import time
 
     start = time.perf_counter()
-    done = refine(sim, images, conditions, estimates, min_snr)
+    done = refine(sim, images, conditions, estimates, min_snr, calibration=calibration)
     return estimates, done, time.perf_counter() - start
+
+
+def calibrate_fit_errors(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict,
+                         truth: dict, min_snr: float, workers: int = 1, per_bin: int = 300
+                         ) -> tuple[VarianceCalibration, int]:
+    """Refine held-out simulated stamps (``estimates``: the CAE's, ``truth``: their
+    parameters) and fit the recalibration of the fit's errors on the refined ones (in
+    physical units); returns it and the number refined."""
+    refined, done, _ = refine_blocks(sim, images, conditions, estimates, min_snr, workers)
+    rows = done["refined"]
+    names = [name for name in FIT_PARAMETERS if name in estimates]
+
+    def column(table: dict, suffix: str = "") -> np.ndarray:
+        return np.stack([table[name + suffix][rows] for name in names], 1)
+
+    return VarianceCalibration.fit(column(truth), column(refined), column(refined, "_err"),
+                                   done["snr"][rows], per_bin), int(rows.sum())

@@ -8,7 +8,10 @@ Three methods, named in every catalog's metadata:
   et al. 2018). The scale is fitted in quantile bins of the predicted sigma, so a head
   that is right at high S/N and too confident at low S/N is corrected at both, then a
   second factor in quantile bins of the S/N measured on the stamp, so that the coverage
-  holds per S/N bin too; the default for models that have the head.
+  holds per S/N bin too; the default for models that have the head. The pulls are not
+  Gaussian (the ±2 pixel prior on x, y makes light tails at low S/N, g2 has heavy ones at
+  high S/N), so one sigma cannot place both intervals: the 95% interval gets its own factor
+  per S/N bin (the *tail*), and catalogs state its ends (``<name>_lo95``, ``<name>_hi95``).
 
 - ``heldout``: the robust scatter (astropy ``mad_std``) of the held-out residuals,
   measured at the end of training in bins of the predicted value and stored in
@@ -19,13 +22,13 @@ Three methods, named in every catalog's metadata:
   variance head the two add (``nll+mc_dropout``): noise plus model uncertainty.
 
 Calibration (:func:`coverage`) is the fraction of truths inside the central 68% and
-95% Gaussian intervals, measured in the latent space where the Gaussian is modelled
-(log10 for log-scaled parameters).
+95% intervals (Gaussian, the 95% one times the tail factor where there is one), measured
+in the latent space where the Gaussian is modelled (log10 for log-scaled parameters).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from astropy.stats import mad_std
@@ -90,39 +93,51 @@ class VarianceCalibration:
     """Per supervised latent: bin edges in ``log(sigma)`` of the variance head and the factor
     on sigma in each bin that puts 68.27% of held-out truths within 1 sigma there; then
     (models calibrated since the S/N stage) edges in ``log(snr)`` of the stamp and a second
-    factor in each of those bins."""
+    factor in each of those bins; then (since the tail stage) in the same S/N bins, the
+    factor on the Gaussian 95% half-width that puts 95% of the truths inside it."""
 
     edges: tuple[tuple[float, ...], ...]
     scale: tuple[tuple[float, ...], ...]
     snr_edges: tuple[tuple[float, ...], ...] = ()
     snr_scale: tuple[tuple[float, ...], ...] = ()
+    snr_tail: tuple[tuple[float, ...], ...] = ()
 
     @classmethod
     def fit(cls, z_true: np.ndarray, z_pred: np.ndarray, sigma: np.ndarray, snr: np.ndarray | None = None,
             per_bin: int = 300) -> "VarianceCalibration":
         """Bins of about ``per_bin`` held-out galaxies: the 68% quantile of a few hundred pulls
         is good to about ±3 points of coverage. ``snr`` (the stamps' :func:`stamp_snr`) adds
-        the S/N stage, fitted on the pulls the first stage leaves."""
-        first = cls(*_binned_scales(np.log(sigma), z_true, z_pred, sigma, per_bin))
+        the S/N stage, fitted on the pulls the first stage leaves, and the tail stage, fitted
+        on the pulls both leave (in the same bins: same key, same ``per_bin``)."""
+        first = cls(*_binned_scales(np.log(sigma), z_true, z_pred, sigma, per_bin, _one_sigma_quantile))
         if snr is None:
             return first
         key = _snr_key(snr)[:, None].repeat(sigma.shape[1], 1)
-        return cls(first.edges, first.scale, *_binned_scales(key, z_true, z_pred, first.apply(sigma), per_bin))
+        edges, scale = _binned_scales(key, z_true, z_pred, first.apply(sigma), per_bin, _one_sigma_quantile)
+        second = replace(first, snr_edges=edges, snr_scale=scale)
+        _, tail = _binned_scales(key, z_true, z_pred, second.apply(sigma, snr), per_bin, _tail_factor)
+        return replace(second, snr_tail=tail)
 
     @classmethod
     def from_meta(cls, meta: dict, n_supervised: int) -> "VarianceCalibration":
         """From ``model.json``; a model saved with one ``variance_scale`` per parameter (or
         none) gets a single bin."""
         if "variance_calibration" in meta:
-            data = meta["variance_calibration"]
-            return cls(*(tuple(map(tuple, data.get(k, ()))) for k in ("edges", "scale", "snr_edges", "snr_scale")))
+            return cls.from_dict(meta["variance_calibration"])
         scale = meta.get("variance_scale", [1.0] * n_supervised)
         return cls(tuple((0.0, 0.0) for _ in scale), tuple((float(v),) for v in scale))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "VarianceCalibration":
+        return cls(*(tuple(map(tuple, data.get(k, ())))
+                     for k in ("edges", "scale", "snr_edges", "snr_scale", "snr_tail")))
 
     def to_dict(self) -> dict:
         out = {"edges": [list(e) for e in self.edges], "scale": [list(s) for s in self.scale]}
         if self.snr_edges:
             out.update(snr_edges=[list(e) for e in self.snr_edges], snr_scale=[list(s) for s in self.snr_scale])
+        if self.snr_tail:
+            out["snr_tail"] = [list(t) for t in self.snr_tail]
         return out
 
     @property
@@ -137,13 +152,26 @@ class VarianceCalibration:
             out[:, k] = sigma[:, k] * np.asarray(s)[bin_index(e, np.log(sigma[:, k]))]
         if not self.needs_snr:
             return out
+        return out * self._per_snr_bin(self.snr_scale, snr)
+
+    def tail(self, snr: np.ndarray | None, n: int) -> np.ndarray:
+        """``(n, n_supervised)`` factors on the Gaussian 95% half-width of :meth:`apply`'s
+        sigma: 1 for a calibration without the tail stage, or a stamp of unknown S/N."""
+        if not self.snr_tail:
+            return np.ones((n, len(self.scale)))
+        return self._per_snr_bin(self.snr_tail, snr)
+
+    def _per_snr_bin(self, factors, snr) -> np.ndarray:
+        """``(N, n_supervised)``: each stamp's factor (per parameter, per S/N bin); 1 where
+        its S/N is not finite."""
         if snr is None:
             raise ValueError("this recalibration needs the S/N of each stamp")
         snr = np.asarray(snr, float)
+        out = np.ones((len(snr), len(factors)))
         known = np.isfinite(snr)
         key = _snr_key(snr[known])
-        for k, (e, s) in enumerate(zip(self.snr_edges, self.snr_scale)):
-            out[known, k] *= np.asarray(s)[bin_index(e, key)]
+        for k, (e, f) in enumerate(zip(self.snr_edges, factors)):
+            out[known, k] = np.asarray(f)[bin_index(e, key)]
         return out
 
 
@@ -152,10 +180,11 @@ def _snr_key(snr: np.ndarray) -> np.ndarray:
     return np.log(np.clip(snr, 0.1, None))
 
 
-def _binned_scales(key: np.ndarray, z_true, z_pred, sigma, per_bin: int) -> tuple[tuple, tuple]:
-    """Per column of ``key``: quantile-bin edges and the 1-sigma factor of the pulls in each."""
+def _binned_scales(key: np.ndarray, z_true, z_pred, sigma, per_bin: int, factor) -> tuple[tuple, tuple]:
+    """Per column of ``key``: quantile-bin edges and ``factor(|pulls|)`` in each."""
     pulls = np.abs((np.asarray(z_true, float) - z_pred) / sigma)
-    fitted = [binned_statistic(key[:, k], pulls[:, k], _one_sigma_quantile, per_bin)
+    # As many bins as the data fill: the bin size sets the precision of each factor.
+    fitted = [binned_statistic(key[:, k], pulls[:, k], factor, per_bin, max_bins=len(key))
               for k in range(pulls.shape[1])]
     return tuple(e for e, _ in fitted), tuple(s for _, s in fitted)
 
@@ -170,17 +199,30 @@ def physical_sigma(scaling: ParameterScaling, z_pred: np.ndarray, sigma_z: np.nd
     return out
 
 
-#: Central probability of the intervals whose coverage is reported.
+#: Central probability of the intervals whose coverage is reported; a tail factor widens
+#: the second.
 LEVELS = (0.68, 0.95)
 
 
-def coverage(z_true: np.ndarray, z_pred: np.ndarray, sigma: np.ndarray, levels=LEVELS) -> dict:
-    """Fraction of rows whose truth lies within the central ``level`` Gaussian interval
-    ``z_pred ± norm.ppf((1 + level) / 2) * sigma`` (columns: one value per parameter)."""
-    pulls = np.abs((np.asarray(z_true, float) - z_pred) / sigma)
-    return {level: np.mean(pulls <= norm.ppf(0.5 + level / 2), axis=0) for level in levels}
+def half_widths(sigma: np.ndarray, tail=1.0) -> dict:
+    """``{level: half-width}`` of the central intervals: Gaussian, the 95% one times ``tail``."""
+    sigma = np.asarray(sigma, float)
+    return {LEVELS[0]: norm.ppf(0.5 + LEVELS[0] / 2) * sigma,
+            LEVELS[1]: norm.ppf(0.5 + LEVELS[1] / 2) * sigma * tail}
+
+
+def coverage(z_true: np.ndarray, z_pred: np.ndarray, sigma: np.ndarray, tail=1.0) -> dict:
+    """Fraction of rows whose truth lies within the central intervals of :func:`half_widths`
+    around ``z_pred`` (columns: one value per parameter)."""
+    miss = np.abs(np.asarray(z_true, float) - z_pred)
+    return {level: np.mean(miss <= w, axis=0) for level, w in half_widths(sigma, tail).items()}
 
 
 def _one_sigma_quantile(pulls: np.ndarray) -> float:
     """The factor on sigma that puts 68.27% of ``pulls`` (|residual| / sigma) inside 1 sigma."""
     return float(np.quantile(pulls, norm.cdf(1.0) - norm.cdf(-1.0)))
+
+
+def _tail_factor(pulls: np.ndarray) -> float:
+    """The factor on the Gaussian 95% half-width that puts 95% of ``pulls`` inside it."""
+    return float(np.quantile(pulls, LEVELS[1]) / norm.ppf(0.5 + LEVELS[1] / 2))

@@ -99,6 +99,30 @@ def test_snr_stage_fixes_a_head_wrong_by_snr_at_every_sigma():
                              - 0.683) > 0.08)
 
 
+def test_tail_stage_places_the_95_interval_of_non_gaussian_pulls():
+    """Heavy-tailed (Laplace) pulls on faint stamps, light-tailed (uniform) on bright ones: once
+    68% lie within 1 sigma, the Gaussian 95% interval misses both ways by about 5 points; the
+    tail factors put 95% inside it in each, and survive model.json."""
+    rng = np.random.default_rng(3)
+    n = 40_000
+    z_pred, sigma = rng.normal(size=(n, 1)), np.exp(rng.uniform(-2, 0, size=(n, 1)))
+    snr = np.exp(rng.uniform(0, 6, size=n))
+    faint = snr < 20
+    shape = np.where(faint[:, None], rng.laplace(size=(n, 1)), rng.uniform(-1, 1, size=(n, 1)))
+    z_true = z_pred + sigma * shape
+    fitted = VarianceCalibration.fit(z_true[:20_000], z_pred[:20_000], sigma[:20_000], snr[:20_000])
+    assert VarianceCalibration.from_meta({"variance_calibration": fitted.to_dict()}, 1) == fitted
+    fresh = slice(20_000, None)
+    calibrated, tail = fitted.apply(sigma[fresh], snr[fresh]), fitted.tail(snr[fresh], n - 20_000)
+    for half, wrong_way in ((faint[fresh], -1), (~faint[fresh], 1)):
+        args = z_true[fresh][half], z_pred[fresh][half], calibrated[half]
+        gaussian, tailed = coverage(*args), coverage(*args, tail[half])
+        assert abs(tailed[0.68][0] - 0.683) < 0.02 and abs(tailed[0.95][0] - 0.95) < 0.01
+        assert 0.03 < wrong_way * (gaussian[0.95][0] - 0.95) < 0.08
+    # Models calibrated before the tail stage keep Gaussian intervals.
+    assert np.all(VarianceCalibration.from_meta({"variance_scale": [2.0]}, 1).tail(None, 3) == 1)
+
+
 def test_conditions_enter_encoder_heads_and_decoder():
     torch.manual_seed(0)
     net = CAE(Architecture(stamp_size=32, latent_dim=16, n_supervised=7, n_conditions=3,
@@ -149,6 +173,9 @@ def test_conditioned_seven_parameter_model_catalog(survey_run, survey_dataset, t
     t = QTable.read(tmp_path / "ds.parquet")
     for name in (*SEVEN, "ellipticity", "position_angle"):
         assert np.all(np.isfinite(t[name])) and np.all(t[f"{name}_err"].value > 0), name
+    for name in SEVEN:  # the 95% interval holds the value and reaches beyond +1 sigma (on a
+        # log axis the lower end may stay within -1 first-order sigma)
+        assert np.all(t[f"{name}_lo95"] < t[name]) and np.all(t[f"{name}_hi95"] > t[name] + t[f"{name}_err"]), name
     assert np.allclose(t["psf_fwhm"].value, survey_dataset.params["psf_fwhm"])
     assert str(t["noise_sigma"].unit) == "adu" and not t["flag_conditions_out_of_range"].any()
 
@@ -176,6 +203,7 @@ def test_refined_catalog_marks_the_rows_the_fit_replaced(survey_run, survey_data
     assert np.array_equal(rows, (refined["snr"] >= 20) & ~refined["flag_refine_failed"]) and rows.any()
     assert np.all(refined["flux"][rows] != cae["flux"][rows])
     assert np.all(refined["flux"][~rows] == cae["flux"][~rows])
+    assert np.allclose(refined["flux_hi95"][rows] - refined["flux"][rows], 1.96 * refined["flux_err"][rows], rtol=1e-4)
     assert "classical fit where snr >= 20" in refined.meta["UNCERT"]
     assert main([*common, "--refine-snr", "-1", "-o", str(tmp_path / "bad.fits")]) == 2
 
@@ -191,6 +219,26 @@ def test_evaluate_scores_the_refined_cae_beside_the_cae(survey_run, survey_datas
     assert saved["comparison"]["cae+fit"]["flux"]["all"]["n"] == 6
     assert "cae+fit: the CAE refined" in capsys.readouterr().out
     assert "cae+fit: the CAE refined" in (survey_run / "eval" / "report.html").read_text()
+
+
+def test_fit_errors_are_recalibrated_on_refined_simulations(survey_run, survey_dataset):
+    """What tools/ship_model.py --refine-calibration fits: the fit's errors, per bin of error and
+    of S/N, with 95% tails, on the refined stamps only; it survives model.json."""
+    from galcae.infer import measure
+    from galcae.refine import calibrate_fit_errors, fit_error_calibration, training_config
+    from galcae.train import conditioning_inputs
+
+    model = load_model(survey_run, device="cpu")
+    ids = np.arange(8)
+    images = survey_dataset.load_images(ids)
+    conditions = conditioning_inputs(survey_dataset, images, model.conditions, ids)
+    fitted, refined = calibrate_fit_errors(training_config(model.meta), images, conditions,
+                                           measure(model, images, conditions),
+                                           {n: survey_dataset.params[n][ids] for n in SEVEN}, 0.0, per_bin=4)
+    assert 6 <= refined <= 8 and fitted.needs_snr and len(fitted.snr_tail) == 7
+    assert fit_error_calibration({"refine_calibration": fitted.to_dict()}) == fitted
+    assert fit_error_calibration(model.meta) is None
+    assert np.all(np.isfinite(fitted.snr_tail)) and np.all(np.asarray(fitted.scale) > 0)
 
 
 def test_unknown_model_name_is_one_line(tmp_path, capsys):
@@ -252,7 +300,8 @@ def test_stamp_snr_estimates_the_matched_filter_snr():
 
 def test_refinement_fits_bright_stamps_from_the_cae_values_and_leaves_faint_ones():
     """Bright galaxies get the classical fit's values and its (smaller) errors, which cover the
-    truth; a galaxy below the threshold keeps the CAE's row."""
+    truth; a galaxy below the threshold keeps the CAE's row; a recalibration of the fit's
+    errors rescales the refined rows'."""
     from galcae.infer import measure
     from galcae.refine import refine, training_config
     from galcae.simulate import render_chunk
@@ -279,3 +328,16 @@ def test_refinement_fits_bright_stamps_from_the_cae_values_and_leaves_faint_ones
         pulls = np.abs(out[name][bright] - truth[name][bright]) / out[f"{name}_err"][bright]
         assert np.all(pulls < 4), (name, pulls)
     assert not np.array_equal(out["ellipticity"][bright], cae["ellipticity"][bright])
+
+    # A recalibration of the fit's errors (here: twice as large, 95% intervals 1.5x wider
+    # than Gaussian) applies to the refined rows only.
+    doubled = VarianceCalibration(edges=((0.0, 0.0),) * 7, scale=((2.0,),) * 7, snr_edges=((-9.0, 99.0),) * 7,
+                                  snr_scale=((1.0,),) * 7, snr_tail=((1.5,),) * 7)
+    again = measure(model, images, conditions)
+    refine(training_config(model.meta), images, {**conditions, "noise_sigma": stamp_noise_sigma(images)},
+           again, min_snr=30, calibration=doubled)
+    assert again["flux_err"][0] == cae["flux_err"][0]
+    for name in SEVEN:
+        assert np.allclose(again[f"{name}_err"][bright], 2 * out[f"{name}_err"][bright]), name
+        assert np.allclose(again[f"{name}_hi95"][bright] - again[name][bright],
+                           2 * 1.5 * (out[f"{name}_hi95"][bright] - out[name][bright])), name

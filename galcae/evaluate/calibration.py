@@ -9,18 +9,23 @@ from ..uncertainty import LEVELS, VarianceCalibration, coverage
 from .metrics import SNR_BINS
 
 
-def latent_errors(model, images: np.ndarray, conditions: dict | None) -> tuple[np.ndarray, np.ndarray]:
-    """Supervised latents and their recalibrated 1-sigma from the variance head."""
+def latent_errors(model, images: np.ndarray, conditions: dict | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Supervised latents, their recalibrated 1-sigma from the variance head and the tail
+    factors of their 95% intervals."""
     n_sup = len(model.supervised)
     z, log_var = model.encode(images, conditions, log_var=True)
     calibration = VarianceCalibration.from_meta(model.meta, n_sup)
     snr = model.stamp_snr(images) if calibration.needs_snr else None
-    return z[:, :n_sup], calibration.apply(np.exp(0.5 * log_var), snr)
+    return (z[:, :n_sup], calibration.apply(np.exp(0.5 * log_var), snr),
+            calibration.tail(snr, len(images)))
 
 
 def calibration_table(names, z_true: np.ndarray, z_pred: np.ndarray, sigma: np.ndarray,
-                      snr: np.ndarray, edges=SNR_BINS) -> dict:
-    """``{name: {subset: {"n", "68", "95"}}}`` coverage fractions (subsets: all, S/N bins)."""
+                      snr: np.ndarray, tail=None, edges=SNR_BINS) -> dict:
+    """``{name: {subset: {"n", "68", "95"}}}`` coverage fractions (subsets: all, S/N bins) of
+    the intervals of :func:`~galcae.uncertainty.half_widths` (``tail``: 1 if not given)."""
+    tail = np.ones_like(sigma) if tail is None else tail
     subsets = {"all": np.ones(len(snr), bool)}
     for lo, hi in zip(edges[:-1], edges[1:]):
         subsets[f"snr {lo:g}-{hi:g}"] = (snr >= lo) & (snr < hi)
@@ -28,7 +33,7 @@ def calibration_table(names, z_true: np.ndarray, z_pred: np.ndarray, sigma: np.n
     for label, sel in subsets.items():
         if not sel.any():
             continue
-        cov = coverage(z_true[sel], z_pred[sel], sigma[sel])
+        cov = coverage(z_true[sel], z_pred[sel], sigma[sel], tail[sel])
         for k, name in enumerate(names):
             out[name][label] = {"n": int(sel.sum()),
                                 **{f"{round(100 * lv)}": float(cov[lv][k]) for lv in LEVELS}}

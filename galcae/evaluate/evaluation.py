@@ -12,7 +12,7 @@ import numpy as np
 
 from ..checkpoint import load_model, sha256_of
 from ..dataset import PARAMS, Dataset, atomic_directory
-from ..refine import refine_blocks, training_config
+from ..refine import fit_error_calibration, refine_blocks, training_config
 from ..train import SPLIT, split_indices, train_config_of
 from ..crb import FIT_PARAMETERS
 from . import comparison, figures
@@ -174,8 +174,8 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
                            for n in positive},
     }
     if model.network.arch.predict_variance:
-        z_pred, sigma = latent_errors(model, test_images, conditions)
-        table = calibration_table(names, model.scaling.to_latent(truth), z_pred, sigma, snr)
+        z_pred, sigma, tail = latent_errors(model, test_images, conditions)
+        table = calibration_table(names, model.scaling.to_latent(truth), z_pred, sigma, snr, tail)
         metrics["calibration"] = {"coverage": table, "worst_miss_points": worst_miss(table),
                                   "space": "latent (log10 for log-scaled parameters)"}
 
@@ -185,7 +185,8 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
             return {}
         values, done, seconds = refine_blocks(training_config(model.meta), test_images[:n],
                                               {k: v[:n] for k, v in conditions.items()},
-                                              {k: predicted[k][:n] for k in names}, refine_snr, workers)
+                                              {k: predicted[k][:n] for k in names}, refine_snr, workers,
+                                              calibration=fit_error_calibration(model.meta))
         count = int(done["refined"].sum())
         metrics["refinement"] = {"min_snr": refine_snr, "n": n, "refined": count,
                                  "failed": int(done["refine_failed"].sum()),

@@ -133,7 +133,8 @@ def write_report(path: Path, metrics: dict, model_meta: dict, fig_dir: Path, los
     if "calibration" in metrics:
         cal = metrics["calibration"]
         parts.append("<h2>Calibration of the uncertainties</h2><p>Fraction of test galaxies whose "
-                     "truth lies within the reported 68% and 95% intervals, in the "
+                     "truth lies within the reported 68% (± <code>_err</code>) and 95% "
+                     "(<code>_lo95</code> to <code>_hi95</code>) intervals, in the "
                      f"{html.escape(cal['space'])}. Target: within ±3 points. Worst miss "
                      f"(subsets of ≥ 30 galaxies): <b>{cal['worst_miss_points']:.1f} points</b>.</p>")
         rows = [[name, subset, row["n"], 100 * row["68"], 100 * row["95"]]
