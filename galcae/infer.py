@@ -149,10 +149,10 @@ def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = N
             if calibration.needs_snr:  # the noise already measured for the conditions, if it was
                 noise = (conditions or {}).get("noise_sigma")
                 noise = None if noise is None else np.broadcast_to(np.asarray(noise, float), (len(images),))
-                snr = model.stamp_snr(images, noise)
-                sigma_z, tail = calibration.apply(sigma_z, snr), calibration.tail(snr, len(images))
+                sigma_z = calibration.apply(sigma_z, model.stamp_snr(images, noise))
             else:
                 sigma_z = calibration.apply(sigma_z)
+            tail = calibration.tail(sigma_z)
     elif samples == 1 and not net.arch.predict_variance:
         sigma_z = HeldoutScatter.from_dict(model.meta["heldout_scatter"]).latent_sigma(z)
     else:

@@ -19,7 +19,7 @@ training one, with the sky level taken from the stamp's measured ``noise_sigma``
 The fit's errors (the inverse Hessian at its estimate, after a few steps) are not exactly
 its scatter: a model shipped with a ``refine_calibration`` (:func:`calibrate_fit_errors`,
 fitted on refined held-out simulations) rescales them as the variance head's are, per bin
-of error and of S/N, with a tail factor for the 95% interval.
+of error and of S/N, with a tail factor for the 95% interval per bin of error.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
         err = np.stack([estimates[f"{name}_err"][rows] for name in supervised], 1)
         tail = 1.0  # Gaussian errors in physical units, unless recalibrated
         if calibration is not None:
-            snr = out["snr"][rows]
-            err, tail = calibration.apply(err, snr), calibration.tail(snr, len(snr))
+            err = calibration.apply(err, out["snr"][rows])
+            tail = calibration.tail(err)
         wide = half_widths(err, tail)[LEVELS[1]]
         for k, name in enumerate(supervised):
             value = estimates[name][rows]

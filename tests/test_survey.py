@@ -100,27 +100,30 @@ def test_snr_stage_fixes_a_head_wrong_by_snr_at_every_sigma():
 
 
 def test_tail_stage_places_the_95_interval_of_non_gaussian_pulls():
-    """Heavy-tailed (Laplace) pulls on faint stamps, light-tailed (uniform) on bright ones: once
-    68% lie within 1 sigma, the Gaussian 95% interval misses both ways by about 5 points; the
-    tail factors put 95% inside it in each, and survive model.json."""
+    """Light-tailed (uniform) pulls where sigma is large (an estimate bounded by its prior),
+    heavy-tailed (Laplace) ones where it is small: once 68% lie within 1 sigma, the Gaussian
+    95% interval misses both ways by about 5 points; the tail factors put 95% inside it in
+    each, and survive model.json."""
     rng = np.random.default_rng(3)
     n = 40_000
-    z_pred, sigma = rng.normal(size=(n, 1)), np.exp(rng.uniform(-2, 0, size=(n, 1)))
+    bounded = rng.uniform(size=n) < 0.5
+    z_pred = rng.normal(size=(n, 1))
+    sigma = np.exp(np.where(bounded, rng.uniform(-0.5, 0, size=n), rng.uniform(-3, -2, size=n)))[:, None]
     snr = np.exp(rng.uniform(0, 6, size=n))
-    faint = snr < 20
-    shape = np.where(faint[:, None], rng.laplace(size=(n, 1)), rng.uniform(-1, 1, size=(n, 1)))
+    shape = np.where(bounded[:, None], rng.uniform(-1, 1, size=(n, 1)), rng.laplace(size=(n, 1)))
     z_true = z_pred + sigma * shape
     fitted = VarianceCalibration.fit(z_true[:20_000], z_pred[:20_000], sigma[:20_000], snr[:20_000])
     assert VarianceCalibration.from_meta({"variance_calibration": fitted.to_dict()}, 1) == fitted
     fresh = slice(20_000, None)
-    calibrated, tail = fitted.apply(sigma[fresh], snr[fresh]), fitted.tail(snr[fresh], n - 20_000)
-    for half, wrong_way in ((faint[fresh], -1), (~faint[fresh], 1)):
+    calibrated = fitted.apply(sigma[fresh], snr[fresh])
+    tail = fitted.tail(calibrated)
+    for half, wrong_way in ((~bounded[fresh], -1), (bounded[fresh], 1)):
         args = z_true[fresh][half], z_pred[fresh][half], calibrated[half]
         gaussian, tailed = coverage(*args), coverage(*args, tail[half])
         assert abs(tailed[0.68][0] - 0.683) < 0.02 and abs(tailed[0.95][0] - 0.95) < 0.01
         assert 0.03 < wrong_way * (gaussian[0.95][0] - 0.95) < 0.08
     # Models calibrated before the tail stage keep Gaussian intervals.
-    assert np.all(VarianceCalibration.from_meta({"variance_scale": [2.0]}, 1).tail(None, 3) == 1)
+    assert np.all(VarianceCalibration.from_meta({"variance_scale": [2.0]}, 1).tail(np.ones((3, 1))) == 1)
 
 
 def test_conditions_enter_encoder_heads_and_decoder():
@@ -235,10 +238,10 @@ def test_fit_errors_are_recalibrated_on_refined_simulations(survey_run, survey_d
     fitted, refined = calibrate_fit_errors(training_config(model.meta), images, conditions,
                                            measure(model, images, conditions),
                                            {n: survey_dataset.params[n][ids] for n in SEVEN}, 0.0, per_bin=4)
-    assert 6 <= refined <= 8 and fitted.needs_snr and len(fitted.snr_tail) == 7
+    assert 6 <= refined <= 8 and fitted.needs_snr and len(fitted.tail_scale) == 7
     assert fit_error_calibration({"refine_calibration": fitted.to_dict()}) == fitted
     assert fit_error_calibration(model.meta) is None
-    assert np.all(np.isfinite(fitted.snr_tail)) and np.all(np.asarray(fitted.scale) > 0)
+    assert np.all(np.isfinite(fitted.tail_scale)) and np.all(np.asarray(fitted.scale) > 0)
 
 
 def test_unknown_model_name_is_one_line(tmp_path, capsys):
@@ -332,7 +335,8 @@ def test_refinement_fits_bright_stamps_from_the_cae_values_and_leaves_faint_ones
     # A recalibration of the fit's errors (here: twice as large, 95% intervals 1.5x wider
     # than Gaussian) applies to the refined rows only.
     doubled = VarianceCalibration(edges=((0.0, 0.0),) * 7, scale=((2.0,),) * 7, snr_edges=((-9.0, 99.0),) * 7,
-                                  snr_scale=((1.0,),) * 7, snr_tail=((1.5,),) * 7)
+                                  snr_scale=((1.0,),) * 7, tail_edges=((-99.0, 99.0),) * 7,
+                                  tail_scale=((1.5,),) * 7)
     again = measure(model, images, conditions)
     refine(training_config(model.meta), images, {**conditions, "noise_sigma": stamp_noise_sigma(images)},
            again, min_snr=30, calibration=doubled)

@@ -17,8 +17,8 @@ def latent_errors(model, images: np.ndarray, conditions: dict | None
     z, log_var = model.encode(images, conditions, log_var=True)
     calibration = VarianceCalibration.from_meta(model.meta, n_sup)
     snr = model.stamp_snr(images) if calibration.needs_snr else None
-    return (z[:, :n_sup], calibration.apply(np.exp(0.5 * log_var), snr),
-            calibration.tail(snr, len(images)))
+    sigma = calibration.apply(np.exp(0.5 * log_var), snr)
+    return z[:, :n_sup], sigma, calibration.tail(sigma)
 
 
 def calibration_table(names, z_true: np.ndarray, z_pred: np.ndarray, sigma: np.ndarray,
