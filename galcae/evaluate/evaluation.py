@@ -12,7 +12,7 @@ import numpy as np
 
 from ..checkpoint import load_model, sha256_of
 from ..dataset import PARAMS, Dataset, atomic_directory
-from ..refine import fit_error_calibration, refine_blocks, training_config
+from ..refine import refine_blocks, training_config
 from ..train import SPLIT, split_indices, train_config_of
 from ..crb import FIT_PARAMETERS
 from . import comparison, figures
@@ -185,8 +185,7 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
             return {}
         values, done, seconds = refine_blocks(training_config(model.meta), test_images[:n],
                                               {k: v[:n] for k, v in conditions.items()},
-                                              {k: predicted[k][:n] for k in names}, refine_snr, workers,
-                                              calibration=fit_error_calibration(model.meta))
+                                              {k: predicted[k][:n] for k in names}, refine_snr, workers)
         count = int(done["refined"].sum())
         metrics["refinement"] = {"min_snr": refine_snr, "n": n, "refined": count,
                                  "failed": int(done["refine_failed"].sum()),
