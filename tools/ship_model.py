@@ -73,14 +73,14 @@ def main() -> None:
         calibration = Dataset.open(args.calibration)
         ids = calibration.usable
         images = calibration.load_images(ids)
+        conditions = conditioning_inputs(calibration, images, model.conditions, ids)
         model.meta["variance_calibration"] = calibrate_variance(
             model, images, model.scaling.to_latent({n: calibration.params[n][ids] for n in model.supervised}),
-            conditioning_inputs(calibration, images, model.conditions, ids), per_bin=1000)
+            conditions, per_bin=1000)
         model.meta["variance_calibration_set"] = {"path": str(args.calibration), "n_galaxies": len(ids)}
-        if args.refine_calibration:
-            ids = ids[:args.refine_calibration]
-            images = calibration.load_images(ids)
-            conditions = conditioning_inputs(calibration, images, model.conditions, ids)
+        if args.refine_calibration:  # the first N of the stamps and conditions already at hand
+            n = args.refine_calibration
+            ids, images, conditions = ids[:n], images[:n], {k: v[:n] for k, v in conditions.items()}
             fitted, refined = calibrate_fit_errors(
                 training_config(model.meta), images, conditions, measure(model, images, conditions),
                 {n: calibration.params[n][ids] for n in model.supervised}, args.refine_snr, args.workers)
