@@ -69,14 +69,16 @@ def simulate(config, overrides, out, workers, scheduler, overwrite):
 @click.option("--config", default=None, help="YAML file or preset whose `train` section is the base "
                                               "[default: paper].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in OUTPUT.")
+@click.option("--init", "init", default=None,
+              help="Fine-tune: start from this run's (or shipped model's) weights and preprocessing.")
 @click.option("--overwrite", is_flag=True, help=OUTPUT_HELP)
-def train(dataset, overrides, out, config, resume, overwrite):
+def train(dataset, overrides, out, config, resume, init, overwrite):
     """Train the CAE on DATASET; KEY=VALUE pairs override the `train` section (e.g. epochs=20)."""
     from .config import load_stage
     from .train import train_model
 
     cfg = load_stage("train", config, overrides)
-    model = train_model(dataset, out, cfg, resume=resume, overwrite=overwrite)
+    model = train_model(dataset, out, cfg, resume=resume, overwrite=overwrite, init=init)
     click.echo(f"Trained {model.meta['epoch']} epochs; model in {out}")
 
 

@@ -84,7 +84,7 @@ def _check_resume(run_dir: Path, cfg: TrainConfig, dataset: Dataset) -> None:
 
 
 def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resume: bool = False,
-          overwrite: bool = False) -> TrainedModel:
+          overwrite: bool = False, init=None) -> TrainedModel:
     """Train the CAE on a dataset and write the run directory; return the final model.
 
     Parameters
@@ -97,6 +97,9 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
         Hyper-parameters [default: the paper's].
     resume : bool
         Continue an interrupted run from its last finished epoch (the config must match).
+    init : path or shipped model name, optional
+        Start from this model's weights and preprocessing (fine-tuning) instead of a random
+        initialisation; its architecture and supervised parameters must match ``cfg``.
     """
     dataset = Dataset.open(dataset_path)
     run_dir = Path(run_dir)
@@ -106,6 +109,8 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
     if has_model and not (resume or overwrite):
         raise FileExistsError(f"run directory {run_dir} already holds a model; "
                               "pass --resume to continue it or --overwrite to replace it")
+    if resume and init is not None:
+        raise ConfigError("--init: a resumed run continues from its own weights; drop --init or --resume")
     if resume:
         _check_resume(run_dir, cfg, dataset)
     reduction = 2 ** len(cfg.channels)
@@ -118,20 +123,30 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
 
     train_ids, test_ids = split_indices(dataset, cfg)
     images = dataset.load_images()
-    normalization = PixelNormalization.fit(images[train_ids], noise_sigma(dataset, train_ids))
     train_params = {k: v[train_ids] for k, v in dataset.params.items()}
-    scaling = ParameterScaling.fit(train_params, cfg.supervised, cfg.log_scaled)
     conditions = conditioning_inputs(dataset, images, cfg.conditions)
-    conditioning = (ParameterScaling.fit({k: v[train_ids] for k, v in conditions.items()},
-                                         cfg.conditions, ("noise_sigma",)) if cfg.conditions else None)
     arch = Architecture(stamp_size=dataset.config.stamp_size, latent_dim=cfg.latent_dim,
                         n_supervised=len(cfg.supervised), dropout=cfg.dropout,
                         n_conditions=len(cfg.conditions), predict_variance=cfg.predict_variance,
                         channels=tuple(cfg.channels), head_hidden=cfg.head_hidden)
     network = CAE(arch).to(device, memory_format=torch.channels_last)
-    model = TrainedModel(network, normalization, scaling,
-                         {"train_config": to_dict(cfg), "dataset": provenance(dataset), "epoch": 0},
-                         conditioning)
+    meta = {"train_config": to_dict(cfg), "dataset": provenance(dataset), "epoch": 0}
+    if resume:  # the preprocessing the run started with (a fine-tuned one's came from --init)
+        saved = load_model(run_dir, device=str(device.type))
+        normalization, scaling, conditioning = saved.normalization, saved.scaling, saved.conditioning
+        meta.update({k: saved.meta[k] for k in ("init",) if k in saved.meta})
+    elif init is None:
+        normalization = PixelNormalization.fit(images[train_ids], noise_sigma(dataset, train_ids))
+        scaling = ParameterScaling.fit(train_params, cfg.supervised, cfg.log_scaled)
+        conditioning = (ParameterScaling.fit({k: v[train_ids] for k, v in conditions.items()},
+                                             cfg.conditions, ("noise_sigma",)) if cfg.conditions else None)
+    else:  # fine-tuning: the starting model's weights and the preprocessing they were trained with
+        initial = _initial_model(init, arch, cfg, device)
+        network.load_state_dict(initial.network.state_dict())
+        normalization, scaling, conditioning = initial.normalization, initial.scaling, initial.conditioning
+        meta["init"] = {"model": str(init), "epoch": initial.meta.get("epoch"),
+                        "dataset": initial.meta.get("dataset", {}).get("path")}
+    model = TrainedModel(network, normalization, scaling, meta, conditioning)
     x_all = model.to_input(images)
     # One target table per flip/rotation, so the augmented image keeps matching its truth.
     size = dataset.config.stamp_size
@@ -145,7 +160,7 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
 
     if resume:
         state = torch.load(run_dir / STATE, weights_only=False)
-        network.load_state_dict(load_model(run_dir, device=str(device.type)).network.state_dict())
+        network.load_state_dict(saved.network.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         batch_order.set_state(state["batch_order"])
         history = json.loads((run_dir / HISTORY).read_text())
@@ -155,7 +170,8 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / SPLIT, {"train": train_ids.tolist(), "test": test_ids.tolist()})
 
-    terms = {"lambda_phys": cfg.lambda_phys, "lambda_l1": cfg.lambda_l1, "nll_beta": cfg.nll_beta}
+    terms = {"lambda_phys": cfg.lambda_phys, "lambda_l1": cfg.lambda_l1, "nll_beta": cfg.nll_beta,
+             "lambda_cycle": cfg.lambda_cycle}
     bar = tqdm(range(start, cfg.epochs), desc="train", unit="epoch", disable=None,
                initial=start, total=cfg.epochs)
     for epoch in bar:
@@ -202,6 +218,23 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
 
     loss_curve(history, run_dir / "loss.png")
     return model
+
+
+def _initial_model(init, arch: Architecture, cfg: TrainConfig, device) -> TrainedModel:
+    """The ``--init`` model, checked to be the network ``cfg`` describes."""
+    start = load_model(init, device=str(device.type))
+    theirs, ours = start.network.arch.to_dict(), arch.to_dict()
+    differs = sorted(k for k in ours if theirs.get(k) != ours[k])
+    if differs:
+        raise ConfigError(f"--init: {init} is a different network ({differs[0]}: {theirs.get(differs[0])!r}, "
+                          f"the config has {ours[differs[0]]!r})")
+    for key, have, want in (("supervised", start.supervised, tuple(cfg.supervised)),
+                            ("log_scaled", tuple(n for n, lg in zip(start.scaling.names, start.scaling.log) if lg),
+                             tuple(n for n in cfg.supervised if n in cfg.log_scaled)),
+                            ("conditions", start.conditions, tuple(cfg.conditions))):
+        if have != want:
+            raise ConfigError(f"--init: {init} has {key} {list(have)}, the config {list(want)}")
+    return start
 
 
 def error_model(model: TrainedModel, test_images: np.ndarray, test_targets: np.ndarray,

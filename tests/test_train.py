@@ -96,6 +96,28 @@ def test_resume_with_another_config_is_refused(tiny_run, tiny_dataset):
         train_model(tiny_dataset.path, tiny_run, tiny_train(lambda_l1=0.5), resume=True)
 
 
+def test_fine_tuning_starts_from_the_init_model(tiny_run, tiny_dataset, tmp_path):
+    """--init takes the starting model's weights and preprocessing and records it; a network
+    of another shape, a different supervised set, or --init with --resume is refused."""
+    start = load_model(tiny_run)
+    # A negligible learning rate: the tuned weights must still be the starting model's.
+    tuned = train_model(tiny_dataset.path, tmp_path / "tuned",
+                        tiny_train(lambda_cycle=1.0, learning_rate=1e-8), init=tiny_run)
+    assert tuned.normalization == start.normalization and tuned.scaling == start.scaling
+    assert tuned.meta["init"]["model"] == str(tiny_run)
+    history = json.loads((tmp_path / "tuned" / "history.json").read_text())
+    assert history[0]["cycle"] > 0 and history[0]["test_cycle"] > 0
+    for (name, p), q in zip(start.network.state_dict().items(), tuned.network.state_dict().values()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
+    with pytest.raises(ConfigError, match="--init.*channels"):
+        train_model(tiny_dataset.path, tmp_path / "x", tiny_train(channels=(8, 16)), init=tiny_run)
+    with pytest.raises(ConfigError, match="--init.*supervised"):
+        train_model(tiny_dataset.path, tmp_path / "y",
+                    tiny_train(supervised=("half_light_radius", "flux")), init=tiny_run)
+    with pytest.raises(ConfigError, match="--init.*--resume"):
+        train_model(tiny_dataset.path, tmp_path / "tuned", tiny_train(), init=tiny_run, resume=True)
+
+
 def test_training_skips_galaxies_that_failed_to_render(tiny_dataset, tmp_path):
     """Galaxies with a non-ok status never enter the split."""
     import shutil
