@@ -133,12 +133,14 @@ def disentanglement_text(metrics: dict) -> str:
     d = metrics["disentanglement"]
     lines = [f"Latent traversals re-measured with the classical fit (test galaxy {d['galaxy']}; "
              f"{d['failed_fits']} of {d['fits']} fits failed and are left out): "
-             "response = fitted / encoded change (1 ideal); leak = largest change of another "
-             "parameter in Cramér–Rao sigmas (<= 1: within the noise)",
-             f"{'latent moved':<22}{'response':>10}{'leak':>10}  leaking parameter"]
+             "response = fitted / encoded change (1 ideal); own = largest change of the moved "
+             "parameter and leak = of another, in Cramér–Rao sigmas (leak <= 1: within the "
+             "noise); cross-talk = leak / own (step-independent)",
+             f"{'latent moved':<22}{'response':>10}{'own':>8}{'leak':>8}{'cross-talk':>12}  leaking parameter"]
     for name, t in d.items():
         if isinstance(t, dict) and "leak_crb_units" in t:
             response = "" if t["response"] is None else f"{t['response']:.2f}"
-            lines.append(f"z[{name}]".ljust(22) + f"{response:>10}{t['leak_crb_units']:>10.1f}  "
-                         f"{t['leak_parameter']}")
+            own, cross = t.get("own_change_crb_units", float("nan")), t.get("cross_talk", float("nan"))
+            lines.append(f"z[{name}]".ljust(22) + f"{response:>10}{own:>8.1f}{t['leak_crb_units']:>8.1f}"
+                         f"{cross:>12.2f}  {t['leak_parameter']}")
     return "\n".join(lines)

@@ -128,4 +128,8 @@ def test_traversals_remeasured_by_the_classical_fit(tiny_run, tiny_dataset):
     assert set(out["traversals"]) == {"flux", "half_light_radius"}
     flux = out["traversals"]["flux"]
     assert len(flux["change_in_crb_units"]["sersic_n"]) == 3 and len(flux["fit_status"]) == 3
-    assert set(flux) >= {"response", "leak", "leak_parameter", "intended", "fitted"}
+    assert set(flux) >= {"response", "leak", "leak_parameter", "intended", "fitted", "own_change"}
+    own = np.abs(flux["change_in_crb_units"]["flux"])
+    own = np.max(own[np.isfinite(own)]) if np.isfinite(own).any() else np.nan
+    assert flux["own_change"] == pytest.approx(own, nan_ok=True)
+    assert flux["cross_talk"] == pytest.approx(flux["leak"] / own, nan_ok=True)

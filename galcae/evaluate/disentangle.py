@@ -26,9 +26,12 @@ def remeasured_traversals(model, z0: np.ndarray, conditions: dict, galaxy_cfg, s
     ``galaxy_cfg``: a SimConfig with its PSF and sky fixed (the fit's PSF and noise model).
     Returns per traversed parameter the fitted values, the changes of every parameter in
     units of its Cramér–Rao bound, the response (slope of the fitted against the encoded
-    value of the moved parameter over the converged fits, 1 is ideal) and the leak (largest
-    change of any other parameter in bound units; within the noise is <= 1). A fit that
-    takes over ``max_seconds`` counts as failed.
+    value of the moved parameter over the converged fits, 1 is ideal), the leak (largest
+    change of any other parameter in bound units; within the noise is <= 1), the moved
+    parameter's own largest change in bound units, and the cross-talk, leak / own change:
+    the leak per bound-unit of intended change, which does not depend on the step size (a
+    step that moves the parameter by 3 sigma keeps the others within the noise if the
+    cross-talk is below 1/3). A fit that takes over ``max_seconds`` counts as failed.
     """
     psf = make_psf(galaxy_cfg)
     n = len(steps)
@@ -56,10 +59,14 @@ def remeasured_traversals(model, z0: np.ndarray, conditions: dict, galaxy_cfg, s
         if usable.sum() >= 2:  # slope of fitted against encoded value, over the fits that worked
             response = float(np.polyfit(intended[usable], values[name][usable], 1)[0])
         others = [q for q in FIT_PARAMETERS if q != name]
+        leak = _leak(change, others)
+        own = (float(np.nanmax(np.abs(change[name])))
+               if name in change and np.isfinite(change[name]).any() else float("nan"))
         out[name] = {"delta_z": steps.tolist(), "intended": intended.tolist(),
                      "fitted": {q: v.tolist() for q, v in values.items()},
-                     "change_in_crb_units": change, "response": response,
-                     **_leak(change, others),
+                     "change_in_crb_units": change, "response": response, **leak,
+                     "own_change": own,
+                     "cross_talk": leak["leak"] / own if own > 0 else float("nan"),
                      "fit_status": [f["status"] for f in fits]}
     return {"crb_of_reference": sigma, "traversals": out}
 

@@ -246,7 +246,8 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
                                        for s in t["fit_status"])),
                 "fits": int(sum(len(t["fit_status"]) for t in remeasured["traversals"].values())),
                 **{name: {"response": t["response"], "leak_crb_units": t["leak"],
-                          "leak_parameter": t["leak_parameter"]}
+                          "leak_parameter": t["leak_parameter"],
+                          "own_change_crb_units": t["own_change"], "cross_talk": t["cross_talk"]}
                    for name, t in remeasured["traversals"].items()},
                 "detail": remeasured}
         if "calibration" in metrics:

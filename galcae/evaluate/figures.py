@@ -121,7 +121,8 @@ def remeasured_traversals(result: dict, path) -> Path:
                     lw=3 if q == name else 1, zorder=3 if q == name else 2)
         ax.axhspan(-1, 1, color="0.85", zorder=0)
         ax.set_yscale("symlog", linthresh=1)
-        ax.set_title(f"move z[{name}]: leak {t['leak']:.1f}σ ({t['leak_parameter']})", fontsize=8)
+        ax.set_title(f"move z[{name}]: leak {t['leak']:.1f}σ ({t['leak_parameter']}),\n"
+                     f"cross-talk {t.get('cross_talk', float('nan')):.2f}", fontsize=8)
         ax.set_xlabel("Δz (latent units)", fontsize=8)
     axes[0].set_ylabel("re-measured change / σ_CRB", fontsize=8)
     axes[0].legend(fontsize=6, ncol=2, title="thick: the moved one", title_fontsize=6)

@@ -125,10 +125,15 @@ def write_report(path: Path, metrics: dict, model_meta: dict, fig_dir: Path, los
                      "with the classical Sérsic fit. Response: the fitted change of the moved "
                      "parameter over the change its latent encodes (1 is ideal). Leak: the largest "
                      "change of any other parameter, in units of that parameter's Cramér–Rao bound "
-                     "for this galaxy (≤ 1: within the noise).</p>")
-        rows = [[f"z[{name}]", t["response"], t["leak_crb_units"], t["leak_parameter"]]
+                     "for this galaxy (≤ 1: within the noise). Own change: the moved parameter's "
+                     "largest change, in the same units. Cross-talk: leak / own change, which does "
+                     "not depend on the step (below 1/3, a step that moves the parameter by 3σ "
+                     "keeps every other within its noise).</p>")
+        rows = [[f"z[{name}]", t["response"], t.get("own_change_crb_units"), t["leak_crb_units"],
+                 t["leak_parameter"], t.get("cross_talk")]
                 for name, t in d.items() if isinstance(t, dict) and "leak_crb_units" in t]
-        parts.append(_table(["latent moved", "response", "leak [σ_CRB]", "leaking parameter"], rows))
+        parts.append(_table(["latent moved", "response", "own change [σ_CRB]", "leak [σ_CRB]",
+                             "leaking parameter", "cross-talk"], rows))
 
     if "calibration" in metrics:
         cal = metrics["calibration"]
