@@ -19,14 +19,10 @@ Beyond the paper (all off in its preset, so the paper's network is unchanged):
   express, e.g., the deconvolution of a size by a PSF that is an input;
 - ``predict_variance``: a third head, Dense(n_supervised, linear), gives the log-variance
   of each supervised latent, trained with a Gaussian negative log-likelihood.
-
-The loss may add a latent-cycle term (``lambda_cycle``, :func:`cycle_loss`), which trains the
-decoder so that moving one supervised latent changes only that parameter of its image.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -148,8 +144,8 @@ class CAE(nn.Module):
 
 
 def cae_loss(model: CAE, x: torch.Tensor, y_phys: torch.Tensor, lambda_phys: float,
-             lambda_l1: float, c: torch.Tensor | None = None, nll_beta: float | None = None,
-             lambda_cycle: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+             lambda_l1: float, c: torch.Tensor | None = None, nll_beta: float | None = None
+             ) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 2-5: BCE(x, x_hat) + lambda_phys * MSE(z_phys, y) + lambda_l1 * mean|z_res|,
     plus, with a variance head, lambda_phys * the Gaussian NLL of the residuals.
 
@@ -160,7 +156,6 @@ def cae_loss(model: CAE, x: torch.Tensor, y_phys: torch.Tensor, lambda_phys: flo
     beta-NLL of Seitzer et al. (2022), ``stopgrad(sigma^(2 beta)) * NLL``: each residual is
     weighed by ``1 / sigma^(2 (1 - beta))``, so well-measured galaxies count more (beta = 0
     is the plain NLL, the maximum-likelihood weighting; beta = 1 weighs like the MSE).
-    ``lambda_cycle`` > 0 adds that weight times :func:`cycle_loss` of the batch's latents.
     Returns the total (for backward) and its terms as floats.
     """
     logits, z, log_var = model(x, c)
@@ -183,47 +178,4 @@ def cae_loss(model: CAE, x: torch.Tensor, y_phys: torch.Tensor, lambda_phys: flo
             phys = phys + nll
             parts["nll"] = nll.item()
     total = bce + lambda_phys * phys + lambda_l1 * l1
-    if lambda_cycle:
-        cycle = cycle_loss(model, z, c, nll_beta)
-        total = total + lambda_cycle * cycle
-        parts["cycle"] = cycle.item()
     return total, {"loss": total.item(), **parts}
-
-
-def cycle_loss(model: CAE, z: torch.Tensor, c: torch.Tensor | None = None,
-               nll_beta: float | None = None, max_step: float = 1.0) -> torch.Tensor:
-    """Disentanglement by latent regression: move one random supervised latent of each galaxy
-    by a step uniform in ``[-max_step, max_step]`` (evaluate's traversal range), decode, encode
-    the decoded image again, and penalise the squared difference between the supervised
-    latents read back and the moved ones: every parameter but the moved one should read back
-    unchanged. Only the decoder learns from this term: the latents are detached and the
-    encoder's weights are frozen for it, so the encoder cannot learn to read the decoder's
-    artefacts. With a variance head, each squared difference is weighed like the beta-NLL's,
-    by ``stopgrad(sigma^(2 (beta - 1)))`` of the re-encoding (``1/sigma^2`` without beta), so
-    leaks on well-measured galaxies, where they are visible, count most."""
-    n_sup = model.arch.n_supervised
-    moved = z.detach().clone()
-    rows = torch.arange(len(moved), device=moved.device)
-    axis = torch.randint(n_sup, (len(moved),), device=moved.device)
-    moved[rows, axis] += (2.0 * torch.rand(len(moved), device=moved.device) - 1.0) * max_step
-    image = torch.sigmoid(model.decode_logits(moved, c))
-    with frozen(model.encoder, model.hidden, model.to_phys, model.to_res, model.to_log_var):
-        read_back, log_var = model.heads(model.encoder(image), c)
-    residual2 = (read_back[:, :n_sup] - moved[:, :n_sup]) ** 2
-    if log_var is None:
-        return residual2.mean()
-    beta = 0.0 if nll_beta is None else nll_beta
-    return (torch.exp((beta - 1.0) * log_var.detach()) * residual2).mean()
-
-
-@contextmanager
-def frozen(*modules):
-    """Weights of ``modules`` (None skipped) out of the autograd graph while inside."""
-    params = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)

@@ -170,8 +170,7 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / SPLIT, {"train": train_ids.tolist(), "test": test_ids.tolist()})
 
-    terms = {"lambda_phys": cfg.lambda_phys, "lambda_l1": cfg.lambda_l1, "nll_beta": cfg.nll_beta,
-             "lambda_cycle": cfg.lambda_cycle}
+    terms = {"lambda_phys": cfg.lambda_phys, "lambda_l1": cfg.lambda_l1, "nll_beta": cfg.nll_beta}
     bar = tqdm(range(start, cfg.epochs), desc="train", unit="epoch", disable=None,
                initial=start, total=cfg.epochs)
     for epoch in bar:
