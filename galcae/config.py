@@ -198,6 +198,9 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     lambda_phys: float = 10.0  # weight of the supervised-latent MSE (Eq. 4); unstated
     lambda_l1: float = 1e-3  # weight of the L1 penalty on residual latents (Eq. 5); unstated
+    # Probability of zeroing a galaxy's residual latents at the decoder's input in training
+    # (not in the paper; 0 = off): the decoder learns to render from the supervised ones.
+    res_dropout: float = 0.0
     test_fraction: float = 1.0 / 11.0  # the paper's 10:1 train:test split
     seed: int = 0  # split, initialisation and batch order
     latent_dim: int = 64  # supervised + residual latents
@@ -231,6 +234,7 @@ class TrainConfig:
                f"'{self.lr_schedule}' is not one of 'cosine', 'constant'")
         _check_range(self.lambda_phys, "lambda_phys", 0.0, 1e6)
         _check_range(self.lambda_l1, "lambda_l1", 0.0, 1e6)
+        _check_range(self.res_dropout, "res_dropout", 0.0, 1.0)
         _check(0.0 < self.test_fraction < 1.0, "test_fraction",
                f"{self.test_fraction} is not strictly between 0 and 1")
         _check_range(self.latent_dim, "latent_dim", len(self.supervised) + 1, 4096)

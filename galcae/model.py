@@ -144,8 +144,8 @@ class CAE(nn.Module):
 
 
 def cae_loss(model: CAE, x: torch.Tensor, y_phys: torch.Tensor, lambda_phys: float,
-             lambda_l1: float, c: torch.Tensor | None = None, nll_beta: float | None = None
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+             lambda_l1: float, c: torch.Tensor | None = None, nll_beta: float | None = None,
+             res_dropout: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 2-5: BCE(x, x_hat) + lambda_phys * MSE(z_phys, y) + lambda_l1 * mean|z_res|,
     plus, with a variance head, lambda_phys * the Gaussian NLL of the residuals.
 
@@ -156,9 +156,18 @@ def cae_loss(model: CAE, x: torch.Tensor, y_phys: torch.Tensor, lambda_phys: flo
     beta-NLL of Seitzer et al. (2022), ``stopgrad(sigma^(2 beta)) * NLL``: each residual is
     weighed by ``1 / sigma^(2 (1 - beta))``, so well-measured galaxies count more (beta = 0
     is the plain NLL, the maximum-likelihood weighting; beta = 1 weighs like the MSE).
+    ``res_dropout``: in training mode, the probability that a galaxy's residual latents are
+    zeroed at the decoder's input, so the decoder must render it from the supervised latents
+    alone and cannot rely on the free ones for what the supervised ones hold.
     Returns the total (for backward) and its terms as floats.
     """
-    logits, z, log_var = model(x, c)
+    if res_dropout and model.training:
+        z, log_var = model.heads(model.encoder(x), c)
+        keep = (torch.rand(len(z), 1, device=z.device) >= res_dropout).to(z.dtype)
+        n_sup = model.arch.n_supervised
+        logits = model.decode_logits(torch.cat([z[:, :n_sup], z[:, n_sup:] * keep], dim=1), c)
+    else:
+        logits, z, log_var = model(x, c)
     n_sup = model.arch.n_supervised
     bce = F.binary_cross_entropy_with_logits(logits, x)  # == BCE(sigmoid(logits), x), stabler
     residual2 = (z[:, :n_sup] - y_phys) ** 2

@@ -170,7 +170,8 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / SPLIT, {"train": train_ids.tolist(), "test": test_ids.tolist()})
 
-    terms = {"lambda_phys": cfg.lambda_phys, "lambda_l1": cfg.lambda_l1, "nll_beta": cfg.nll_beta}
+    terms = {"lambda_phys": cfg.lambda_phys, "lambda_l1": cfg.lambda_l1, "nll_beta": cfg.nll_beta,
+             "res_dropout": cfg.res_dropout}
     bar = tqdm(range(start, cfg.epochs), desc="train", unit="epoch", disable=None,
                initial=start, total=cfg.epochs)
     for epoch in bar:

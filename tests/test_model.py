@@ -64,6 +64,27 @@ def test_beta_nll_weighs_each_residual_by_its_predicted_variance():
         cae_loss(CAE(Architecture(stamp_size=16, latent_dim=8)), x, y, 1.0, 1.0, nll_beta=0.5)
 
 
+def test_residual_dropout_renders_from_the_supervised_latents_alone():
+    """res_dropout=1 zeroes every galaxy's residual latents at the decoder's input in training
+    mode (the latent terms still see them); in eval mode, and at 0, the loss is unchanged."""
+    torch.manual_seed(0)
+    net = CAE(Architecture(stamp_size=16, latent_dim=8))
+    x, y = torch.rand(4, 1, 16, 16), torch.randn(4, 2)
+    with torch.no_grad():
+        z = net.encode(x)
+        bce = torch.nn.functional.binary_cross_entropy(
+            net.decode(torch.cat([z[:, :2], torch.zeros_like(z[:, 2:])], dim=1)), x)
+        expected = bce + 2.0 * ((z[:, :2] - y) ** 2).mean() + 0.5 * z[:, 2:].abs().mean()
+    net.train()
+    total, parts = cae_loss(net, x, y, 2.0, 0.5, res_dropout=1.0)
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    kept, _ = cae_loss(net, x, y, 2.0, 0.5, res_dropout=0.0)
+    net.eval()
+    evaluated, _ = cae_loss(net, x, y, 2.0, 0.5, res_dropout=1.0)
+    assert evaluated.item() == pytest.approx(kept.item(), rel=1e-6)
+    assert kept.item() != pytest.approx(total.item(), rel=1e-7, abs=0)  # zeroing changed the loss
+
+
 def test_stamp_size_must_allow_two_poolings():
     """A stamp size the two 2x2 poolings cannot halve twice is refused."""
     with pytest.raises(ValueError, match="divisible by 4"):
