@@ -144,7 +144,8 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
         initial = _initial_model(init, arch, cfg, device)
         network.load_state_dict(initial.network.state_dict())
         normalization, scaling, conditioning = initial.normalization, initial.scaling, initial.conditioning
-        meta["init"] = {"model": str(init), "epoch": initial.meta.get("epoch"),
+        meta["init"] = {"model": str(init),  # epochs behind the starting weights, its own init's too
+                        "epoch": initial.meta.get("epoch", 0) + (initial.meta.get("init", {}).get("epoch") or 0),
                         "dataset": initial.meta.get("dataset", {}).get("path")}
     model = TrainedModel(network, normalization, scaling, meta, conditioning)
     x_all = model.to_input(images)
