@@ -161,14 +161,13 @@ def cae_loss(model: CAE, x: torch.Tensor, y_phys: torch.Tensor, lambda_phys: flo
     alone and cannot rely on the free ones for what the supervised ones hold.
     Returns the total (for backward) and its terms as floats.
     """
+    n_sup = model.arch.n_supervised
     if res_dropout and model.training:
         z, log_var = model.heads(model.encoder(x), c)
         keep = (torch.rand(len(z), 1, device=z.device) >= res_dropout).to(z.dtype)
-        n_sup = model.arch.n_supervised
         logits = model.decode_logits(torch.cat([z[:, :n_sup], z[:, n_sup:] * keep], dim=1), c)
     else:
         logits, z, log_var = model(x, c)
-    n_sup = model.arch.n_supervised
     bce = F.binary_cross_entropy_with_logits(logits, x)  # == BCE(sigmoid(logits), x), stabler
     residual2 = (z[:, :n_sup] - y_phys) ** 2
     mse = residual2.mean()
