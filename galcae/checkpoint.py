@@ -62,6 +62,11 @@ class TrainedModel:
         return next(self.network.parameters()).device
 
     @property
+    def epochs_trained(self) -> int:
+        """Epochs behind the weights: this run's, plus its ``--init`` model's for a fine-tuned one."""
+        return self.meta.get("epoch", 0) + (self.meta.get("init", {}).get("epoch") or 0)
+
+    @property
     def supervised(self) -> tuple[str, ...]:
         return self.scaling.names
 

@@ -301,7 +301,7 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
     if missing:
         log.info("%s: %s taken from the inputs (PSFFWHM / PSFBETA keywords or a dataset's truth); "
                  "stamps without them are left unmeasured", meta_path.parent, ", ".join(missing))
-    meta = {"model": str(meta_path), "model_sha256": sha, "model_epochs": model.meta.get("epoch"),
+    meta = {"model": str(meta_path), "model_sha256": sha, "model_epochs": model.epochs_trained,
             "uncertainty": uncertainty_method(model, options.samples),
             "samples": options.samples, "flags": {**FLAGS, **(REFINE_FLAGS if refining else {})},
             "refine_snr": options.refine_snr}

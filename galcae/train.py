@@ -74,13 +74,18 @@ def _check_resume(run_dir: Path, cfg: TrainConfig, dataset: Dataset) -> None:
     # Through TrainConfig, so keys added since the run was saved compare at their defaults.
     saved = to_dict(from_dict(TrainConfig, meta.get("train_config", {})))
     new = to_dict(cfg)
-    differs = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
+    differs = _differing_keys(saved, new)
     if differs:
         raise ConfigError(f"--resume: config of {run_dir} differs in {', '.join(differs)} "
                           f"(saved {differs[0]}={saved.get(differs[0])!r}, now {new.get(differs[0])!r})")
     if meta["dataset"]["params_sha256"] != sha256_of(dataset.path / PARAMS):
         raise ConfigError(f"--resume: {dataset.path} is not the dataset {run_dir} was trained on "
                           f"({meta['dataset']['path']})")
+
+
+def _differing_keys(a: dict, b: dict) -> list[str]:
+    """Keys whose values differ between two dicts (a missing key counts as None), sorted."""
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resume: bool = False,
@@ -144,8 +149,7 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
         initial = _initial_model(init, arch, cfg, device)
         network.load_state_dict(initial.network.state_dict())
         normalization, scaling, conditioning = initial.normalization, initial.scaling, initial.conditioning
-        meta["init"] = {"model": str(init),  # epochs behind the starting weights, its own init's too
-                        "epoch": initial.meta.get("epoch", 0) + (initial.meta.get("init", {}).get("epoch") or 0),
+        meta["init"] = {"model": str(init), "epoch": initial.epochs_trained,
                         "dataset": initial.meta.get("dataset", {}).get("path")}
     model = TrainedModel(network, normalization, scaling, meta, conditioning)
     x_all = model.to_input(images)
@@ -225,7 +229,7 @@ def _initial_model(init, arch: Architecture, cfg: TrainConfig, device) -> Traine
     """The ``--init`` model, checked to be the network ``cfg`` describes."""
     start = load_model(init, device=str(device.type))
     theirs, ours = start.network.arch.to_dict(), arch.to_dict()
-    differs = sorted(k for k in ours if theirs.get(k) != ours[k])
+    differs = _differing_keys(theirs, ours)
     if differs:
         raise ConfigError(f"--init: {init} is a different network ({differs[0]}: {theirs.get(differs[0])!r}, "
                           f"the config has {ours[differs[0]]!r})")

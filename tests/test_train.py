@@ -105,6 +105,7 @@ def test_fine_tuning_starts_from_the_init_model(tiny_run, tiny_dataset, tmp_path
                         tiny_train(learning_rate=1e-8), init=tiny_run)
     assert tuned.normalization == start.normalization and tuned.scaling == start.scaling
     assert tuned.meta["init"]["model"] == str(tiny_run)
+    assert tuned.epochs_trained == start.epochs_trained + 1
     for (name, p), q in zip(start.network.state_dict().items(), tuned.network.state_dict().values()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
     with pytest.raises(ConfigError, match="--init.*channels"):

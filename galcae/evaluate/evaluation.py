@@ -161,9 +161,7 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
     metrics = {
         "run": str(run_dir), "dataset": str(dataset.path), "same_dataset_as_training": same_dataset,
         "n_train": int(len(train_ids)), "n_test": int(len(test_ids)),
-        # A fine-tuned model (train --init) counts its starting model's epochs too.
-        "epochs_trained": model.meta["epoch"] + (model.meta.get("init", {}).get("epoch") or 0),
-        "epochs_paper": 100,
+        "epochs_trained": model.epochs_trained, "epochs_paper": 100,
         "r2": {"cae": {n: r2(truth[n], predicted[n]) for n in names},
                "pca_best_single": pca["best_single"], "pca_all": pca["all"]},
         "r2_log10": {"cae": {n: r2_log10(truth[n], predicted[n]) for n in positive},
