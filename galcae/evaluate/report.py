@@ -67,8 +67,8 @@ def write_report(path: Path, metrics: dict, model_meta: dict, fig_dir: Path, los
              f"{html.escape(model_meta.get('galcae_version', '?'))}.</p>"]
     if metrics["epochs_trained"] < metrics["epochs_paper"]:
         parts.append(f"<p class='note'>This model was trained for {metrics['epochs_trained']} "
-                     f"epochs, fewer than the paper's {metrics['epochs_paper']} (the demo's "
-                     f"time budget). <code>galcae demo --full</code> runs the paper's schedule.</p>")
+                     f"epochs; the paper trains for {metrics['epochs_paper']} (<code>galcae demo "
+                     f"--full</code> runs the paper's schedule on the paper's model).</p>")
     if not metrics["same_dataset_as_training"]:
         parts.append("<p class='note'>Evaluated on a dataset other than the training set.</p>")
 
