@@ -57,6 +57,18 @@ class TrainedModel:
     meta: dict = field(default_factory=dict)
     conditioning: ParameterScaling | None = None  # standardisation of the observing conditions
 
+    def __post_init__(self):
+        if self.network.arch.decoder == "sersic":  # the physical decoder draws through the scalings
+            from .render import LatentRenderer
+
+            pixel_scale = self.meta.get("dataset", {}).get("simulate", {}).get("pixel_scale")
+            if pixel_scale is None:
+                raise ValueError("the sersic decoder needs the training set's pixel_scale "
+                                 "(dataset.simulate.pixel_scale in model.json)")
+            self.network.renderer = LatentRenderer(
+                self.scaling, self.conditioning, self.normalization,
+                self.network.arch.stamp_size, pixel_scale).to(self.device)
+
     @property
     def device(self) -> torch.device:
         return next(self.network.parameters()).device
@@ -222,8 +234,9 @@ def load_model(path: str | Path, device: str = "auto") -> TrainedModel:
                         if "condition_scaling" in meta else None)
         if len(conditioning.names if conditioning else ()) != network.arch.n_conditions:
             raise ValueError("condition_scaling does not match the architecture's n_conditions")
+        model = TrainedModel(network, normalization, scaling, meta, conditioning)
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelError(f"{meta_path}: cannot rebuild the model ({first})") from None
-    network = network.to(pick_device(device), memory_format=torch.channels_last).eval()
-    return TrainedModel(network, normalization, scaling, meta, conditioning)
+    model.network.to(pick_device(device), memory_format=torch.channels_last).eval()
+    return model

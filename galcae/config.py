@@ -224,6 +224,10 @@ class TrainConfig:
     channels: tuple[int, ...] = (32, 64)
     # A hidden Dense-ReLU layer of this width before the latent heads (0: the paper's linear heads).
     head_hidden: int = 0
+    # "conv": the paper's decoder. "sersic": the supervised latents are drawn as the Sérsic
+    # galaxy they describe, under the PSF of the conditions, plus a convolutional residual
+    # from the free latents (needs all seven parameters and psf_fwhm, psf_beta).
+    decoder: str = "conv"
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 
     def __post_init__(self):
@@ -257,6 +261,13 @@ class TrainConfig:
         for width in self.channels:
             _check_range(width, "channels", 1, 1024)
         _check_range(self.head_hidden, "head_hidden", 0, 65536)
+        _check(self.decoder in ("conv", "sersic"), "decoder", f"'{self.decoder}' is not one of 'conv', 'sersic'")
+        if self.decoder == "sersic":
+            from .render import PARAMETERS
+
+            missing = [n for n in PARAMETERS if n not in self.supervised + self.conditions]
+            _check(not missing, "decoder", f"sersic draws from {', '.join(PARAMETERS)}: "
+                   f"add {', '.join(missing)} to supervised or conditions")
         _check(self.device in ("auto", "cpu", "cuda"), "device",
                f"'{self.device}' is not one of 'auto', 'cpu', 'cuda'")
 

@@ -18,7 +18,13 @@ Beyond the paper (all off in its preset, so the paper's network is unchanged):
   and the latent heads. The paper's heads are linear in the features, which cannot
   express, e.g., the deconvolution of a size by a PSF that is an input;
 - ``predict_variance``: a third head, Dense(n_supervised, linear), gives the log-variance
-  of each supervised latent, trained with a Gaussian negative log-likelihood.
+  of each supervised latent, trained with a Gaussian negative log-likelihood;
+- ``decoder: sersic``: the supervised latents are drawn as the galaxy they describe (a
+  differentiable GalSim-matched Sérsic seen through the PSF of the conditions,
+  :mod:`galcae.render`), and the mirrored convolutional decoder, fed the free latents and
+  the conditions only, adds residual light (in units of the sky noise) before the pixel
+  stretch. Moving a supervised latent then changes its parameter alone, by construction;
+  the free latents hold what a Sérsic profile does not.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+#: Decoders a CAE can have.
+DECODERS = ("conv", "sersic")
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,7 @@ class Architecture:
     n_conditions: int = 0  # observing conditions fed to encoder heads and decoder
     predict_variance: bool = False  # a log-variance head for the supervised latents
     head_hidden: int = 0  # width of a hidden layer before the latent heads; 0 = linear heads
+    decoder: str = "conv"  # "conv" (the paper's) or "sersic" (physical, plus a residual)
 
     def __post_init__(self):
         if not self.channels:
@@ -51,6 +62,8 @@ class Architecture:
         if self.stamp_size % self.reduction:
             raise ValueError(f"stamp_size {self.stamp_size} is not divisible by {self.reduction}, "
                              f"as {len(self.channels)} poolings need")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder '{self.decoder}' is not one of {', '.join(DECODERS)}")
 
     @property
     def reduction(self) -> int:
@@ -103,7 +116,15 @@ class CAE(nn.Module):
         self.to_phys = nn.Linear(seen, arch.n_supervised)
         self.to_res = nn.Linear(seen, arch.latent_dim - arch.n_supervised)
         self.to_log_var = nn.Linear(seen, arch.n_supervised) if arch.predict_variance else None
-        self.decoder = mirrored_decoder(arch.channels, side, arch.latent_dim + arch.n_conditions)
+        self.renderer = None  # the sersic decoder's LatentRenderer, attached by TrainedModel
+        if arch.decoder == "sersic":
+            self.decoder = mirrored_decoder(arch.channels, side, arch.latent_dim - arch.n_supervised
+                                            + arch.n_conditions)
+            # The residual starts at zero: the image is the physical one until training says otherwise.
+            nn.init.zeros_(self.decoder[-1].weight)
+            nn.init.zeros_(self.decoder[-1].bias)
+        else:
+            self.decoder = mirrored_decoder(arch.channels, side, arch.latent_dim + arch.n_conditions)
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, 1, H, W)`` normalised images -> ``(B, latent_dim)`` latents ``[z_phys, z_res]``."""
@@ -131,7 +152,13 @@ class CAE(nn.Module):
         return torch.cat([h, c.to(h.dtype)], dim=1)
 
     def decode_logits(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return self.decoder(self.with_conditions(z, c))
+        if self.arch.decoder == "conv":
+            return self.decoder(self.with_conditions(z, c))
+        if self.renderer is None:
+            raise RuntimeError("a sersic-decoder CAE draws through its model's scalings: "
+                               "use it through TrainedModel (galcae.checkpoint)")
+        n_sup = self.arch.n_supervised
+        return self.renderer(z[:, :n_sup], c, self.decoder(self.with_conditions(z[:, n_sup:], c)))
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (and conditions) -> ``(B, 1, H, W)`` reconstructions in ``[0, 1]``."""

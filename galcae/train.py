@@ -104,7 +104,8 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
         Continue an interrupted run from its last finished epoch (the config must match).
     init : path or shipped model name, optional
         Start from this model's weights and preprocessing (fine-tuning) instead of a random
-        initialisation; its architecture and supervised parameters must match ``cfg``.
+        initialisation; its architecture and supervised parameters must match ``cfg``, but
+        for the decoder: with another one, only the encoder's weights are taken.
     """
     dataset = Dataset.open(dataset_path)
     run_dir = Path(run_dir)
@@ -133,7 +134,8 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
     arch = Architecture(stamp_size=dataset.config.stamp_size, latent_dim=cfg.latent_dim,
                         n_supervised=len(cfg.supervised), dropout=cfg.dropout,
                         n_conditions=len(cfg.conditions), predict_variance=cfg.predict_variance,
-                        channels=tuple(cfg.channels), head_hidden=cfg.head_hidden)
+                        channels=tuple(cfg.channels), head_hidden=cfg.head_hidden,
+                        decoder=cfg.decoder)
     network = CAE(arch).to(device, memory_format=torch.channels_last)
     meta = {"train_config": to_dict(cfg), "dataset": provenance(dataset), "epoch": 0}
     if resume:  # the preprocessing the run started with (a fine-tuned one's came from --init)
@@ -147,7 +149,12 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
                                              cfg.conditions, ("noise_sigma",)) if cfg.conditions else None)
     else:  # fine-tuning: the starting model's weights and the preprocessing they were trained with
         initial = _initial_model(init, arch, cfg, device)
-        network.load_state_dict(initial.network.state_dict())
+        weights = initial.network.state_dict()
+        if initial.network.arch.decoder != arch.decoder:  # a new decoder: the encoder's weights only
+            weights = {k: v for k, v in weights.items() if not k.startswith("decoder.")}
+            log.info("--init: %s has a %s decoder; its encoder starts a %s one", init,
+                     initial.network.arch.decoder, arch.decoder)
+        network.load_state_dict(weights, strict=initial.network.arch.decoder == arch.decoder)
         normalization, scaling, conditioning = initial.normalization, initial.scaling, initial.conditioning
         meta["init"] = {"model": str(init), "epoch": initial.epochs_trained,
                         "dataset": initial.meta.get("dataset", {}).get("path")}
@@ -229,7 +236,7 @@ def _initial_model(init, arch: Architecture, cfg: TrainConfig, device) -> Traine
     """The ``--init`` model, checked to be the network ``cfg`` describes."""
     start = load_model(init, device=str(device.type))
     theirs, ours = start.network.arch.to_dict(), arch.to_dict()
-    differs = _differing_keys(theirs, ours)
+    differs = [k for k in _differing_keys(theirs, ours) if k != "decoder"]  # an encoder can change decoder
     if differs:
         raise ConfigError(f"--init: {init} is a different network ({differs[0]}: {theirs.get(differs[0])!r}, "
                           f"the config has {ours[differs[0]]!r})")
