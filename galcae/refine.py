@@ -3,20 +3,20 @@ bright galaxies.
 
 The CAE's scatter shrinks more slowly with S/N than the Cramér–Rao bound: above S/N 100
 it is 4-6 times the bound (README, "The survey model"), while a maximum-likelihood fit
-reaches the bound there but costs about a second per stamp, and does worse than the CAE
-on faint ones (it fails, or wanders). So the CAE measures every stamp, the stamp's S/N picks the
-bright ones, and only those are fitted, starting from the CAE's values: their catalog
+reaches the bound there but costs far more than the CAE, and does worse than the CAE on
+faint ones (it fails, or wanders). So the CAE measures every stamp, the stamp's S/N picks
+the bright ones, and only those are fitted, starting from the CAE's values: their catalog
 values and errors become the fit's (the inverse Hessian, which is the bound at high S/N).
-From there a few Gauss-Newton steps suffice: on 120 fresh survey galaxies above S/N 30,
-4 steps gave the same efficiency (0.9-1.5) as running to convergence in half the time (an
-experiment; ``benchmarks/survey_model.py --refine-snr`` measures the shipped setting). A fit
-that fails keeps the CAE's row and is flagged.
+The fit is :func:`galcae.batchfit.fit_batch`, the likelihood of the scipy + GalSim fit of
+``galcae fit`` drawn and minimised in PyTorch, :data:`BATCH` stamps at a time, to
+convergence (``benchmarks/survey_model.py --refine-snr`` measures its cost). A fit that
+fails keeps the CAE's row and is flagged.
 
 The fit needs what the CAE does not: the noise model per pixel. It is the model's
 training one, with the sky level taken from the stamp's measured ``noise_sigma``
 (``sigma² = sky / gain + (read_noise / gain)²``) and the PSF from the stamp's conditions.
 
-The fit's errors (the inverse Hessian at its estimate, after a few steps) are not exactly
+The fit's errors (the inverse Hessian at its estimate) are not exactly
 its scatter: a model shipped with a ``refine_calibration`` (:func:`calibrate_fit_errors`,
 fitted on refined held-out simulations) rescales them as the variance head's are, per bin
 of error and of S/N, with a tail factor for the 95% interval per bin of error.
@@ -29,13 +29,16 @@ import numpy as np
 from .conditions import stamp_noise_sigma, stamp_snr
 from .config import SimConfig, from_dict
 from .crb import FIT_PARAMETERS
-from .fit import MAX_NFEV as STOPPED, OK, fit_stamp, initial_guess
+from .batchfit import fit_batch
+from .fit import MAX_NFEV as STOPPED, OK, initial_guess
 from .params import ellipticity_errors, ellipticity_from_shear
 from .simulate import make_psf
 from .uncertainty import LEVELS, VarianceCalibration, half_widths
 
-#: Trust-region steps of a refinement (each one a Jacobian: 8 renders).
-MAX_NFEV = 5
+#: Levenberg-Marquardt steps at most (most stamps converge in fewer).
+MAX_STEPS = 20
+#: Stamps fitted together: memory of about 2 MB per stamp for its Jacobian's transforms.
+BATCH = 64
 
 
 def training_config(meta: dict) -> SimConfig:
@@ -60,7 +63,7 @@ def fit_error_calibration(meta: dict) -> VarianceCalibration | None:
 
 
 def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict,
-           min_snr: float, max_nfev: int = MAX_NFEV,
+           min_snr: float, max_steps: int = MAX_STEPS,
            calibration: VarianceCalibration | None = None) -> dict[str, np.ndarray]:
     """Re-measure the stamps with :func:`stamp_snr` >= ``min_snr`` by the classical fit.
 
@@ -81,24 +84,27 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
            "refine_failed": np.zeros(n, bool)}
     conditions = {**conditions, "noise_sigma": noise}
     supervised = [name for name in FIT_PARAMETERS if name in estimates]
-    with threadpool_limits(1):
-        for i in np.flatnonzero(out["snr"] >= min_snr):
-            start = {name: float(estimates[name][i]) for name in supervised}
-            if not np.all(np.isfinite(list(start.values()))):
-                continue
-            cfg = stamp_config(sim, conditions, i)
-            psf = make_psf(cfg)
-            if len(start) < len(FIT_PARAMETERS):  # a model that does not predict them all
-                start = {**initial_guess(images[i], cfg, psf), **start}
-            fit = fit_stamp(images[i], cfg, psf, max_nfev=max_nfev, guess=start)
-            if fit["status"] not in (OK, STOPPED):  # stopped after max_nfev steps is the plan
-                out["refine_failed"][i] = True
-                continue
-            out["refined"][i] = True
-            for name in supervised:
-                estimates[name][i] = fit[name]
-                if f"{name}_err" in estimates:
-                    estimates[f"{name}_err"][i] = fit[f"{name}_err"]
+    chosen = [i for i in np.flatnonzero(out["snr"] >= min_snr)
+              if np.all(np.isfinite([estimates[name][i] for name in supervised]))]
+    for first in range(0, len(chosen), BATCH):
+        rows = np.array(chosen[first:first + BATCH])
+        configs = [stamp_config(sim, conditions, i) for i in rows]
+        start = {name: np.asarray(estimates[name], float)[rows] for name in supervised}
+        if len(start) < len(FIT_PARAMETERS):  # a model that does not predict them all
+            with threadpool_limits(1):
+                moments = [initial_guess(images[i], c, make_psf(c)) for i, c in zip(rows, configs)]
+            start = {name: start.get(name, np.array([m[name] for m in moments])) for name in FIT_PARAMETERS}
+        fit = fit_batch(images[rows], sim, {"psf_fwhm": [c.psf.fwhm for c in configs],
+                                            "psf_beta": [c.psf.beta for c in configs],
+                                            "sky_level": [c.noise.sky_level for c in configs]},
+                        start, max_steps=max_steps)
+        done = np.isin(fit["status"], (OK, STOPPED))  # stopped after max_steps keeps its last step
+        out["refine_failed"][rows[~done]] = True
+        out["refined"][rows[done]] = True
+        for name in supervised:
+            estimates[name][rows[done]] = fit[name][done]
+            if f"{name}_err" in estimates:
+                estimates[f"{name}_err"][rows[done]] = fit[f"{name}_err"][done]
     rows = out["refined"]
     if rows.any() and all(f"{name}_err" in estimates for name in supervised):  # values only: no errors
         err = np.stack([estimates[f"{name}_err"][rows] for name in supervised], 1)

@@ -9,6 +9,10 @@ from galcae.train import train_model
 # Small, centred galaxies on 32x32 stamps: fast to render and to train on.
 TINY = ["n_galaxies=64", "stamp_size=32", "chunk_size=16", "ranges.x=[14,18]", "ranges.y=[14,18]",
         "ranges.half_light_radius=[0.3,1.0]", "ranges.flux=[2000,50000]"]
+# The tiny setup with survey-like conditions drawn per galaxy.
+TINY_SURVEY = TINY + ["psf.profile=moffat", "psf.fwhm=[0.5,1.2]", "psf.beta=[2.5,5]",
+                      "noise.sky_level=[100,2000]", "log_uniform=[flux, half_light_radius]"]
+SEVEN = ("flux", "half_light_radius", "sersic_n", "g1", "g2", "x", "y")
 
 
 def tiny_sim(*extra):
@@ -23,6 +27,12 @@ def tiny_train(**changes):
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     return simulate_dataset(tiny_sim(), tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def survey_dataset(tmp_path_factory):
+    return simulate_dataset(load_stage("simulate", "paper", TINY_SURVEY),
+                            tmp_path_factory.mktemp("data") / "survey")
 
 
 @pytest.fixture(scope="session")

@@ -13,23 +13,11 @@ from galcae.cli import main
 from galcae.config import load_stage
 from galcae.crb import render
 from galcae.model import CAE, Architecture
-from galcae.simulate import draw_parameters, simulate_dataset
+from galcae.simulate import draw_parameters
 from galcae.train import dihedral, dihedral_params, train_model
 from galcae.uncertainty import VarianceCalibration, coverage
 
-from conftest import TINY, tiny_train
-
-# The tiny setup of conftest with survey-like conditions drawn per galaxy.
-TINY_SURVEY = TINY + ["psf.profile=moffat", "psf.fwhm=[0.5,1.2]", "psf.beta=[2.5,5]",
-                      "noise.sky_level=[100,2000]", "log_uniform=[flux, half_light_radius]"]
-SEVEN = ("flux", "half_light_radius", "sersic_n", "g1", "g2", "x", "y")
-
-
-@pytest.fixture(scope="session")
-def survey_dataset(tmp_path_factory):
-    cfg = load_stage("simulate", "paper", TINY_SURVEY)
-    return simulate_dataset(cfg, tmp_path_factory.mktemp("data") / "survey")
-
+from conftest import SEVEN, tiny_train
 
 @pytest.fixture(scope="session")
 def survey_run(survey_dataset, tmp_path_factory):
