@@ -22,9 +22,9 @@ Beyond the paper (all off in its preset, so the paper's network is unchanged):
 - ``decoder: sersic``: the supervised latents are drawn as the galaxy they describe (a
   differentiable GalSim-matched Sérsic seen through the PSF of the conditions,
   :mod:`galcae.render`), and the mirrored convolutional decoder, fed the free latents and
-  the conditions only, adds residual light (in units of the sky noise) before the pixel
-  stretch. Moving a supervised latent then changes its parameter alone, by construction;
-  the free latents hold what a Sérsic profile does not.
+  the conditions only, adds residual light (in units of the sky noise, zero when the free
+  latents are) before the pixel stretch. Moving a supervised latent then changes its
+  parameter alone, by construction; the free latents hold what a Sérsic profile does not.
 """
 
 from __future__ import annotations
@@ -158,7 +158,13 @@ class CAE(nn.Module):
             raise RuntimeError("a sersic-decoder CAE draws through its model's scalings: "
                                "use it through TrainedModel (galcae.checkpoint)")
         n_sup = self.arch.n_supervised
-        return self.renderer(z[:, :n_sup], c, self.decoder(self.with_conditions(z[:, n_sup:], c)))
+        # What the free latents add: nothing when they are zero, so that the conditions alone
+        # cannot paint a fixed correction (e.g. for the encoder's flux bias) that a traversal
+        # of the galaxy would then leave behind.
+        free = z[:, n_sup:]
+        both = self.decoder(self.with_conditions(torch.cat([free, torch.zeros_like(free)]),
+                                                 None if c is None else torch.cat([c, c])))
+        return self.renderer(z[:, :n_sup], c, both[:len(z)] - both[len(z):])
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (and conditions) -> ``(B, 1, H, W)`` reconstructions in ``[0, 1]``."""

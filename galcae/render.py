@@ -98,9 +98,9 @@ class SersicRenderer(torch.nn.Module):
         self.register_buffer("ky", ky[:, None].expand(-1, len(kx)).contiguous(), persistent=False)
         pixel = torch.sinc(self.kx / (2 * math.pi)) * torch.sinc(self.ky / (2 * math.pi))
         self.register_buffer("pixel", pixel, persistent=False)
-        sersic, moffat = transform_tables()
-        self.register_buffer("sersic", torch.as_tensor(sersic), persistent=False)
-        self.register_buffer("moffat", torch.as_tensor(moffat), persistent=False)
+        # The tables come on first use (5 s): a model that only encodes never pays for them.
+        self.register_buffer("sersic", None, persistent=False)
+        self.register_buffer("moffat", None, persistent=False)
 
     def forward(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
         """``p``: a ``(B,)`` tensor per name of :data:`PARAMETERS`."""
@@ -115,6 +115,10 @@ class SersicRenderer(torch.nn.Module):
 
     def _spectra(self, p: dict[str, torch.Tensor], derivatives: bool) -> torch.Tensor:
         """``(B, 1 or 8, N, N // 2 + 1)``: the image's transform, then its derivatives'."""
+        if self.sersic is None:
+            sersic, moffat = transform_tables()
+            self.sersic, self.moffat = (torch.as_tensor(t, dtype=self.kx.dtype, device=self.kx.device)
+                                        for t in (sersic, moffat))
         col = lambda v: v.to(self.kx.dtype)[:, None, None]  # noqa: E731 - (B,) -> (B, 1, 1)
         g1, g2 = col(p["g1"]), col(p["g2"])
         # GalSim's shear: f(A^-1 x), A = [[1 + g1, g2], [g2, 1 - g1]] / sqrt(1 - g^2), whose

@@ -36,6 +36,16 @@ def survey_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def survey_run(survey_dataset, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "survey"
+    train_model(survey_dataset.path, run_dir, tiny_train(
+        epochs=2, supervised=SEVEN, log_scaled=("flux", "half_light_radius"),
+        conditions=("psf_fwhm", "psf_beta", "noise_sigma"), predict_variance=True,
+        nll_beta=0.5, channels=(8, 16, 32), head_hidden=16))  # the survey preset's options
+    return run_dir
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tiny_dataset, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "run"
     train_model(tiny_dataset.path, run_dir, tiny_train())

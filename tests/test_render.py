@@ -1,5 +1,7 @@
 """The differentiable Sérsic renderer and the CAE's physical (``sersic``) decoder."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -12,9 +14,8 @@ from galcae.crb import FIT_PARAMETERS, render
 from galcae.fit import fit_stamp
 from galcae.render import PARAMETERS, SersicRenderer
 from galcae.simulate import draw_parameters, make_psf, render_chunk
-from galcae.train import train_model
+from galcae.train import train_config_of, train_model
 
-from conftest import SEVEN, tiny_train
 
 GALAXIES = [  # round and centred; sheared, off-centre, cuspy; large, faint wings; tiny in bad seeing
     {"flux": 1e4, "half_light_radius": 0.5, "sersic_n": 1.0, "g1": 0.0, "g2": 0.0, "x": 32.0, "y": 32.0,
@@ -56,14 +57,16 @@ def test_renderer_is_differentiable_in_every_parameter():
         assert torch.isfinite(p[name].grad).all() and (p[name].grad != 0).all(), name
 
 
-def test_sersic_decoder_moves_only_the_physical_image(survey_dataset, tmp_path):
+def test_sersic_decoder_moves_only_the_physical_image(survey_run, survey_dataset, tmp_path, caplog):
     """Moving supervised latents changes the decoded image by what the renderer draws for the
     moved parameters and nothing else (the residual light depends on the free latents only);
-    with the residual zeroed, the decoded image is GalSim's galaxy of the latents' parameters."""
+    with the free latents at zero, the decoded image is GalSim's galaxy of the latents'
+    parameters, to the renderer's accuracy."""
     run = tmp_path / "sersic"
-    train_model(survey_dataset.path, run, tiny_train(
-        supervised=SEVEN, log_scaled=("flux", "half_light_radius"), decoder="sersic",
-        conditions=("psf_fwhm", "psf_beta", "noise_sigma"), channels=(8, 16)))
+    caplog.set_level("INFO", logger="galcae.train")
+    cfg = dataclasses.replace(train_config_of(survey_run), decoder="sersic", epochs=1)
+    train_model(survey_dataset.path, run, cfg, init=survey_run)  # the conv model's encoder, a new decoder
+    assert "has a conv decoder; its encoder starts a sersic one" in caplog.text
     model = load_model(run, device="cpu")
     net = model.network
     images = survey_dataset.load_images()[:4]
@@ -78,15 +81,14 @@ def test_sersic_decoder_moves_only_the_physical_image(survey_dataset, tmp_path):
         residual_light = model.decode(z.numpy(), conditions) - galaxy(net, z, c)
         decoded = model.decode(moved.numpy(), conditions)
         assert np.abs(decoded - galaxy(net, moved, c) - residual_light).max() < 1e-5 * decoded.max() + 0.01
-        torch.nn.init.zeros_(net.decoder[-1].weight)
-        torch.nn.init.zeros_(net.decoder[-1].bias)
+    moved[:, 7:] = 0  # no residual light without free latents
     decoded = model.decode(moved.numpy(), conditions)
     cfg = load_stage("simulate", "paper", ["stamp_size=32", "psf.profile=moffat"])
     physical = model.scaling.to_physical(moved[:, :7].numpy())
     for i in range(4):
         theta = {k: float(v[i]) for k, v in physical.items()}
         expected = render(cfg.for_galaxy({k: conditions[k][i] for k in conditions}), theta)
-        assert np.abs(decoded[i] - expected).max() < 0.01 * expected.max() + 0.05, i
+        assert np.abs(decoded[i] - expected).max() < 5e-3 * expected.max() + 0.05, i
 
 
 def test_sersic_decoder_needs_all_seven_parameters_and_the_psf():

@@ -14,20 +14,10 @@ from galcae.config import load_stage
 from galcae.crb import render
 from galcae.model import CAE, Architecture
 from galcae.simulate import draw_parameters
-from galcae.train import dihedral, dihedral_params, train_model
+from galcae.train import dihedral, dihedral_params
 from galcae.uncertainty import VarianceCalibration, coverage
 
-from conftest import SEVEN, tiny_train
-
-@pytest.fixture(scope="session")
-def survey_run(survey_dataset, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs") / "survey"
-    train_model(survey_dataset.path, run_dir, tiny_train(
-        epochs=2, supervised=SEVEN, log_scaled=("flux", "half_light_radius"),
-        conditions=("psf_fwhm", "psf_beta", "noise_sigma"), predict_variance=True,
-        nll_beta=0.5, channels=(8, 16, 32), head_hidden=16))  # the survey preset's options
-    return run_dir
-
+from conftest import SEVEN
 
 def test_coverage_of_gaussian_predictions_with_known_variance():
     """Truths drawn around the predictions with the stated sigma fall in the central 68% / 95%
