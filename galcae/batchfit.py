@@ -29,10 +29,11 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
     :data:`FIT_PARAMETERS`, e.g. the CAE's estimates; clipped into the bounds).
 
     ``conditions``: per-stamp ``psf_fwhm``, ``psf_beta`` (for ``cfg``'s Moffat PSF) and
-    ``sky_level`` (ADU; with ``cfg``'s gain and read noise, the noise model), arrays or scalars. Returns the fitted
-    values, ``<name>_err`` (from the inverse of ``J^T J``), ``status`` (``ok`` when a step
-    lowered chi² by less than ``tolerance``, ``max_nfev`` after ``max_steps`` steps)
-    and ``chi2_dof``, one array each.
+    ``sky_level`` (ADU; with ``cfg``'s gain and read noise, the noise model), arrays or
+    scalars. Returns the fitted values, ``<name>_err`` (from the inverse of ``J^T J``; NaN
+    where it is singular), ``status`` (``ok`` when a step lowered chi² by less than
+    ``tolerance``, ``max_nfev`` after ``max_steps`` steps, ``failed: ...`` for a blank or
+    non-finite stamp or guess) and ``chi2_dof``, one array each.
     """
     n = len(images)
     with torch.no_grad():
@@ -44,9 +45,10 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
                                    dtype=torch.float32) for k in names}
         lower, upper = (_to_fitted(torch.as_tensor(b, dtype=torch.float32).clamp(-1e30, 1e30)[None])[0]
                         for b in bounds(cfg))
-        phi = _to_fitted(torch.as_tensor(np.stack([np.asarray(guess[k], float) for k in FIT_PARAMETERS], 1),
-                                         dtype=torch.float32))
-        phi = torch.where(torch.isfinite(phi), phi, 0.5 * (lower + upper)).clamp(lower + 1e-6, upper - 1e-6)
+        start = torch.as_tensor(np.stack([np.broadcast_to(np.asarray(guess[k], float), (n,))
+                                          for k in FIT_PARAMETERS], 1), dtype=torch.float32)
+        usable &= torch.isfinite(start).all(1)
+        phi = _to_fitted(torch.where(torch.isfinite(start), start, 1.0)).clamp(lower + 1e-6, upper - 1e-6)
         renderer = SersicRenderer(cfg.stamp_size, cfg.pixel_scale)
         noise = cfg.noise
 
@@ -90,8 +92,10 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
             converged[active[done]] = True
             active = active[~done]
         jac = _weighted(model(phi, every, derivatives=True), weight)[1]
-        cov = torch.linalg.pinv(jac.transpose(1, 2) @ jac)
-        phi_err = torch.diagonal(cov, dim1=1, dim2=2).clamp_min(0).sqrt()
+        cov, singular = torch.linalg.inv_ex((jac.transpose(1, 2) @ jac).double())
+        diagonal = torch.diagonal(cov, dim1=1, dim2=2)
+        # A parameter the stamp does not constrain (e.g. a flux driven to zero) has no error.
+        phi_err = torch.where((singular[:, None] == 0) & (diagonal > 0), diagonal.clamp_min(0).sqrt(), torch.nan)
     values = _from_fitted(phi).double().numpy()
     out = {k: values[:, i] for i, k in enumerate(FIT_PARAMETERS)}
     for i, k in enumerate(FIT_PARAMETERS):  # d value = value d log(value) for the log-fitted
@@ -102,7 +106,7 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
     bad = ~usable.numpy()
     for k in FIT_PARAMETERS:
         out[k][bad], out[f"{k}_err"][bad] = np.nan, np.nan
-    out["status"][bad] = f"{FAILED}: empty or non-finite stamp"
+    out["status"][bad] = f"{FAILED}: empty or non-finite stamp or guess"
     out["chi2_dof"][bad] = np.nan
     return out
 

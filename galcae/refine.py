@@ -98,7 +98,9 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
                                             "psf_beta": [c.psf.beta for c in configs],
                                             "sky_level": [c.noise.sky_level for c in configs]},
                         start, max_steps=max_steps)
-        done = np.isin(fit["status"], (OK, STOPPED))  # stopped after max_steps keeps its last step
+        # Stopped after max_steps keeps its last step; a fit without errors is no measurement.
+        done = np.isin(fit["status"], (OK, STOPPED)) & np.all(
+            [np.isfinite(fit[f"{name}_err"]) for name in FIT_PARAMETERS], axis=0)
         out["refine_failed"][rows[~done]] = True
         out["refined"][rows[done]] = True
         for name in supervised:

@@ -133,7 +133,7 @@ def test_batch_fit_is_the_galsim_fit():
     rows = np.concatenate([pick, pick[:2]])
     guess = {k: truth[k][rows] * (1.1 if k == "flux" else 1.0) for k in FIT_PARAMETERS}
     fitted = fit_batch(images, cfg, {k: truth[k][rows] for k in ("psf_fwhm", "psf_beta", "sky_level")}, guess)
-    assert list(fitted["status"][3:]) == ["failed: empty or non-finite stamp"] * 2
+    assert list(fitted["status"][3:]) == ["failed: empty or non-finite stamp or guess"] * 2
     assert np.isnan(fitted["flux"][3:]).all()
     for j, i in enumerate(pick):
         galaxy_cfg = cfg.for_galaxy({k: truth[k][i] for k in truth})

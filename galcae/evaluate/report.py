@@ -69,6 +69,10 @@ def write_report(path: Path, metrics: dict, model_meta: dict, fig_dir: Path, los
         parts.append(f"<p class='note'>This model was trained for {metrics['epochs_trained']} "
                      f"epochs; the paper trains for {metrics['epochs_paper']} (<code>galcae demo "
                      f"--full</code> runs the paper's schedule on the paper's model).</p>")
+    if model_meta.get("architecture", {}).get("decoder") == "sersic":
+        parts.append("<p>Decoder <code>sersic</code>: the supervised latents are drawn as the Sérsic "
+                     "galaxy they describe, through the stamp's PSF; the convolutional decoder adds "
+                     "only the light the free latents hold.</p>")
     if not metrics["same_dataset_as_training"]:
         parts.append("<p class='note'>Evaluated on a dataset other than the training set.</p>")
 
