@@ -10,7 +10,8 @@ values and errors become the fit's (the inverse Hessian, which is the bound at h
 The fit is :func:`galcae.batchfit.fit_batch`, the likelihood of the scipy + GalSim fit of
 ``galcae fit`` drawn and minimised in PyTorch, :data:`BATCH` stamps at a time, to
 convergence (``benchmarks/survey_model.py --refine-snr`` measures its cost). A fit that
-fails keeps the CAE's row and is flagged.
+fails keeps the CAE's row and is flagged; so does one that ends without errors (a singular
+Hessian).
 
 The fit needs what the CAE does not: the noise model per pixel. It is the model's
 training one, with the sky level taken from the stamp's measured ``noise_sigma``

@@ -58,7 +58,7 @@ def _lookup(table: torch.Tensor, row: torch.Tensor, log_k: torch.Tensor, slopes:
     """Linear interpolation of ``table`` (rows x log-k columns) at each galaxy's ``row`` in
     [0, 1] of the row axis, ``(B,)``, then at its ``log_k`` ``(B, H, W)``, clamped at the
     table's edges. With ``slopes``, also the interpolant's derivatives along ``log_k`` and
-    ``row`` (zero beyond the edges)."""
+    ``row``."""
     n_rows, n_k = table.shape
     at_row = row.clamp(0, 1) * (n_rows - 1)
     i = at_row.detach().floor().clamp(max=n_rows - 2).long()
@@ -75,7 +75,8 @@ def _lookup(table: torch.Tensor, row: torch.Tensor, log_k: torch.Tensor, slopes:
     d_log_k = torch.where(inside, (high - low) * k_per_column, 0.0).reshape(log_k.shape)
     across = table[i + 1] - table[i]  # d rows / d w
     d_low, d_high = across.gather(1, j), across.gather(1, j + 1)
-    inside_row = ((row > 0) & (row < 1)).to(value.dtype)[:, None, None] * (n_rows - 1)
+    # One-sided on the table's first and last rows (a fit may end on n's bound), zero beyond.
+    inside_row = ((row >= 0) & (row <= 1)).to(value.dtype)[:, None, None] * (n_rows - 1)
     d_row = (d_low + (d_high - d_low) * (at - j)).reshape(log_k.shape) * inside_row
     return value, d_log_k, d_row
 
