@@ -261,7 +261,7 @@ class TrainConfig:
         for width in self.channels:
             _check_range(width, "channels", 1, 1024)
         _check_range(self.head_hidden, "head_hidden", 0, 65536)
-        _check(self.decoder in ("conv", "sersic"), "decoder", f"'{self.decoder}' is not one of 'conv', 'sersic'")
+        _check(self.decoder in DECODERS, "decoder", f"'{self.decoder}' is not one of 'conv', 'sersic'")
         if self.decoder == "sersic":
             from .render import PARAMETERS
 
@@ -272,6 +272,8 @@ class TrainConfig:
                f"'{self.device}' is not one of 'auto', 'cpu', 'cuda'")
 
 
+#: Decoders a CAE can have: the paper's convolutional one, or the physical one (galcae.model).
+DECODERS = ("conv", "sersic")
 #: Parameters a model can be trained to predict.
 SUPERVISABLE = SIMULATED + tuple(DERIVED)
 #: Conditions a model can take (the sky level enters through the noise measured on the stamp).

@@ -35,9 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-#: Decoders a CAE can have.
-DECODERS = ("conv", "sersic")
+from .config import DECODERS
 
 
 @dataclass(frozen=True)
