@@ -138,12 +138,17 @@ def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[b
     parts = out.with_name(f"{out.name}.parts")
     _prepare_parts(parts, _signature(inputs, {**options, "chunk_size": chunk_size, "hdu": hdu,
                                               "detect_threshold": detect_threshold}))
-    plan = plan_inputs(inputs, stamp_size=stamp_size, pixel_scale=pixel_scale, chunk_size=chunk_size,
-                       work_dir=parts, hdu=hdu, detect_threshold=detect_threshold)
-    for warning in plan.warnings:
-        log.warning(warning)
-    if not plan.chunks:
-        raise InputError("no stamps to measure" + (f": {'; '.join(plan.warnings)}" if plan.warnings else ""))
+    try:
+        plan = plan_inputs(inputs, stamp_size=stamp_size, pixel_scale=pixel_scale, chunk_size=chunk_size,
+                           work_dir=parts, hdu=hdu, detect_threshold=detect_threshold)
+        for warning in plan.warnings:
+            log.warning(warning)
+        if not plan.chunks:
+            raise InputError("no stamps to measure" + (f": {'; '.join(plan.warnings)}" if plan.warnings else ""))
+    except Exception:
+        if [p.name for p in parts.iterdir()] == ["signature"]:  # no work to resume: leave no trace
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
 
     columns = columns_for(plan.has_field)
     first_ids = np.concatenate([[0], np.cumsum(plan.rows)[:-1]]).astype(int)

@@ -159,6 +159,7 @@ def test_bad_inputs_one_line_and_nothing_lost(dropout_run, cube, tmp_path, capsy
         assert run(*argv) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith("galcae: error:") and message in err and "\n" not in err, err
+        assert not list(tmp_path.glob("*.parts")), argv  # a refused input leaves no work directory
 
     out = tmp_path / "kept.parquet"
     assert run(dropout_run, cube, "-o", out) == 0
