@@ -17,10 +17,10 @@ import torch
 from .config import SimConfig
 from .crb import FIT_PARAMETERS
 from .fit import FAILED, MAX_NFEV, OK, bounds
-from .render import SersicRenderer
+from .render import FITTED, SersicRenderer
 
-#: Fitted in the log: positive, and steps relative.
-LOG_FITTED = ("flux", "half_light_radius", "sersic_n")
+#: Fitted in the log (positive, and steps relative), as the renderer's derivatives are.
+LOG_FITTED = tuple(name.removeprefix("log_") for name in FITTED if name.startswith("log_"))
 
 
 def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,

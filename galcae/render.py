@@ -150,7 +150,7 @@ class SersicRenderer(torch.nn.Module):
         galaxy, d_log_q, d_row = galaxy
         image = rest * galaxy * phase
         rest = rest * phase
-        # d log10(q) / d g: half the derivative of log10 |A k|^2
+        # d ln(q) / d g, q = r_half |A k| (half that of ln |A k|^2); over ln 10 below for log10(q)
         d_g1 = (u * self.kx - v * self.ky) / (u ** 2 + v ** 2 + 1e-20) + g1 / det
         d_g2 = (u * self.ky + v * self.kx) / (u ** 2 + v ** 2 + 1e-20) + g2 / det
         per_ln = 1 / math.log(10)
