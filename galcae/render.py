@@ -182,17 +182,10 @@ class LatentRenderer(torch.nn.Module):
         self.normalization = normalization
         self.render = SersicRenderer(stamp_size, pixel_scale)
 
-    @staticmethod
-    def _physical(scaling, values: torch.Tensor) -> dict[str, torch.Tensor]:
-        """:meth:`ParameterScaling.to_physical` in torch, differentiable."""
-        t = values * values.new_tensor(scaling.std) + values.new_tensor(scaling.mean)
-        return {n: (10.0 ** t[:, i] if lg else t[:, i])
-                for i, (n, lg) in enumerate(zip(scaling.names, scaling.log))}
-
     def galaxy(self, z_phys: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """``(B, n_supervised)``, ``(B, n_conditions)`` -> the ``(B, H, W)`` galaxies in ADU."""
-        p = {**self._physical(self.scales["condition"], c.to(z_phys.dtype)),
-             **self._physical(self.scales["latent"], z_phys)}
+        p = {**self.scales["condition"].to_physical(c.to(z_phys.dtype)),
+             **self.scales["latent"].to_physical(z_phys)}
         return self.render(p).to(z_phys.dtype)
 
     def forward(self, z_phys: torch.Tensor, c: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

@@ -81,9 +81,13 @@ class ParameterScaling:
                 for n, lg in zip(self.names, self.log)]
         return ((np.stack(cols, axis=1) - np.array(self.mean)) / np.array(self.std)).astype(np.float32)
 
-    def to_physical(self, z: np.ndarray) -> dict[str, np.ndarray]:
-        """Physical columns from ``(N, len(names))`` supervised latents."""
-        t = np.asarray(z, float) * np.array(self.std) + np.array(self.mean)
+    def to_physical(self, z) -> dict:
+        """Physical columns from ``(N, len(names))`` supervised latents (numpy, or torch and
+        differentiable, as the sersic decoder needs)."""
+        if _lib(z) is np:
+            t = np.asarray(z, float) * np.array(self.std) + np.array(self.mean)
+        else:
+            t = z * z.new_tensor(self.std) + z.new_tensor(self.mean)
         return {n: (10.0 ** t[:, i] if lg else t[:, i])
                 for i, (n, lg) in enumerate(zip(self.names, self.log))}
 
