@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--refine-snr", type=float, default=None,
                         help="also score the CAE + classical fit of stamps with estimated S/N >= this")
+    parser.add_argument("--refine-steps", type=int, default=None,
+                        help="Levenberg-Marquardt steps at most in that fit [default: galcae's]")
     args = parser.parse_args()
 
     model = load_model(resolve_model(args.model), device="cpu")
@@ -60,7 +62,9 @@ def main() -> None:
         conditions = condition_table(model.conditions, images, psf)
         refined, done, fit_seconds = refine_blocks(training_config(model.meta), images, conditions,
                                                    predicted, args.refine_snr, args.workers,
-                                                   calibration=fit_error_calibration(model.meta))
+                                                   calibration=fit_error_calibration(model.meta),
+                                                   **({} if args.refine_steps is None else
+                                                      {"max_steps": args.refine_steps}))
         methods[f"CAE + fit at S/N >= {args.refine_snr:g}"] = refined
         n_refined = int(done["refined"].sum())
         print(f"Refined {n_refined} of {len(images)} galaxies ({int(done['refine_failed'].sum())} "

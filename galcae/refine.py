@@ -132,8 +132,8 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
 
 
 def refine_blocks(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict, min_snr: float,
-                  workers: int = 1, block: int = 16, calibration: VarianceCalibration | None = None
-                  ) -> tuple[dict, dict, float]:
+                  workers: int = 1, block: int = 16, calibration: VarianceCalibration | None = None,
+                  max_steps: int = MAX_STEPS) -> tuple[dict, dict, float]:
     """:func:`refine` of a copy of ``estimates``, in blocks on a local cluster of ``workers``
     processes; returns the refined columns, :func:`refine`'s output and the summed seconds
     of the blocks (the single-core cost)."""
@@ -142,7 +142,7 @@ def refine_blocks(sim: SimConfig, images: np.ndarray, conditions: dict, estimate
     n = len(images)
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
     blocks = [(sim, images[i:i + block], {k: v[i:i + block] for k, v in conditions.items()},
-               {k: v[i:i + block].copy() for k, v in estimates.items()}, min_snr, calibration)
+               {k: v[i:i + block].copy() for k, v in estimates.items()}, min_snr, calibration, max_steps)
               for i in range(0, n, block)]
     results = map_ordered(_timed_refine, blocks, workers, desc="refinement",
                           unit_scale=[len(b[1]) for b in blocks])
@@ -151,11 +151,11 @@ def refine_blocks(sim: SimConfig, images: np.ndarray, conditions: dict, estimate
     return refined, done, float(sum(r[2] for r in results))
 
 
-def _timed_refine(sim, images, conditions, estimates, min_snr, calibration):
+def _timed_refine(sim, images, conditions, estimates, min_snr, calibration, max_steps):
     import time
 
     start = time.perf_counter()
-    done = refine(sim, images, conditions, estimates, min_snr, calibration=calibration)
+    done = refine(sim, images, conditions, estimates, min_snr, max_steps, calibration)
     return estimates, done, time.perf_counter() - start
 
 
