@@ -32,7 +32,8 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
     ``sky_level`` (ADU; with ``cfg``'s gain and read noise, the noise model), arrays or
     scalars. Returns the fitted values, ``<name>_err`` (from the inverse of ``J^T J``; NaN
     where it is singular), ``status`` (``ok`` when a step lowered chi² by less than
-    ``tolerance``, ``max_nfev`` after ``max_steps`` steps, ``failed: ...`` for a blank or
+    ``tolerance`` or the Gauss-Newton model has less than that left to gain, ``max_nfev``
+    after ``max_steps`` steps, ``failed: ...`` for a blank or
     non-finite stamp or guess) and ``chi2_dof``, one array each.
     """
     n = len(images)
@@ -77,6 +78,11 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
             residual = ((data[active] - image) * weight[active]).flatten(1)
             hessian = jac.transpose(1, 2) @ jac
             gradient = (jac.transpose(1, 2) @ residual[:, :, None])[:, :, 0]
+            # The Gauss-Newton decrement g^T H^-1 g: the chi² still to gain, by the model's own
+            # quadratic. Below ``tolerance`` the stamp is converged, whether or not the step
+            # below is accepted (float32 chi² of a few thousand cannot resolve the last 0.01).
+            newton, singular = torch.linalg.solve_ex(hessian, gradient[:, :, None])
+            at_minimum = (singular == 0) & ((gradient * newton[:, :, 0]).sum(1) < tolerance)
             diagonal = torch.diag_embed(torch.diagonal(hessian, dim1=1, dim2=2).clamp_min(1e-12))
             step = torch.linalg.solve(hessian + damping[active, None, None] * diagonal,
                                       gradient[:, :, None])[:, :, 0]
@@ -88,7 +94,7 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
             chi2[active] = torch.where(better, trial_chi2, chi2[active])
             damping[active] = torch.where(better, damping[active] / 3, damping[active] * 4).clamp(1e-7, 1e7)
             # Converged: a step that gains less than ``tolerance`` in chi² (of 1 for 1 sigma).
-            done = better & (gain < tolerance)
+            done = (better & (gain < tolerance)) | at_minimum
             converged[active[done]] = True
             active = active[~done]
         jac = _weighted(model(phi, every, derivatives=True), weight)[1]

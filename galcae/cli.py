@@ -146,12 +146,16 @@ def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, w
 @click.option("--refine-snr", type=click.FloatRange(0), default=None, metavar="S/N",
               help="Re-measure stamps whose S/N (measured on the stamp) is at least this with "
                    "the classical fit (batched, in PyTorch), started at the CAE's values: at the "
-                   "Cramér-Rao bound where the CAE is not, for about 0.1 s per refined stamp on "
-                   "a CPU core (e.g. 25).")
+                   "Cramér-Rao bound where the CAE is not, for about 30 ms per refined stamp "
+                   "[default: the S/N the model's refined errors were calibrated above, 25 for "
+                   "`--model survey`; no refinement for a model without that calibration].")
+@click.option("--no-refine", is_flag=True,
+              help="The CAE alone, no classical fit (about a tenth of the time with `--model "
+                   "survey`; its scatter above S/N 100 is about twice the Cramér-Rao bound).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--overwrite", is_flag=True, help=OUTPUT_HELP)
 def infer(inputs, model_name, out, psf_fwhm, psf_beta, samples, workers, scheduler, chunk_size, hdu,
-          adapt_size, reconstruct, detect_threshold, refine_snr, device, overwrite):
+          adapt_size, reconstruct, detect_threshold, refine_snr, no_refine, device, overwrite):
     """Measure every galaxy of INPUT... with a model into a catalog.
 
     MODEL: `--model survey` (shipped with galcae: seven parameters, any seeing from 0.5 to
@@ -159,14 +163,20 @@ def infer(inputs, model_name, out, psf_fwhm, psf_beta, samples, workers, schedul
     FITS stamps or directories / globs of them, datasets from `galcae simulate`, or FITS
     fields (sources are detected and cut out). Re-running an interrupted command resumes it.
     """
+    from .checkpoint import load_model
     from .infer import InferOptions, infer_catalog
     from .models import resolve_model
+    from .refine import default_refine_snr
 
     if model_name is None:
         if len(inputs) < 2:
             raise click.UsageError("give --model NAME (e.g. survey), or MODEL then INPUT...")
         model_name, inputs = inputs[0], inputs[1:]
+    if no_refine and refine_snr is not None:
+        raise click.UsageError("give --refine-snr or --no-refine, not both")
     model = resolve_model(model_name)
+    if refine_snr is None and not no_refine:
+        refine_snr = default_refine_snr(load_model(model, device="cpu").meta)
     options = InferOptions(samples=samples, adapt_size=adapt_size, device=device,
                            psf_fwhm=psf_fwhm, psf_beta=psf_beta, refine_snr=refine_snr)
     chunk_size = chunk_size or (4096 if refine_snr is None else 256)

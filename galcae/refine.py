@@ -1,8 +1,9 @@
-"""``galcae infer --refine-snr S``: the classical fit, started at the CAE's estimate, for the
-bright galaxies.
+"""``galcae infer --refine-snr S`` (by default for a model shipped with a refine
+calibration, :func:`default_refine_snr`): the classical fit, started at the CAE's estimate,
+for the bright galaxies.
 
 The CAE's scatter shrinks more slowly with S/N than the Cramér–Rao bound: above S/N 100
-it is 4-6 times the bound (README, "The survey model"), while a maximum-likelihood fit
+it is about twice the bound (README, "The survey model"), while a maximum-likelihood fit
 reaches the bound there but costs far more than the CAE, and does worse than the CAE on
 faint ones (it fails, or wanders). So the CAE measures every stamp, the stamp's S/N picks
 the bright ones, and only those are fitted, starting from the CAE's values: their catalog
@@ -55,6 +56,15 @@ def stamp_config(sim: SimConfig, conditions: dict, i: int) -> SimConfig:
         row["sky_level"] = max(noise.gain * (conditions["noise_sigma"][i] ** 2
                                              - (noise.read_noise / noise.gain) ** 2), 0.0)
     return sim.for_galaxy(row) if row or sim.varies_conditions else sim
+
+
+def default_refine_snr(meta: dict) -> float | None:
+    """The S/N a model's refined errors were recalibrated above (``tools/ship_model.py
+    --refine-snr S --refine-calibration N``), which ``galcae infer`` refines above unless
+    told otherwise; None for a model shipped without that calibration."""
+    if "refine_calibration" not in meta:
+        return None
+    return float(meta["refine_calibration_set"]["min_snr"])
 
 
 def fit_error_calibration(meta: dict) -> VarianceCalibration | None:

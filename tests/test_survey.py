@@ -1,5 +1,7 @@
 """Beyond the paper: seven parameters, observing conditions, calibrated errors, a shipped model."""
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -188,10 +190,25 @@ def test_refined_catalog_marks_the_rows_the_fit_replaced(survey_run, survey_data
     assert "classical fit where snr >= 20" in refined.meta["UNCERT"]
     assert main([*common, "--refine-snr", "-1", "-o", str(tmp_path / "bad.fits")]) == 2
 
+    # A model shipped with its refined errors calibrated above S/N 20 refines above 20 by
+    # default (here a calibration of factor 1), and --no-refine gives the CAE alone.
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(survey_run, calibrated, ignore=shutil.ignore_patterns("eval", "*.pt"))
+    meta = json.loads((calibrated / "model.json").read_text())
+    meta["refine_calibration"] = {"edges": [[0.0, 0.0]] * 7, "scale": [[1.0]] * 7}
+    meta["refine_calibration_set"] = {"min_snr": 20}
+    (calibrated / "model.json").write_text(json.dumps(meta))
+    common[1] = str(calibrated)
+    assert main([*common, "-o", str(tmp_path / "default.fits")]) == 0
+    default = QTable.read(tmp_path / "default.fits")
+    assert np.array_equal(default["refined"], rows) and np.array_equal(default["flux"], refined["flux"])
+    assert main([*common, "--no-refine", "-o", str(tmp_path / "alone.fits")]) == 0
+    alone = QTable.read(tmp_path / "alone.fits")
+    assert "refined" not in alone.colnames and np.array_equal(alone["flux"], cae["flux"])
+    assert main([*common, "--no-refine", "--refine-snr", "20", "-o", str(tmp_path / "both.fits")]) == 2
+
 
 def test_evaluate_scores_the_refined_cae_beside_the_cae(survey_run, survey_dataset, capsys):
-    import json
-
     assert main(["evaluate", str(survey_run), str(survey_dataset.path), "--classical", "0",
                  "--bound", "6", "--refine-snr", "0", "--no-remeasure"]) == 0
     saved = json.loads((survey_run / "eval" / "metrics.json").read_text())
