@@ -146,12 +146,12 @@ def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, w
 @click.option("--refine-snr", type=click.FloatRange(0), default=None, metavar="S/N",
               help="Re-measure stamps whose S/N (measured on the stamp) is at least this with "
                    "the classical fit (batched, in PyTorch), started at the CAE's values: at the "
-                   "Cramér-Rao bound where the CAE is not, for about 30 ms per refined stamp "
+                   "Cramér-Rao bound where the CAE is not, for about 45 ms per refined stamp on a core "
                    "[default: the S/N the model's refined errors were calibrated above, 25 for "
                    "`--model survey`; no refinement for a model without that calibration].")
 @click.option("--no-refine", is_flag=True,
-              help="The CAE alone, no classical fit (about a tenth of the time with `--model "
-                   "survey`; its scatter above S/N 100 is about twice the Cramér-Rao bound).")
+              help="The CAE alone, no classical fit (11-15 times faster with `--model survey`; "
+                   "its scatter above S/N 100 is about twice the Cramér-Rao bound).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--overwrite", is_flag=True, help=OUTPUT_HELP)
 def infer(inputs, model_name, out, psf_fwhm, psf_beta, samples, workers, scheduler, chunk_size, hdu,
