@@ -134,7 +134,8 @@ def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, w
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler to use instead.")
 @click.option("--chunk-size", default=None, type=click.IntRange(1),
               help="Stamps per chunk: the unit of work, of memory and of resumption [default: "
-                   "4096; 256 with --refine-snr, so that workers share the fits].")
+                   "4096; 256 when refining (the survey model's default), so that workers "
+                   "share the fits].")
 @click.option("--hdu", default=None, help="HDU (name or number) holding the images [default: the "
                                            "first 2-D or 3-D image].")
 @click.option("--adapt-size", is_flag=True, help="Centre-crop / zero-pad stamps of another size "
