@@ -261,7 +261,8 @@ class TrainConfig:
         for width in self.channels:
             _check_range(width, "channels", 1, 1024)
         _check_range(self.head_hidden, "head_hidden", 0, 65536)
-        _check(self.decoder in DECODERS, "decoder", f"'{self.decoder}' is not one of 'conv', 'sersic'")
+        _check(self.decoder in DECODERS, "decoder",
+               f"'{self.decoder}' is not one of {', '.join(repr(d) for d in DECODERS)}")
         if self.decoder == "sersic":
             from .render import PARAMETERS
 
