@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,8 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from .conditions import border_pixels, stamp_noise_sigma
 from .distributed import dask_client, map_chunks
-from .sources import InputError, Plan, Stamps, plan_inputs
+from .outputs import atomic_file, output_locks, refuse_existing, refuse_overlap
+from .sources import InputError, Plan, Stamps, expand_inputs, plan_inputs
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +36,27 @@ OUTPUT_SUFFIXES = (".parquet", ".fits", ".fit")
 
 #: Per-row flags of every catalog; ``True`` means the condition holds. Rows are never dropped.
 STAMP_FLAGS = {
-    "flag_nan_pixels": "non-finite or masked pixels, set to 0 (background) before measuring",
+    "flag_nan_pixels": "non-finite, masked or impossible pixels (below -10 noise sigma, e.g. -1e30 "
+                       "blanks), set to 0 (background) before measuring",
     "flag_truncated": "the stamp runs over the edge of its field; the missing part is set to 0",
     "flag_adapted": "the stamp was centre-cropped or zero-padded to the expected size",
     "flag_empty": "no finite non-zero pixel: nothing to measure, values are NaN",
+    "flag_unmeasurable": "not a sky-subtracted image: under half its pixels usable, or its border's "
+                         "median below -3 noise sigma; values are NaN",
+    "flag_background": "the border's median is above +3 noise sigma: sky left in the image, or "
+                       "light beyond the stamp's edge; values may be biased",
 }
+
+#: Pixels further below zero than this many noise sigmas cannot come from a sky-subtracted
+#: image (noise that deep has odds of 1e-23); they are blanks (SExtractor's -1e30, say) or damage.
+IMPOSSIBLE_SIGMA = 10.0
+#: A border median further from zero than this many noise sigmas is not a subtracted sky.
+BACKGROUND_SIGMA = 3.0
+#: Stamps with fewer usable pixels than this fraction are not measured.
+MIN_USABLE_FRACTION = 0.5
+#: Noise sigmas are floored at this fraction of the brightest pixel, so that noiseless
+#: images (simulations) are judged by their own scale.
+NOISE_FLOOR = 1e-4
 
 FIELD_COLUMNS = {
     "x_field": ("pix", "detection centre column in the field (pixel centres at i + 0.5)"),
@@ -68,24 +87,57 @@ def flag_columns(flags: dict[str, str]) -> list[Column]:
 class CleanStamps:
     """Stamps ready to measure, with what was found on the way."""
 
-    images: np.ndarray  # finite ADU (non-finite pixels set to 0)
+    images: np.ndarray  # finite ADU (unusable pixels set to 0)
     brightest: np.ndarray  # per stamp, max pixel
+    noise_sigma: np.ndarray  # per stamp, measured on the raw border (galcae.conditions)
     flags: dict[str, np.ndarray]  # STAMP_FLAGS
+
+    @property
+    def measurable(self) -> np.ndarray:
+        """Stamps with something to measure that is a sky-subtracted image."""
+        return ~(self.flags["flag_empty"] | self.flags["flag_unmeasurable"])
 
 
 def clean(stamps: Stamps) -> CleanStamps:
-    """Zero the non-finite pixels and flag NaN, truncated, adapted and empty stamps."""
+    """Zero the unusable pixels (non-finite, or impossibly far below zero) and flag NaN,
+    truncated, adapted, empty, unmeasurable and background-offset stamps.
+
+    A measurable stamp is a sky-subtracted image: at least half its pixels usable and the
+    median of its usable border pixels (the sky) no lower than -3 noise sigma."""
     images = stamps.images
     n = len(images)
+    noise = stamp_noise_sigma(images)  # on the raw pixels, as the conditions are measured
     # Two passes over the pixels give every per-stamp check (NaN and inf propagate to them).
     brightest, faintest = images.reshape(n, -1).max(axis=1), images.reshape(n, -1).min(axis=1)
     bad = ~(np.isfinite(brightest) & np.isfinite(faintest))
+    peak = brightest.copy()
+    if bad.any():
+        peak[bad] = np.where(np.isfinite(images[bad]), images[bad], -np.inf).max(axis=(1, 2))
+    scale = np.fmax(np.nan_to_num(noise), NOISE_FLOOR * np.clip(peak, 0.0, None))
+    floor = -IMPOSSIBLE_SIGMA * scale
+    bad |= faintest < floor
+    border = border_pixels(images)
+    usable = np.ones(n)
     if bad.any():  # copy only the stamps that need it
-        images[bad] = np.nan_to_num(images[bad], nan=0.0, posinf=0.0, neginf=0.0)
-        brightest[bad], faintest[bad] = images[bad].max(axis=(1, 2)), images[bad].min(axis=(1, 2))
-    return CleanStamps(images, brightest, {
+        rows = images[bad]
+        unusable = ~np.isfinite(rows) | (rows < floor[bad, None, None])
+        usable[bad] = 1.0 - unusable.reshape(len(rows), -1).mean(axis=1)
+        border[bad] = np.where(border_pixels(unusable), np.nan, border[bad])
+        rows[unusable] = 0.0
+        images[bad] = rows
+        brightest[bad], faintest[bad] = rows.max(axis=(1, 2)), rows.min(axis=(1, 2))
+    sky = np.median(border, axis=1)
+    if bad.any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # no usable border: NaN, unmeasurable
+            sky[bad] = np.nanmedian(border[bad], axis=1)
+    with np.errstate(invalid="ignore"):
+        sky_low = ~(sky >= -BACKGROUND_SIGMA * scale)
+        sky_high = sky > BACKGROUND_SIGMA * scale
+    return CleanStamps(images, brightest, noise, {
         "flag_nan_pixels": bad & ~stamps.truncated, "flag_truncated": stamps.truncated,
-        "flag_adapted": stamps.adapted, "flag_empty": (brightest == 0) & (faintest == 0)})
+        "flag_adapted": stamps.adapted, "flag_empty": (brightest == 0) & (faintest == 0),
+        "flag_unmeasurable": (usable < MIN_USABLE_FRACTION) | sky_low, "flag_background": sky_high})
 
 
 def part_path(parts: Path, number: int) -> Path:
@@ -94,9 +146,8 @@ def part_path(parts: Path, number: int) -> Path:
 
 def atomic_save(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` then rename onto ``path``: readers never see half a file."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the suffix (np.save adds one)
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        write(tmp)
 
 
 def write_part(parts, number: int, table: dict[str, np.ndarray], columns: list[Column]) -> int:
@@ -109,70 +160,94 @@ def write_part(parts, number: int, table: dict[str, np.ndarray], columns: list[C
     return n
 
 
-def check_outputs(out, *others, overwrite: bool = False) -> Path:
-    """The catalog path, if it has a catalog suffix and nothing would be overwritten."""
+def catalog_path(out) -> Path:
+    """The catalog path, if it has a catalog suffix (any case)."""
     out = Path(out)
     if not out.name.lower().endswith(OUTPUT_SUFFIXES):
         raise InputError(f"{out}: catalog must end in .parquet or .fits")
-    for target in (out, *[Path(o) for o in others if o is not None]):
-        if target.exists() and not overwrite:
-            raise FileExistsError(f"{target} already exists; choose another path or pass --overwrite")
     return out
+
+
+def is_parquet(path: Path) -> bool:
+    return Path(path).suffix.lower() == ".parquet"
+
+
+def check_outputs(outputs: dict[str, Path | None], inputs, overwrite: bool) -> None:
+    """Refuse outputs (``{option: path}``) that exist (unless ``overwrite``) or overlap the inputs."""
+    refuse_overlap(outputs, expand_inputs(inputs))
+    for path in outputs.values():
+        if path is not None:
+            refuse_existing(Path(path), overwrite)
 
 
 def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[bool], list[Column]],
                   meta: dict, options: dict, stamp_size: int, pixel_scale: float, workers: int = 1,
                   scheduler: str | None = None, chunk_size: int = 4096, hdu=None,
                   detect_threshold: float = 3.0, desc: str = "measure", extra_files=lambda parts, i: (),
-                  fits_keys: dict[str, str] | None = None,
+                  fits_keys: dict[str, str] | None = None, overwrite: bool = False,
+                  also_writes: dict[str, Path | None] | None = None,
                   after: Callable[[Path, Plan], None] | None = None, echo=log.info) -> dict:
     """Plan ``inputs``, run ``task(chunk, number, first_id, parts, columns)`` on every chunk
     not already done, and write the catalog ``out``.
 
+    The catalog (and ``also_writes``, ``{option: path}`` of other outputs) is locked while
+    it is made, and refused if it exists (unless ``overwrite``) or overlaps an input.
     ``options`` (JSON-able) and the inputs' sizes and times identify the run: parts of
     another run are discarded. ``extra_files(number)`` names files a chunk must also have
     written to count as done; ``after(parts, plan)`` runs before the parts are removed.
     """
     if chunk_size < 1:
         raise InputError(f"chunk_size {chunk_size} must be at least 1")
-    parts = out.with_name(f"{out.name}.parts")
-    _prepare_parts(parts, _signature(inputs, {**options, "chunk_size": chunk_size, "hdu": hdu,
-                                              "detect_threshold": detect_threshold}))
-    try:
-        plan = plan_inputs(inputs, stamp_size=stamp_size, pixel_scale=pixel_scale, chunk_size=chunk_size,
-                           work_dir=parts, hdu=hdu, detect_threshold=detect_threshold)
-        for warning in plan.warnings:
-            log.warning(warning)
-        if not plan.chunks:
-            raise InputError("no stamps to measure" + (f": {'; '.join(plan.warnings)}" if plan.warnings else ""))
-    except Exception:
-        if [p.name for p in parts.iterdir()] == ["signature"]:  # no work to resume: leave no trace
-            shutil.rmtree(parts, ignore_errors=True)
-        raise
+    also_writes = also_writes or {}
+    with output_locks(out, *also_writes.values()):
+        check_outputs({"-o": out, **also_writes}, inputs, overwrite)
+        parts = out.with_name(f"{out.name}.parts")
+        _prepare_parts(parts, _signature(inputs, {**options, "chunk_size": chunk_size, "hdu": hdu,
+                                                  "detect_threshold": detect_threshold}))
+        with _discarded_if_nothing_done(parts):
+            plan = plan_inputs(inputs, stamp_size=stamp_size, pixel_scale=pixel_scale,
+                               chunk_size=chunk_size, work_dir=parts, hdu=hdu,
+                               detect_threshold=detect_threshold)
+            for warning in plan.warnings:
+                log.warning(warning)
+            if not plan.chunks:
+                raise InputError("no stamps to measure in " + (
+                    "; ".join(plan.warnings) if plan.warnings else ", ".join(map(str, inputs))))
 
-    columns = columns_for(plan.has_field)
-    first_ids = np.concatenate([[0], np.cumsum(plan.rows)[:-1]]).astype(int)
-    todo = [i for i in range(len(plan.chunks))
-            if not all(f.exists() for f in (part_path(parts, i), *extra_files(parts, i)))]
-    if len(todo) < len(plan.chunks):
-        echo(f"Resuming: {len(plan.chunks) - len(todo)} of {len(plan.chunks)} chunks already done")
-    args = [(plan.chunks[i], i, int(first_ids[i]), str(parts.resolve()), columns) for i in todo]
-    with dask_client(workers, scheduler) as client:
-        for _ in map_chunks(task, args, client, desc=desc, total=sum(plan.rows),
-                            unit_scale=[plan.rows[i] for i in todo]):
-            pass
+            columns = columns_for(plan.has_field)
+            first_ids = np.concatenate([[0], np.cumsum(plan.rows)[:-1]]).astype(int)
+            todo = [i for i in range(len(plan.chunks))
+                    if not all(f.exists() for f in (part_path(parts, i), *extra_files(parts, i)))]
+            if len(todo) < len(plan.chunks):
+                echo(f"Resuming: {len(plan.chunks) - len(todo)} of {len(plan.chunks)} chunks already done")
+            args = [(plan.chunks[i], i, int(first_ids[i]), str(parts.resolve()), columns) for i in todo]
+            with dask_client(workers, scheduler) as client:
+                for _ in map_chunks(task, args, client, desc=desc, total=sum(plan.rows),
+                                    unit_scale=[plan.rows[i] for i in todo]):
+                    pass
 
-    part_files = [part_path(parts, i) for i in range(len(plan.chunks))]
-    meta = {"format": FORMAT, "galcae_version": __version__, "inputs": [str(i) for i in inputs], **meta}
-    write_catalog(out, part_files, columns, meta, fits_keys)
-    if after is not None:
-        after(parts, plan)
-    counts = flag_counts(part_files, [name for name, dtype, *_ in columns if dtype == pa.bool_()])
-    shutil.rmtree(parts, ignore_errors=True)
+        part_files = [part_path(parts, i) for i in range(len(plan.chunks))]
+        meta = {"format": FORMAT, "galcae_version": __version__, "inputs": [str(i) for i in inputs], **meta}
+        write_catalog(out, part_files, columns, meta, fits_keys)
+        if after is not None:
+            after(parts, plan)
+        counts = flag_counts(part_files, [name for name, dtype, *_ in columns if dtype == pa.bool_()])
+        shutil.rmtree(parts, ignore_errors=True)
     return {"rows": int(sum(plan.rows)), "chunks": len(plan.chunks), "skipped": len(plan.chunks) - len(todo),
             "catalog": str(out), "flags": {k: v for k, v in counts.items() if k.startswith("flag_")},
             "true_counts": {k: v for k, v in counts.items() if not k.startswith("flag_")},
             "warnings": plan.warnings}
+
+
+@contextmanager
+def _discarded_if_nothing_done(parts: Path):
+    """Remove ``parts`` if the block fails before any chunk was written: nothing to resume."""
+    try:
+        yield
+    except BaseException:
+        if not any(parts.glob("part-*.parquet")):
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
 
 
 def _signature(inputs, options: dict) -> str:
@@ -203,13 +278,16 @@ def write_catalog(out: Path, part_files: list[Path], columns: list[Column], meta
 
     In FITS, the metadata named in ``fits_keys`` (meta key -> keyword) become header
     keywords, the rest COMMENT cards."""
-    fits_keys = fits_keys or {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out) as tmp:
+        _write_table(tmp, is_parquet(out), part_files, columns, meta, fits_keys or {})
+
+
+def _write_table(tmp: Path, parquet: bool, part_files, columns, meta, fits_keys) -> None:
     from astropy.table import QTable
     from astropy.table import meta as table_meta
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".parquet":
+    if parquet:
         empty = _with_units(QTable({name: np.zeros(0, _numpy_dtype(dtype)) for name, dtype, *_ in columns}),
                             columns)
         empty.meta.update(meta)
@@ -231,7 +309,6 @@ def write_catalog(out: Path, part_files: list[Path], columns: list[Column], meta
         cat.meta.update({keys[k]: v for k, v in meta.items() if k in keys})
         cat.meta["comments"] = [f"{k}: {json.dumps(v)}" for k, v in meta.items() if k not in keys]
         cat.write(tmp, format="fits")
-    os.replace(tmp, out)
 
 
 def _with_units(table, columns: list[Column]):

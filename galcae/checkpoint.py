@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,13 +18,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .outputs import atomic_file, write_text_atomic
 from .conditions import condition_table, stamp_noise_sigma, stamp_snr
+from .config import SimConfig, from_dict
 from .model import CAE, Architecture
 from .scaling import ParameterScaling, PixelNormalization
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
 FORMAT = "galcae-model/1"
+#: Sections every ``model.json`` has (``dataset``: the training set's provenance and config).
+SECTIONS = ("architecture", "normalization", "parameter_scaling", "dataset")
 
 
 class ModelError(ValueError):
@@ -168,13 +171,24 @@ class TrainedModel:
         return self.decode(self.encode(images, conditions), conditions)
 
 
+def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinity."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def save_model(run_dir: Path, model: TrainedModel) -> None:
-    """Write weights then ``model.json``, each through a temporary file and a rename."""
+    """Write weights then ``model.json``, each through a temporary file and a rename.
+    Non-finite weights are refused: a model that would answer NaN is never written."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}
-    tmp = run_dir / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp))
+    bad = non_finite_tensors(state)
+    if bad:
+        raise ModelError(f"not saving {run_dir / WEIGHTS}: {len(bad)} weight tensors are not finite "
+                         f"(first: {bad[0]})")
+    with atomic_file(run_dir / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+        sha = sha256_of(tmp)
     meta = {
         **model.meta,
         "format": FORMAT,
@@ -183,16 +197,59 @@ def save_model(run_dir: Path, model: TrainedModel) -> None:
         "normalization": model.normalization.to_dict(),
         "parameter_scaling": model.scaling.to_dict(),
         **({"condition_scaling": model.conditioning.to_dict()} if model.conditioning else {}),
-        "weights_sha256": sha256_of(tmp),
+        "weights_sha256": sha,
     }
-    os.replace(tmp, run_dir / WEIGHTS)
     write_json_atomic(run_dir / META, meta)
 
 
 def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(Path(path), json.dumps(data, indent=2))
+
+
+# --- the optimizer's state, for --resume: tensors and plain values only, never a pickle -----------
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Write nested ``state`` (dicts with str or int keys, lists, tensors, numbers, strings,
+    None) as safetensors: the tensors as tensors, the rest as JSON in the file's metadata."""
+    tensors = {}
+
+    def encode(value, key: str):
+        if isinstance(value, torch.Tensor):
+            tensors[key] = value.detach().cpu().contiguous()
+            return {"tensor": key}
+        if isinstance(value, dict):
+            return {"dict": [[k, encode(v, f"{key}/{k}")] for k, v in value.items()]}
+        if isinstance(value, (list, tuple)):
+            return {"list": [encode(v, f"{key}/{i}") for i, v in enumerate(value)]}
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return {"value": value}
+        raise TypeError(f"cannot save a {type(value).__name__} at {key} in a training state")
+
+    skeleton = json.dumps(encode(state, "state"))
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"galcae_state": skeleton})
+
+
+def load_state(path: Path) -> dict:
+    """What :func:`save_state` wrote; a damaged file is a :class:`ModelError` naming it."""
+    from safetensors import safe_open
+
+    def decode(node):
+        if "tensor" in node:
+            return f.get_tensor(node["tensor"])
+        if "dict" in node:
+            return {k: decode(v) for k, v in node["dict"]}
+        if "list" in node:
+            return [decode(v) for v in node["list"]]
+        return node["value"]
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return decode(json.loads((f.metadata() or {})["galcae_state"]))
+    except (OSError, SafetensorError, KeyError, TypeError, ValueError) as err:
+        raise ModelError(f"{path} is not a galcae training state ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
 
 
 def model_paths(path: str | Path) -> tuple[Path, Path]:
@@ -222,12 +279,20 @@ def load_model(path: str | Path, device: str = "auto") -> TrainedModel:
         raise ModelError(f"{meta_path} is not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelError(f"{meta_path} is not a galcae model description (format != {FORMAT!r})")
+    missing = [key for key in SECTIONS if not isinstance(meta.get(key), dict)]
+    if missing:
+        raise ModelError(f"{meta_path}: no '{missing[0]}' section; not a complete galcae model description")
     if sha256_of(weights) != meta.get("weights_sha256"):
         raise ModelError(f"{weights} does not match {meta_path} (SHA-256 differs): "
                          "corrupt, or from another run")
     try:
+        from_dict(SimConfig, meta["dataset"].get("simulate"), "dataset.simulate.")  # what refits read
         network = CAE(Architecture.from_dict(meta["architecture"]))
-        network.load_state_dict(load_file(str(weights)))
+        state = load_file(str(weights))
+        bad = non_finite_tensors(state)
+        if bad:
+            raise ValueError(f"{len(bad)} weight tensors are not finite (first: {bad[0]})")
+        network.load_state_dict(state)
         normalization = PixelNormalization(**meta["normalization"])
         scaling = ParameterScaling.from_dict(meta["parameter_scaling"])
         conditioning = (ParameterScaling.from_dict(meta["condition_scaling"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -56,7 +57,8 @@ def simulate(config, overrides, out, workers, scheduler, overwrite):
     from .simulate import simulate_dataset
 
     cfg = load_stage("simulate", config, overrides)
-    dataset = simulate_dataset(cfg, out, workers=workers, scheduler=scheduler, overwrite=overwrite)
+    dataset = simulate_dataset(cfg, out, workers=workers, scheduler=scheduler, overwrite=overwrite,
+                               protect=[config] if Path(config).exists() else [])
     failed = len(dataset) - len(dataset.usable)
     click.echo(f"Wrote {len(dataset)} galaxies to {out}"
                + (f" ({failed} could not be rendered; see the status column)" if failed else ""))
@@ -247,12 +249,11 @@ def demo(out, full, epochs, workers, overwrite):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line on ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
-    from .checkpoint import ModelError
-    from .config import ConfigError
-    from .dataset import DatasetError
-    from .sources import InputError
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``); return the exit code.
 
+    Every failure is one line on stderr: the culprit's message for bad input (exit 1), the
+    system's for a file that cannot be written (exit 1), and for anything unforeseen its
+    type and message (exit 1; ``-vv`` logs the traceback)."""
     try:
         cli.main(args=argv, prog_name="galcae", standalone_mode=False)
     except click.exceptions.Exit as stop:
@@ -263,11 +264,39 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as err:
         err.show()
         return 2
-    except (ConfigError, DatasetError, ModelError, InputError, FileExistsError, FileNotFoundError,
-            ValueError, RuntimeError) as err:
-        click.echo(f"galcae: error: {err}", err=True)
+    except KeyboardInterrupt:
+        click.echo("galcae: interrupted; re-run the same command to resume", err=True)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place every error becomes one line
+        click.echo(f"galcae: error: {error_line(err)}", err=True)
+        log.debug("traceback of the error above", exc_info=True)
         return 1
     return 0
+
+
+def error_line(err: BaseException) -> str:
+    """One line for any exception: galcae's own messages as they are, the system's with the
+    path it names, and anything unforeseen with its type."""
+    from .checkpoint import ModelError
+    from .config import ConfigError
+    from .dataset import DatasetError
+    from .distributed import ClusterError
+    from .outputs import OutputError
+    from .sources import InputError
+    from .train import TrainingError
+
+    ours = (ConfigError, DatasetError, ModelError, InputError, OutputError, ClusterError, TrainingError)
+    if isinstance(err, OSError) and err.strerror:  # disk full, read-only, a path under a file...
+        where = f"{err.filename}: " if err.filename else ""
+        text = f"{where}{err.strerror}"
+    elif isinstance(err, MemoryError):
+        text = "out of memory; use smaller inputs, chunks or batches"
+    else:
+        text = str(err).strip() or type(err).__name__
+        if not isinstance(err, (*ours, ValueError, RuntimeError, FileExistsError, FileNotFoundError)):
+            text = f"{type(err).__name__}: {text} (unexpected; -vv shows where)"
+    lines = text.splitlines()
+    return lines[0] + (" ..." if len(lines) > 1 else "")
 
 
 if __name__ == "__main__":

@@ -20,10 +20,7 @@ BORDER = 4
 def stamp_noise_sigma(images: np.ndarray) -> np.ndarray:
     """``(N,)`` sky-noise sigma in ADU of ``(N, H, W)`` stamps: the ``mad_std`` of their outer
     :data:`BORDER` pixels, NaN pixels ignored (NaN for a stamp without finite border pixels)."""
-    images = np.asarray(images)
-    ring = np.ones(images.shape[-2:], bool)
-    ring[BORDER:-BORDER, BORDER:-BORDER] = False
-    values = images[:, ring]
+    values = border_pixels(images)
     finite = np.isfinite(values).all(axis=1)
     out = np.empty(len(values))
     out[finite] = mad_std(values[finite], axis=1)  # the NaN-aware median is several times slower
@@ -32,6 +29,14 @@ def stamp_noise_sigma(images: np.ndarray) -> np.ndarray:
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN stamps give NaN, by design
             out[~finite] = mad_std(values[~finite], axis=1, ignore_nan=True)
     return out
+
+
+def border_pixels(images: np.ndarray) -> np.ndarray:
+    """``(N, n_border)`` values of the outer :data:`BORDER` pixels of ``(N, H, W)`` stamps."""
+    images = np.asarray(images)
+    ring = np.ones(images.shape[-2:], bool)
+    ring[BORDER:-BORDER, BORDER:-BORDER] = False
+    return images[:, ring]
 
 
 def stamp_snr(images: np.ndarray, noise_sigma: np.ndarray, gain: float) -> np.ndarray:

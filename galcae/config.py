@@ -367,18 +367,14 @@ def read_config_file(name_or_path: str | Path) -> dict:
     path = Path(name_or_path)
     # A file of that name wins; a directory (say ./survey holding a dataset) does not hide the preset.
     if not path.is_file() and str(name_or_path) in preset_names():
-        text = _configs_dir().joinpath(f"{name_or_path}.yaml").read_text()
+        data = read_yaml(_configs_dir().joinpath(f"{name_or_path}.yaml"), f"preset '{name_or_path}'")
         source = f"preset '{name_or_path}'"
     elif path.is_file():
-        text = path.read_text()
+        data = read_yaml(path)
         source = str(path)
     else:
         raise ConfigError(f"config '{name_or_path}' is neither a file nor a preset "
                           f"({', '.join(preset_names())})")
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config {source} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {source} must be a mapping of stage sections")
     unknown = set(data) - set(STAGES)
@@ -386,6 +382,23 @@ def read_config_file(name_or_path: str | Path) -> dict:
         raise ConfigError(f"config {source}: unknown section '{sorted(unknown)[0]}' "
                           f"(sections are {', '.join(STAGES)})")
     return data
+
+
+def read_yaml(path, source: str | None = None):
+    """The data of a YAML file (``{}`` if empty), read with the safe loader: a tag that would
+    build a Python object (``!!python/...``), bytes that are not UTF-8 text, or a syntax
+    error is a :class:`ConfigError` naming the file, and nothing in it runs."""
+    source = source or str(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {source} is not a text (UTF-8) YAML file") from None
+    except OSError as err:
+        raise ConfigError(f"config {source} cannot be read ({err.strerror or err})") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {source} is not valid YAML: {str(err).splitlines()[0]}") from None
 
 
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:

@@ -7,12 +7,10 @@ complete, so an interrupted run never leaves a half-written dataset behind.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -21,13 +19,15 @@ import yaml
 import zarr
 
 from . import __version__
-from .config import ConfigError, SimConfig, from_dict, to_dict
+from .config import ConfigError, SimConfig, from_dict, read_yaml, to_dict
 from .params import CONDITIONS, DERIVED, PARAMETERS
 
 IMAGES = "images.zarr"
 PARAMS = "params.parquet"
 CONFIG = "config.yaml"
 FORMAT = "galcae-dataset/1"
+#: Columns every ``params.parquet`` has (the truth parameters are checked by the stage that needs them).
+REQUIRED_COLUMNS = ("id", "status")
 
 #: Columns that describe the rendering rather than the galaxy.
 _BOOKKEEPING = {
@@ -47,34 +47,6 @@ def column_meta(name: str) -> tuple[str, str]:
     """``(unit, description)`` of a ``params.parquet`` column."""
     spec = {**PARAMETERS, **DERIVED, **CONDITIONS}.get(name)
     return (spec.unit, spec.description) if spec else _BOOKKEEPING.get(name, ("", ""))
-
-
-@contextmanager
-def atomic_directory(path: Path, overwrite: bool = False):
-    """Yield a temporary sibling directory that becomes ``path`` when the block succeeds.
-
-    An existing ``path`` is refused unless ``overwrite``; it is replaced only after the
-    new directory is complete, and left untouched if the block fails.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another path or pass --overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(path)
 
 
 def create_image_array(directory: Path, cfg: SimConfig) -> zarr.Array:
@@ -130,7 +102,72 @@ class Dataset:
         if len(shape) != 3 or shape[0] != meta["n_galaxies"] or shape[1] != shape[2]:
             raise DatasetError(f"{path / IMAGES}: shape {shape} does not match "
                                f"{meta['n_galaxies']} square stamps")
+        missing = [name for name in REQUIRED_COLUMNS if name not in dataset.params]
+        if missing:
+            raise DatasetError(f"{path / PARAMS} has no '{missing[0]}' column; not a galcae dataset")
+        if len(dataset.params["id"]) != shape[0]:
+            raise DatasetError(f"{path / PARAMS} has {len(dataset.params['id'])} rows for "
+                               f"{shape[0]} images")
+        dataset._check_chunks_present()
         return dataset
+
+    def _chunk_rows(self, key: tuple[int, ...]) -> slice:
+        step = self.images.chunks[0]
+        return slice(key[0] * step, min((key[0] + 1) * step, len(self)))
+
+    def _chunk_name(self, key: tuple[int, ...]) -> str:
+        rows = self._chunk_rows(key)
+        return (f"{self.path / IMAGES} chunk {self.images.metadata.encode_chunk_key(key)} "
+                f"(galaxies {rows.start}-{rows.stop - 1})")
+
+    def _check_chunks_present(self) -> None:
+        """Every chunk that holds a rendered galaxy is on disk (Zarr reads a missing chunk as
+        NaN, its fill value, and skips writing a chunk that is all NaN)."""
+        usable = self.params["status"] == "ok"
+        for key in np.ndindex(*self.images.cdata_shape):
+            stored = self.path / IMAGES / self.images.metadata.encode_chunk_key(key)
+            if not stored.exists() and usable[self._chunk_rows(key)].any():
+                raise DatasetError(f"{self._chunk_name(key)} is missing: the dataset is incomplete")
+
+    def _read(self, selection: Callable[[], np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """``selection()`` of the images; a chunk that cannot be decoded is named."""
+        try:
+            return np.asarray(selection(), np.float32)
+        except Exception as err:  # codecs raise RuntimeError, ValueError, ...: all mean "damaged"
+            step = self.images.chunks[0]
+            for first in np.unique(np.asarray(rows) // step):
+                key = (int(first),) + (0,) * (self.images.ndim - 1)
+                try:
+                    self.images[self._chunk_rows(key)]
+                except Exception:
+                    raise DatasetError(f"{self._chunk_name(key)} cannot be decoded "
+                                       f"({type(err).__name__}: {str(err).splitlines()[0]})") from None
+            raise DatasetError(f"{self.path / IMAGES} cannot be read ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0]})") from None
+
+    def read_images(self, start: int, stop: int) -> np.ndarray:
+        """Images ``start:stop`` as float32 numpy."""
+        return self._read(lambda: self.images[start:stop], np.arange(start, min(stop, len(self))))
+
+    def check_finite(self, columns, rows) -> None:
+        """Refuse truth ``columns`` that are missing or not finite for the galaxies ``rows``."""
+        for name in columns:
+            if name not in self.params:
+                raise DatasetError(f"{self.path / PARAMS} has no '{name}' column")
+            values = np.asarray(self.params[name][rows], float)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                raise DatasetError(f"{self.path / PARAMS}: column '{name}' is not finite for "
+                                   f"{bad.sum()} galaxies (first: id {int(np.asarray(rows)[bad][0])})")
+
+    def check_finite_images(self, images: np.ndarray, ids) -> None:
+        """Refuse ``images`` (those of galaxies ``ids``) holding NaN or infinity where the
+        galaxy rendered (status 'ok'; the others are NaN by design)."""
+        ids = np.asarray(ids)
+        bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1) & (self.params["status"][ids] == "ok")
+        if bad.any():
+            raise DatasetError(f"{self.path / IMAGES}: the image of galaxy {int(ids[bad][0])} "
+                               f"(status 'ok') is not finite ({int(bad.sum())} such images)")
 
     @cached_property
     def images(self) -> zarr.Array:
@@ -143,7 +180,10 @@ class Dataset:
     @cached_property
     def params(self) -> dict[str, np.ndarray]:
         """The truth table, one numpy array per column."""
-        table = pq.read_table(self.path / PARAMS)
+        try:
+            table = pq.read_table(self.path / PARAMS)
+        except (OSError, pa.ArrowException) as err:
+            raise DatasetError(f"{self.path / PARAMS} cannot be read ({str(err).splitlines()[0]})") from None
         params = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
         # Datasets written before conditions were drawn per galaxy had them fixed in the config.
         fixed = {"psf_fwhm": self.config.psf.fwhm, "psf_beta": self.config.psf.beta,
@@ -156,8 +196,10 @@ class Dataset:
     @cached_property
     def config(self) -> SimConfig:
         """The resolved simulation config that produced this dataset."""
-        data = yaml.safe_load((self.path / CONFIG).read_text()) or {}
         try:
+            data = read_yaml(self.path / CONFIG)
+            if not isinstance(data, dict):
+                raise ConfigError("not a mapping of stage sections")
             return from_dict(SimConfig, data.get("simulate"), "simulate.")
         except ConfigError as err:
             raise DatasetError(f"{self.path / CONFIG}: {err}") from None
@@ -172,7 +214,15 @@ class Dataset:
 
     def load_images(self, indices=None) -> np.ndarray:
         """Images as float32 numpy, all of them or the given sorted indices."""
-        if indices is None:
-            return self.images[:]
-        indices = np.asarray(indices)
-        return self.images.get_orthogonal_selection((indices, slice(None), slice(None)))
+        import psutil
+
+        indices = np.arange(len(self)) if indices is None else np.asarray(indices)
+        needed = len(indices) * int(np.prod(self.images.shape[1:])) * 4
+        available = psutil.virtual_memory().available
+        if needed > available:
+            raise DatasetError(f"{self.path}: {len(indices)} images need {needed / 2**30:.3g} GiB of "
+                               f"memory; {available / 2**30:.3g} GiB is available")
+        if len(indices) == len(self):
+            return self._read(lambda: self.images[:], indices)
+        return self._read(lambda: self.images.get_orthogonal_selection(
+            (indices, slice(None), slice(None))), indices)

@@ -40,7 +40,7 @@ def dask_client(workers: int = 1, scheduler: str | None = None):
         logging.getLogger("distributed").setLevel(logging.WARNING)
 
     if scheduler is not None:
-        with Client(scheduler) as client:
+        with _connect(scheduler) as client:
             log.info("using Dask scheduler %s", scheduler)
             yield client
         return
@@ -53,6 +53,35 @@ def dask_client(workers: int = 1, scheduler: str | None = None):
                 Client(cluster) as client:
             log.info("local Dask cluster of %d worker processes", workers)
             yield client
+
+
+class ClusterError(RuntimeError):
+    """A Dask scheduler that cannot be reached."""
+
+
+#: Seconds to wait for a scheduler given by address.
+CONNECT_TIMEOUT = 10
+
+
+def _connect(scheduler: str):
+    """A client of the scheduler at ``scheduler``; one line if it cannot be reached (distributed
+    logs each retry: silenced unless debugging)."""
+    from distributed import Client
+
+    quiet = not log.isEnabledFor(logging.DEBUG)
+    loggers = [logging.getLogger(name) for name in ("distributed", "distributed.comm", "distributed.client")]
+    levels = [lg.level for lg in loggers]
+    if quiet:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+    try:
+        return Client(scheduler, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ClusterError(f"--scheduler {scheduler}: cannot connect ({first})") from None
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def map_chunks(func: Callable, args: Iterable[tuple], client=None, *, total: int | None = None,

@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 from scipy.optimize import least_squares
 
-from .catalog import STAMP_FLAGS, Column, build_catalog, check_outputs, clean, flag_columns, \
+from .catalog import STAMP_FLAGS, Column, build_catalog, catalog_path, clean, flag_columns, \
     id_columns, write_part
-from .config import SimConfig, to_dict
+from .config import ConfigError, SimConfig, to_dict
 from .crb import FIT_PARAMETERS, render
 from .params import PARAMETERS, unit_of
 from .simulate import make_psf, pixel_variance
@@ -91,11 +91,8 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
     """
     psf = psf if psf is not None else make_psf(cfg)
     start = time.perf_counter()
-    out = {name: np.nan for name in FIT_PARAMETERS}
-    out.update({f"{name}_err": np.nan for name in FIT_PARAMETERS})
     if not np.all(np.isfinite(image)) or not np.any(image):
-        return {**out, "status": f"{FAILED}: empty or non-finite stamp", "nfev": 0,
-                "chi2_dof": np.nan, "seconds": time.perf_counter() - start}
+        return failed_fit("empty or non-finite stamp", time.perf_counter() - start)
     guess = initial_guess(image, cfg, psf) if guess is None else inside_bounds(guess, cfg)
     sigma = np.sqrt(pixel_variance(cfg, render(cfg, guess, psf))).ravel()
     data = image.astype(np.float64).ravel()
@@ -118,12 +115,11 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
             result = least_squares(residuals, [guess[n] for n in FIT_PARAMETERS], bounds=bounds(cfg),
                                    x_scale=scale, diff_step=1e-3, max_nfev=max_nfev, method="trf")
     except _OutOfTime:
-        return {**out, "status": f"{FAILED}: over {max_seconds:g} s", "nfev": 0, "chi2_dof": np.nan,
-                "seconds": time.perf_counter() - start}
+        return failed_fit(f"over {max_seconds:g} s", time.perf_counter() - start)
     except (galsim.GalSimError, galsim.GalSimFFTSizeWarning, ValueError, MemoryError) as err:
-        return {**out, "status": f"{FAILED}: {type(err).__name__}: {str(err).splitlines()[0]}",
-                "nfev": 0, "chi2_dof": np.nan, "seconds": time.perf_counter() - start}
-    out.update(zip(FIT_PARAMETERS, map(float, result.x)))
+        return failed_fit(f"{type(err).__name__}: {str(err).splitlines()[0]}", time.perf_counter() - start)
+    out = dict(zip(FIT_PARAMETERS, map(float, result.x)))
+    out.update({f"{name}_err": np.nan for name in FIT_PARAMETERS})
     try:
         cov = np.linalg.inv(result.jac.T @ result.jac)
         out.update({f"{n}_err": float(np.sqrt(cov[i, i])) if cov[i, i] > 0 else np.nan
@@ -155,21 +151,36 @@ def catalog_columns(has_field: bool) -> list[Column]:
 
 
 def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100,
-               conditions: dict | None = None) -> dict[str, np.ndarray]:
+               conditions: dict | None = None, measurable: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """:func:`fit_stamp` over a stack; one array per output column. ``conditions`` holds
-    per-image ``psf_fwhm``, ``psf_beta``, ``sky_level`` where ``cfg`` draws them per galaxy."""
+    per-image ``psf_fwhm``, ``psf_beta``, ``sky_level`` where ``cfg`` draws them per galaxy;
+    a stamp whose conditions are impossible, or that is not ``measurable``, is a failed row."""
     from threadpoolctl import threadpool_limits
 
     conditions = conditions or {}
     fixed = None if conditions else (cfg, make_psf(cfg))
+    measurable = np.ones(len(images), bool) if measurable is None else measurable
     rows = []
     with threadpool_limits(1):
         for i, image in enumerate(images):
-            galaxy_cfg, psf = fixed or (lambda c: (c, make_psf(c)))(
-                cfg.for_galaxy({k: v[i] for k, v in conditions.items()}))
+            if not measurable[i]:
+                rows.append(failed_fit("not a measurable stamp (see its flags)"))
+                continue
+            try:
+                galaxy_cfg, psf = fixed or (lambda c: (c, make_psf(c)))(
+                    cfg.for_galaxy({k: v[i] for k, v in conditions.items()}))
+            except ConfigError as err:  # the stamp's PSFFWHM = -1, say
+                rows.append(failed_fit(str(err)))
+                continue
             rows.append(fit_stamp(image, galaxy_cfg, psf, max_nfev))
     keys = rows[0].keys() if rows else ()
     return {k: np.array([r[k] for r in rows], dtype=object if k == "status" else None) for k in keys}
+
+
+def failed_fit(reason: str, seconds: float = 0.0) -> dict:
+    """The row of a fit that could not be made."""
+    return {**{name: np.nan for name in FIT_PARAMETERS}, **{f"{name}_err": np.nan for name in FIT_PARAMETERS},
+            "status": f"{FAILED}: {reason}", "nfev": 0, "chi2_dof": np.nan, "seconds": seconds}
 
 
 def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: int, first_id: int,
@@ -180,7 +191,8 @@ def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: in
     n = len(ready.images)
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in stamps.conditions.items()}
     table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags,
-             **fit_images(ready.images, cfg, max_nfev, conditions if cfg.varies_conditions else None)}
+             **fit_images(ready.images, cfg, max_nfev, conditions if cfg.varies_conditions else None,
+                          ready.measurable)}
     table["status"] = table["status"].astype(str)
     table["flag_fit_failed"] = table["status"] != OK
     return write_part(parts, number, table, columns)
@@ -196,7 +208,7 @@ def fit_catalog(inputs, out, cfg: SimConfig, *, workers: int = 1, scheduler: str
     """
     from dataclasses import asdict
 
-    out = check_outputs(out, overwrite=overwrite)
+    out = catalog_path(out)
     meta = {"method": "galsim+scipy.least_squares", "psf": asdict(cfg.psf), "noise": asdict(cfg.noise),
             "max_nfev": max_nfev, "flags": FLAGS}
     return build_catalog(
@@ -204,4 +216,4 @@ def fit_catalog(inputs, out, cfg: SimConfig, *, workers: int = 1, scheduler: str
         meta=meta, options={"config": to_dict(cfg), "adapt_size": adapt_size, "max_nfev": max_nfev},
         stamp_size=cfg.stamp_size, pixel_scale=cfg.pixel_scale, workers=workers, scheduler=scheduler,
         chunk_size=chunk_size, hdu=hdu, detect_threshold=detect_threshold, desc="fit",
-        fits_keys={"method": "METHOD", "max_nfev": "MAXNFEV"}, **({"echo": echo} if echo else {}))
+        fits_keys={"method": "METHOD", "max_nfev": "MAXNFEV"}, overwrite=overwrite, **({"echo": echo} if echo else {}))

@@ -8,8 +8,6 @@ particular to the CAE: the forward pass, its uncertainties and its flags.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -18,10 +16,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .catalog import STAMP_FLAGS, Column, atomic_save, build_catalog, check_outputs, clean, \
-    flag_columns, id_columns, write_part
+from .catalog import (STAMP_FLAGS, CleanStamps, Column, atomic_save, build_catalog, catalog_path, clean,
+                      flag_columns, id_columns, write_part)
 from .checkpoint import TrainedModel, load_model, model_paths
 from .conditions import condition_table
+from .outputs import atomic_file
 from .params import CONDITIONS, ellipticity_errors, ellipticity_from_shear, unit_of
 from .sources import InputError
 from .uncertainty import LEVELS, HeldoutScatter, VarianceCalibration, half_widths, physical_sigma
@@ -184,16 +183,25 @@ def check_samples(model: TrainedModel, samples: int, where="the model") -> None:
                          "retrain it, or use --samples K with a dropout model")
 
 
-def chunk_conditions(model: TrainedModel, stamps, options: InferOptions) -> dict:
+def chunk_conditions(model: TrainedModel, stamps, ready: CleanStamps, options: InferOptions) -> dict:
     """The observing conditions of a chunk's stamps: the options, else what the input states
-    (FITS keywords, a dataset's truth); ``noise_sigma`` measured on the raw stamps."""
-    # An unknown PSF stays NaN (the stamp is flagged, not the run stopped).
+    (FITS keywords, a dataset's truth); ``noise_sigma`` as measured on the raw stamps.
+
+    A condition that is unknown or physically impossible (``PSFFWHM = -1``, outside the
+    bounds of :data:`galcae.params.CONDITIONS`) is NaN: the stamp is flagged, not the run stopped.
+    """
     given = {name: np.nan for name in model.conditions if name != "noise_sigma"}
     given.update(stamps.conditions)
     for name in ("psf_fwhm", "psf_beta"):
         if getattr(options, name) is not None:
             given[name] = getattr(options, name)
-    return condition_table(model.conditions, stamps.images, given)  # before NaNs are zeroed
+    given["noise_sigma"] = ready.noise_sigma
+    table = condition_table(model.conditions, ready.images, given)
+    for name, values in table.items():
+        lo, hi = CONDITIONS[name].bounds
+        with np.errstate(invalid="ignore"):
+            values[~((values >= lo) & (values <= hi))] = np.nan
+    return table
 
 
 def conditions_out_of_range(model: TrainedModel, conditions: dict, n: int) -> np.ndarray:
@@ -212,12 +220,12 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
     """Read, measure and write one chunk as a Parquet part (and its reconstructions)."""
     model = worker_model(meta_path, sha, options.device)
     stamps = chunk.read(model.network.arch.stamp_size, options.adapt_size)
-    conditions = chunk_conditions(model, stamps, options)
     ready = clean(stamps)
+    conditions = chunk_conditions(model, stamps, ready, options)
     unknown = conditions_out_of_range(model, conditions, len(stamps.images))
     # Stamps without known conditions cannot be measured by a conditioned model: left NaN.
-    skip = ready.flags["flag_empty"] | (~np.all([np.isfinite(v) for v in conditions.values()], axis=0)
-                                        if conditions else False)
+    skip = ~ready.measurable | (~np.all([np.isfinite(v) for v in conditions.values()], axis=0)
+                                if conditions else False)
     n = len(skip)
     generator = torch.Generator().manual_seed(options.seed * 1_000_003 + number)
     result = measure(model, ready.images[~skip], {k: v[~skip] for k, v in conditions.items()},
@@ -286,7 +294,7 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
         options = InferOptions(**{**asdict(options), "reconstruct": True})
         if not str(reconstruct_to).lower().endswith((".fits", ".zarr")):
             raise InputError(f"{reconstruct_to}: reconstructions must go to a .fits or .zarr path")
-    out = check_outputs(out, reconstruct_to, overwrite=overwrite)
+    out = catalog_path(out)
     if options.samples < 1:
         raise InputError(f"--samples {options.samples} must be at least 1")
     refining = options.refine_snr is not None
@@ -312,7 +320,7 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
         return [recon_path(parts, number)] if options.reconstruct else []
 
     def write_all_reconstructions(parts, plan):
-        write_reconstructions(Path(reconstruct_to), parts, len(plan.chunks), model, overwrite)
+        write_reconstructions(Path(reconstruct_to), parts, len(plan.chunks), model)
 
     summary = build_catalog(
         partial(infer_chunk, str(meta_path.resolve()), sha, options), inputs, out,
@@ -322,7 +330,8 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
         scheduler=scheduler, chunk_size=chunk_size, hdu=hdu, detect_threshold=detect_threshold,
         desc="infer", echo=echo,
         fits_keys={"model_sha256": "MODELSHA", "uncertainty": "UNCERT", "samples": "SAMPLES"},
-        extra_files=reconstructions_of, after=write_all_reconstructions if options.reconstruct else None)
+        overwrite=overwrite, also_writes={"--reconstruct": reconstruct_to}, extra_files=reconstructions_of,
+        after=write_all_reconstructions if options.reconstruct else None)
     unmeasured = summary["flags"].get("flag_conditions_out_of_range", 0)
     if missing and unmeasured == summary["rows"] and summary["rows"]:
         echo(f"Every stamp is flagged flag_conditions_out_of_range; stamps that state no PSF "
@@ -332,35 +341,38 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
             "reconstructions": str(reconstruct_to) if reconstruct_to else None}
 
 
-def write_reconstructions(path: Path, parts: Path, n_chunks: int, model: TrainedModel,
-                          overwrite: bool) -> None:
+def write_reconstructions(path: Path, parts: Path, n_chunks: int, model: TrainedModel) -> None:
     """Concatenate the per-chunk reconstructions into a Zarr array or a FITS cube (streamed)."""
     files = [recon_path(parts, i) for i in range(n_chunks)]
     n = sum(np.load(f, mmap_mode="r").shape[0] for f in files)
     size = model.network.arch.stamp_size
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if path.suffix == ".zarr":
-        import zarr
+    with atomic_file(path) as tmp:
+        if path.suffix.lower() == ".zarr":
+            _zarr_reconstructions(tmp, files, n, size, model)
+        else:
+            _fits_reconstructions(tmp, files, n, size, model)
 
-        array = zarr.create_array(store=str(tmp), shape=(n, size, size), dtype="float32",
-                                  chunks=(min(n, 1024), size, size))
-        array.attrs.update({"unit": "adu", "model_sha256": model.meta["weights_sha256"]})
-        start = 0
-        for f in files:
-            block = np.load(f)
-            array[start:start + len(block)] = block
-            start += len(block)
-    else:
-        from astropy.io import fits
 
-        header = fits.Header()
-        header.update({"SIMPLE": True, "BITPIX": -32, "NAXIS": 3, "NAXIS1": size, "NAXIS2": size,
-                       "NAXIS3": n, "BUNIT": "adu", "MODELSHA": model.meta["weights_sha256"][:16]})
-        stream = fits.StreamingHDU(tmp, header)
-        for f in files:
-            stream.write(np.load(f).astype(">f4"))
-        stream.close()
-    if path.exists() and overwrite:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    os.replace(tmp, path)
+def _zarr_reconstructions(tmp: Path, files, n: int, size: int, model: TrainedModel) -> None:
+    import zarr
+
+    array = zarr.create_array(store=str(tmp), shape=(n, size, size), dtype="float32",
+                              chunks=(min(n, 1024), size, size))
+    array.attrs.update({"unit": "adu", "model_sha256": model.meta["weights_sha256"]})
+    start = 0
+    for f in files:
+        block = np.load(f)
+        array[start:start + len(block)] = block
+        start += len(block)
+
+
+def _fits_reconstructions(tmp: Path, files, n: int, size: int, model: TrainedModel) -> None:
+    from astropy.io import fits
+
+    header = fits.Header()
+    header.update({"SIMPLE": True, "BITPIX": -32, "NAXIS": 3, "NAXIS1": size, "NAXIS2": size,
+                   "NAXIS3": n, "BUNIT": "adu", "MODELSHA": model.meta["weights_sha256"][:16]})
+    stream = fits.StreamingHDU(tmp, header)
+    for f in files:
+        stream.write(np.load(f).astype(">f4"))
+    stream.close()

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 import galsim
 import numpy as np
 
-from .config import SimConfig
+from .config import ConfigError, SimConfig
 from .params import SIMULATED, shear_from_ellipticity
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def render_chunk(cfg: SimConfig, rows: dict[str, np.ndarray]) -> dict[str, np.nd
 
 
 def simulate_dataset(cfg: SimConfig, out, *, workers: int = 1, scheduler: str | None = None,
-                     overwrite: bool = False):
+                     overwrite: bool = False, protect=()):
     """Render ``cfg`` into a dataset directory ``out`` and return it opened.
 
     Parameters
@@ -162,32 +163,73 @@ def simulate_dataset(cfg: SimConfig, out, *, workers: int = 1, scheduler: str | 
         Worker processes of a local Dask cluster; 1 renders in-process. [default: 1]
     scheduler : str, optional
         Address of an existing Dask scheduler to use instead.
+    protect : paths, optional
+        Inputs (the config file) that ``out`` must not overwrite.
     """
-    from pathlib import Path
-
-    from .dataset import Dataset, atomic_directory, create_image_array, write_params
-    from .distributed import dask_client, map_chunks
+    from .dataset import Dataset
+    from .outputs import atomic_directory, output_lock, refuse_overlap
 
     out = Path(out)
+    refuse_overlap({"-o": out}, protect)
+    check_feasible(cfg, out)
+    with output_lock(out), atomic_directory(out, overwrite) as tmp:
+        _render_into(tmp, cfg, workers, scheduler)
+    return Dataset.open(out)
+
+
+def _render_into(directory, cfg: SimConfig, workers: int, scheduler: str | None) -> None:
+    from .dataset import create_image_array, write_params
+    from .distributed import dask_client, map_chunks
+
     table = draw_parameters(cfg)
     starts = range(0, cfg.n_galaxies, cfg.chunk_size)
     slices = [slice(s, min(s + cfg.chunk_size, cfg.n_galaxies)) for s in starts]
     extra = {"snr": np.empty(cfg.n_galaxies), "flux_in_stamp": np.empty(cfg.n_galaxies),
              "status": np.empty(cfg.n_galaxies, dtype=object)}
-    with atomic_directory(out, overwrite) as tmp:
-        images = create_image_array(tmp, cfg)
-        tasks = [(cfg, {k: v[s] for k, v in table.items()}) for s in slices]
-        with dask_client(workers, scheduler) as client:
-            for index, result in map_chunks(render_chunk, tasks, client, desc="simulate",
-                                            unit_scale=[s.stop - s.start for s in slices]):
-                images[slices[index]] = result.pop("images")
-                for name, values in result.items():
-                    extra[name][slices[index]] = values
-        extra["status"] = extra["status"].astype(str)
-        failed = np.flatnonzero(extra["status"] != OK)
-        if failed.size:
-            log.warning("%d of %d galaxies could not be rendered (status column of %s); "
-                        "first: galaxy %d, %s", failed.size, cfg.n_galaxies, out, failed[0],
-                        extra["status"][failed[0]])
-        write_params(tmp, {"id": np.arange(cfg.n_galaxies), **table, **extra}, cfg)
-    return Dataset.open(out)
+    images = create_image_array(directory, cfg)
+    tasks = [(cfg, {k: v[s] for k, v in table.items()}) for s in slices]
+    with dask_client(workers, scheduler) as client:
+        for index, result in map_chunks(render_chunk, tasks, client, desc="simulate",
+                                        unit_scale=[s.stop - s.start for s in slices]):
+            images[slices[index]] = result.pop("images")
+            for name, values in result.items():
+                extra[name][slices[index]] = values
+    extra["status"] = extra["status"].astype(str)
+    failed = np.flatnonzero(extra["status"] != OK)
+    if failed.size:
+        log.warning("%d of %d galaxies could not be rendered (see the status column); "
+                    "first: galaxy %d, %s", failed.size, cfg.n_galaxies, failed[0],
+                    extra["status"][failed[0]])
+    write_params(directory, {"id": np.arange(cfg.n_galaxies), **table, **extra}, cfg)
+
+
+#: Driver memory per galaxy while simulating: the parameter table (about 15 float64
+#: columns) and the status strings, with a margin.
+TABLE_BYTES_PER_GALAXY = 400
+
+
+def check_feasible(cfg: SimConfig, out: Path) -> None:
+    """Refuse a simulation this machine cannot hold: its images on the disk of ``out`` (noise
+    compresses little: 4 bytes a pixel) or its parameter table in the available memory."""
+    import shutil
+
+    import psutil
+
+    parent = next(p for p in (out.resolve(), *out.resolve().parents) if p.exists())
+    disk = cfg.n_galaxies * cfg.stamp_size**2 * 4
+    free = shutil.disk_usage(parent).free
+    if disk > free:
+        raise ConfigError(f"n_galaxies={cfg.n_galaxies}: the images need about {_size(disk)} on disk; "
+                          f"{parent} has {_size(free)} free")
+    memory = cfg.n_galaxies * TABLE_BYTES_PER_GALAXY
+    available = psutil.virtual_memory().available
+    if memory > available / 2:
+        raise ConfigError(f"n_galaxies={cfg.n_galaxies}: the parameter table needs about "
+                          f"{_size(memory)} of memory; {_size(available)} is available")
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n_bytes < 1024 or unit == "TB":
+            return f"{n_bytes:.3g} {unit}"
+        n_bytes /= 1024

@@ -55,9 +55,18 @@ class Stamps:
 CONDITION_KEYWORDS = {"psf_fwhm": "PSFFWHM", "psf_beta": "PSFBETA"}
 
 
-def header_conditions(header: fits.Header) -> dict:
-    """``psf_fwhm`` (arcsec) and ``psf_beta`` from the PSFFWHM / PSFBETA keywords, where present."""
-    return {name: float(header[key]) for name, key in CONDITION_KEYWORDS.items() if key in header}
+def header_conditions(header: fits.Header, where: str) -> dict:
+    """``psf_fwhm`` (arcsec) and ``psf_beta`` from the PSFFWHM / PSFBETA keywords, where present.
+    A value that is not a number is refused; a number outside the physical range is kept
+    (the row is flagged, see :func:`galcae.infer.chunk_conditions`)."""
+    out = {}
+    for name, key in CONDITION_KEYWORDS.items():
+        if key in header:
+            value = header[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(f"{where}: keyword {key} = {value!r} is not a number")
+            out[name] = float(value)
+    return out
 
 
 def fit_to_size(images: np.ndarray, size: int, adapt: bool, where: str) -> tuple[np.ndarray, bool]:
@@ -87,9 +96,12 @@ def fit_to_size(images: np.ndarray, size: int, adapt: bool, where: str) -> tuple
 
 
 def open_fits(path: str | Path) -> fits.HDUList:
-    """Open lazily (memory-mapped where possible); a one-line error for non-FITS or corrupt files."""
+    """Open lazily (memory-mapped where possible); a one-line error for non-FITS or corrupt files.
+
+    Integer images stay unscaled here (astropy cannot memory-map scaled data): read pixels
+    through :func:`read_pixels`, which applies BSCALE / BZERO / BLANK."""
     try:
-        hdul = fits.open(path, memmap=True, lazy_load_hdus=False)
+        hdul = fits.open(path, memmap=True, lazy_load_hdus=False, do_not_scale_image_data=True)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except (OSError, ValueError, TypeError) as err:
@@ -122,23 +134,31 @@ def _named_hdu(hdul: fits.HDUList, names) -> fits.ImageHDU | None:
     return None
 
 
-def celestial_wcs(header: fits.Header):
-    """The header's celestial WCS, or None (astropy's notes on fixed cards silenced)."""
+def celestial_wcs(header: fits.Header, where: str):
+    """The header's celestial WCS, or None (astropy's notes on fixed cards silenced); a WCS
+    that wcslib cannot use is refused with its first line."""
     import warnings
 
     from astropy.wcs import WCS, FITSFixedWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        wcs = WCS(header, naxis=2)
-    return wcs.celestial if wcs.has_celestial else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header, naxis=2)
+            wcs = wcs.celestial if wcs.has_celestial else None
+            if wcs is not None:  # a singular matrix or a bad projection shows only when used
+                wcs.pixel_to_world_values(0.0, 0.0)
+    except Exception as err:  # wcslib raises many types (SingularMatrixError, InvalidTransformError...)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{where}: the WCS in the header is invalid ({first})") from None
+    return wcs
 
 
 def check_pixel_scale(header: fits.Header, where: str, pixel_scale: float) -> None:
     """Refuse an image whose celestial WCS pixel scale differs from the model's by > 2 %."""
     from astropy.wcs.utils import proj_plane_pixel_scales
 
-    wcs = celestial_wcs(header)
+    wcs = celestial_wcs(header, where)
     if wcs is None:
         return
     scale = float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0)
@@ -147,9 +167,29 @@ def check_pixel_scale(header: fits.Header, where: str, pixel_scale: float) -> No
                          f"{pixel_scale:.4g} arcsec; its radii would be wrong")
 
 
-def _native(array) -> np.ndarray:
-    """float32 in native byte order (FITS data are big-endian)."""
-    return np.asarray(array, dtype=np.float32)
+def read_pixels(h, where: str, rows: slice | None = None) -> np.ndarray:
+    """float32 pixels, in native byte order, of an HDU opened by :func:`open_fits` (all of it,
+    or ``rows`` of a cube): integer data scaled by BSCALE / BZERO, BLANK pixels NaN."""
+    try:
+        raw = h.section[rows] if rows is not None else h.data
+        if raw is None:
+            raise ValueError("no data")
+        raw = np.asarray(raw)
+    except (OSError, ValueError, TypeError) as err:
+        span = f" stamps {rows.start}-{rows.stop}" if rows is not None else ""
+        raise InputError(f"{where}: cannot read{span} ({str(err).splitlines()[0]})") from None
+    scale, zero = h.header.get("BSCALE", 1.0), h.header.get("BZERO", 0.0)
+    for key, value in (("BSCALE", scale), ("BZERO", zero)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{where}: keyword {key} = {value!r} is not a number")
+    if raw.dtype.kind in "iu":
+        blank = h.header.get("BLANK")
+        pixels = raw.astype(np.float64) * scale + zero
+        if blank is not None:
+            pixels[raw == blank] = np.nan
+        return pixels.astype(np.float32)
+    pixels = np.asarray(raw, dtype=np.float32)
+    return pixels * np.float32(scale) + np.float32(zero) if (scale, zero) != (1.0, 0.0) else pixels
 
 
 # --- chunks: what a worker reads -------------------------------------------------------------
@@ -166,14 +206,11 @@ class CubeChunk:
     stop: int
 
     def read(self, size: int, adapt: bool) -> Stamps:
+        where = f"{self.source}[{self.hdu}]"
         with open_fits(self.path) as hdul:
             h = hdul[self.hdu]
-            try:
-                images = _native(h.section[self.start:self.stop])
-            except (OSError, ValueError, TypeError) as err:
-                raise InputError(f"{self.path}[{self.hdu}]: cannot read stamps "
-                                 f"{self.start}-{self.stop} ({err})") from None
-            conditions = header_conditions(h.header)
+            images = read_pixels(h, where, slice(self.start, self.stop))
+            conditions = header_conditions(h.header, where)
         n = len(images)
         images, adapted = fit_to_size(images, size, adapt, f"{self.source}[{self.hdu}]")
         return Stamps(images, {"source": np.full(n, self.source, dtype=object),
@@ -195,10 +232,10 @@ class StampFilesChunk:
         adapted = np.zeros(n, bool)
         conditions = {name: np.full(n, np.nan) for name in CONDITION_KEYWORDS}
         for i, (path, source, hdu) in enumerate(zip(self.paths, self.sources, self.hdus)):
+            where = f"{source}[{hdu}]"
             with open_fits(path) as hdul:
-                images[i], adapted[i] = fit_to_size(_native(hdul[hdu].data), size, adapt,
-                                                    f"{source}[{hdu}]")
-                for name, value in header_conditions(hdul[hdu].header).items():
+                images[i], adapted[i] = fit_to_size(read_pixels(hdul[hdu], where), size, adapt, where)
+                for name, value in header_conditions(hdul[hdu].header, where).items():
                     conditions[name][i] = value
         return Stamps(images, {"source": np.array(self.sources, dtype=object),
                                "index": np.zeros(n, np.int64)}, np.zeros(n, bool), adapted,
@@ -218,7 +255,7 @@ class DatasetChunk:
         from .dataset import Dataset
 
         dataset = Dataset.open(self.path)
-        images = np.asarray(dataset.images[self.start:self.stop], np.float32)
+        images = dataset.read_images(self.start, self.stop)
         n = len(images)
         images, adapted = fit_to_size(images, size, adapt, self.source)
         conditions = {name: dataset.params[name][self.start:self.stop]
@@ -329,6 +366,9 @@ def plan_inputs(inputs, *, stamp_size: int, pixel_scale: float, chunk_size: int,
             where = f"{path}[{h.name or index}]"
             check_pixel_scale(h.header, where, pixel_scale)
             shape = tuple(h.shape)
+            if 0 in shape:
+                plan.warnings.append(f"{where}: empty image (shape {' x '.join(map(str, shape))})")
+                continue
             if len(shape) == 3:
                 flush_stamps()
                 for start in range(0, shape[0], chunk_size):
@@ -350,7 +390,7 @@ def _plan_field(plan: Plan, hdul, h, path, where: str, chunk_size: int, work_dir
     """Subtract the background, detect sources, save the field for the workers, add its chunks."""
     import sep
 
-    data = _native(h.data).copy()
+    data = read_pixels(h, where).copy()
     bad = ~np.isfinite(data)
     mask_hdu = _named_hdu(hdul, MASK_NAMES)
     if mask_hdu is not None:
@@ -364,7 +404,7 @@ def _plan_field(plan: Plan, hdul, h, path, where: str, chunk_size: int, work_dir
         aux = var_hdu if var_hdu is not None else weight_hdu
         if aux.shape != data.shape:
             raise InputError(f"{path}[{aux.name}]: shape {aux.shape} != image {data.shape}")
-        values = _native(aux.data)
+        values = read_pixels(aux, f"{path}[{aux.name}]")
         with np.errstate(divide="ignore", invalid="ignore"):
             variance = values if var_hdu is not None else 1.0 / values
         bad |= ~(np.isfinite(variance) & (variance > 0))
@@ -385,7 +425,7 @@ def _plan_field(plan: Plan, hdul, h, path, where: str, chunk_size: int, work_dir
     array.parent.mkdir(parents=True, exist_ok=True)
     np.save(array, data)
     x, y = np.asarray(objects["x"], float), np.asarray(objects["y"], float)
-    wcs = celestial_wcs(h.header)
+    wcs = celestial_wcs(h.header, where)
     if wcs is not None:
         sky = wcs.pixel_to_world(x, y)
         ra, dec = sky.icrs.ra.deg, sky.icrs.dec.deg
@@ -395,6 +435,6 @@ def _plan_field(plan: Plan, hdul, h, path, where: str, chunk_size: int, work_dir
         sl = slice(start, start + chunk_size)
         detections = {"index": np.arange(len(x))[sl], "x": x[sl], "y": y[sl], "ra": ra[sl],
                       "dec": dec[sl]}
-        plan.add(FieldChunk(str(array.resolve()), str(path), detections, header_conditions(h.header)),
+        plan.add(FieldChunk(str(array.resolve()), str(path), detections, header_conditions(h.header, where)),
                  len(detections["x"]))
     log.info("%s: %d sources detected", where, len(x))

@@ -2,7 +2,8 @@
 
 A run directory holds ``model.safetensors`` + ``model.json`` (see :mod:`galcae.checkpoint`),
 ``split.json`` (train/test galaxy ids), ``history.json`` (losses per epoch),
-``state.pt`` (optimizer and RNG state for ``--resume``) and ``loss.png``.
+``state.safetensors`` (optimizer and batch-order state for ``--resume``: tensors and JSON,
+never a pickle) and ``loss.png``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import META, TrainedModel, load_model, pick_device, save_model, sha256_of, \
-    write_json_atomic
+from .checkpoint import (META, ModelError, TrainedModel, load_model, load_state, pick_device,
+                         save_model, save_state, sha256_of, write_json_atomic)
 from .conditions import condition_table
 from .config import ConfigError, TrainConfig, from_dict, to_dict
 from .dataset import PARAMS, Dataset
 from .model import CAE, Architecture, cae_loss
+from .outputs import output_lock, refuse_overlap, remove, swap_in
 from .params import ellipticity_from_shear
 from .scaling import ParameterScaling, PixelNormalization
 from .simulate import sky_sigma
@@ -32,7 +34,12 @@ log = logging.getLogger(__name__)
 
 SPLIT = "split.json"
 HISTORY = "history.json"
-STATE = "state.pt"
+STATE = "state.safetensors"
+LEGACY_STATE = "state.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training that cannot go on (a non-finite loss)."""
 
 
 def split_indices(dataset: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -98,6 +105,8 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
         A dataset written by ``galcae simulate``.
     run_dir : path
         Output directory; refused if it already holds a model, unless ``resume`` or ``overwrite``.
+        It is locked while training. With ``overwrite``, the new run is trained beside it
+        (``.RUN.new``, which ``resume`` continues) and replaces it only when finished.
     cfg : TrainConfig
         Hyper-parameters [default: the paper's].
     resume : bool
@@ -109,14 +118,42 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
     """
     dataset = Dataset.open(dataset_path)
     run_dir = Path(run_dir)
-    has_model = (run_dir / META).exists()
-    if resume and not has_model:
-        raise FileNotFoundError(f"--resume: {run_dir} holds no model to resume")
-    if has_model and not (resume or overwrite):
-        raise FileExistsError(f"run directory {run_dir} already holds a model; "
-                              "pass --resume to continue it or --overwrite to replace it")
     if resume and init is not None:
         raise ConfigError("--init: a resumed run continues from its own weights; drop --init or --resume")
+    inputs = [dataset.path, *([init] if init is not None and Path(init).exists() else [])]
+    refuse_overlap({"-o": run_dir}, inputs)
+    with output_lock(run_dir):
+        target = _target_directory(run_dir, resume, overwrite)
+        model = _train_into(target, dataset, cfg, resume=resume, init=init)
+        if target != run_dir:
+            swap_in(target, run_dir)
+    return model
+
+
+def staging_directory(run_dir: Path) -> Path:
+    """Where ``--overwrite`` trains a run before it replaces the old one."""
+    return run_dir.parent / f".{run_dir.name}.new"
+
+
+def _target_directory(run_dir: Path, resume: bool, overwrite: bool) -> Path:
+    """The directory to train in: ``run_dir``, or its staging twin when replacing a model."""
+    staging = staging_directory(run_dir)
+    has_model = (run_dir / META).exists()
+    if resume:
+        if (staging / META).exists():  # an interrupted --overwrite
+            return staging
+        if not has_model:
+            raise FileNotFoundError(f"--resume: {run_dir} holds no model to resume")
+        return run_dir
+    if has_model and not overwrite:
+        raise FileExistsError(f"run directory {run_dir} already holds a model; "
+                              "pass --resume to continue it or --overwrite to replace it")
+    remove(staging)
+    return staging if has_model else run_dir
+
+
+def _train_into(run_dir: Path, dataset: Dataset, cfg: TrainConfig, *, resume: bool, init) -> TrainedModel:
+    """The training itself, in ``run_dir`` (see :func:`train_model`)."""
     if resume:
         _check_resume(run_dir, cfg, dataset)
     reduction = 2 ** len(cfg.channels)
@@ -128,7 +165,10 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
     torch.manual_seed(cfg.seed)
 
     train_ids, test_ids = split_indices(dataset, cfg)
+    dataset.check_finite([*cfg.supervised, *(c for c in cfg.conditions if c != "noise_sigma")],
+                         dataset.usable)
     images = dataset.load_images()
+    dataset.check_finite_images(images, np.arange(len(dataset)))
     train_params = {k: v[train_ids] for k, v in dataset.params.items()}
     conditions = conditioning_inputs(dataset, images, cfg.conditions)
     arch = Architecture(stamp_size=dataset.config.stamp_size, latent_dim=cfg.latent_dim,
@@ -171,7 +211,7 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
     history, start = [], 0
 
     if resume:
-        state = torch.load(run_dir / STATE, weights_only=False)
+        state = read_state(run_dir)
         network.load_state_dict(saved.network.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         batch_order.set_state(state["batch_order"])
@@ -200,6 +240,10 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
                 x = dihedral(x, k)
             loss, parts = cae_loss(network, x, y_all[k][batch], **terms,
                                    c=None if c_all is None else c_all[batch])
+            if not math.isfinite(parts["loss"]):
+                raise TrainingError(f"epoch {epoch + 1}: the loss is {parts['loss']} on the batch "
+                                    f"starting at galaxy {int(batch[0])}; stopped (the last finished "
+                                    f"epoch's model, if any, stays in {run_dir})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -217,9 +261,8 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
         model.meta["epoch"] = epoch + 1
         save_model(run_dir, model)
         write_json_atomic(run_dir / HISTORY, history)
-        torch.save({"optimizer": optimizer.state_dict(), "batch_order": batch_order.get_state(),
-                    "epoch": epoch + 1}, run_dir / f".{STATE}.tmp")
-        (run_dir / f".{STATE}.tmp").replace(run_dir / STATE)
+        save_state(run_dir / STATE, {"optimizer": optimizer.state_dict(),
+                                     "batch_order": batch_order.get_state(), "epoch": epoch + 1})
 
     model.meta.update(error_model(model, images[test_ids], y_all[0][test_ids].cpu().numpy(),
                                   {n: train_params[n] for n in cfg.supervised},
@@ -230,6 +273,19 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
 
     loss_curve(history, run_dir / "loss.png")
     return model
+
+
+def read_state(run_dir: Path) -> dict:
+    """The optimizer and batch-order state of an interrupted run. Runs written before galcae
+    kept it in safetensors have a ``state.pt``, read with ``weights_only`` (tensors and plain
+    values only: a pickle that would run code is refused)."""
+    if (run_dir / STATE).exists() or not (run_dir / LEGACY_STATE).exists():
+        return load_state(run_dir / STATE)
+    try:
+        return torch.load(run_dir / LEGACY_STATE, weights_only=True)
+    except Exception as err:  # pickle raises many types; none of them may run code here
+        raise ModelError(f"{run_dir / LEGACY_STATE} cannot be read safely ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
 
 
 def _initial_model(init, arch: Architecture, cfg: TrainConfig, device) -> TrainedModel:

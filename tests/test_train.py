@@ -14,7 +14,7 @@ from conftest import tiny_train
 
 def test_run_directory_holds_model_history_split_and_figure(tiny_run):
     """A run writes weights, model.json with preprocessing and provenance, history and loss.png."""
-    for name in ("model.safetensors", "model.json", "history.json", "split.json", "state.pt", "loss.png"):
+    for name in ("model.safetensors", "model.json", "history.json", "split.json", "state.safetensors", "loss.png"):
         assert (tiny_run / name).is_file(), name
     meta = json.loads((tiny_run / "model.json").read_text())
     for key in ("architecture", "normalization", "parameter_scaling", "train_config", "dataset"):

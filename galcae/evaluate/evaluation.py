@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import load_model, sha256_of
-from ..dataset import PARAMS, Dataset, atomic_directory
+from ..dataset import PARAMS, Dataset
+from ..outputs import atomic_directory
 from ..refine import refine_blocks, training_config
 from ..train import SPLIT, split_indices, train_config_of
 from ..crb import FIT_PARAMETERS
@@ -136,12 +137,15 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
         if saved["test"] != test_ids.tolist():
             raise ValueError(f"{run_dir / SPLIT} does not match the split of {dataset.path}")
     names = model.supervised
+    dataset.check_finite([*names, *(n for n in model.conditions if n in dataset.params)],
+                         np.concatenate([train_ids, test_ids]))
     params = dataset.params
     truth = {n: params[n][test_ids] for n in names}
     snr = params["snr"][test_ids]
     positive = [n for n in names if np.all(truth[n] > 0)]  # scored in log10 as well
 
     test_images = dataset.load_images(test_ids)
+    dataset.check_finite_images(test_images, test_ids)
     # A conditioned model is told each galaxy's PSF, and measures the noise on the stamp.
     conditions = {n: params[n][test_ids] for n in model.conditions if n in params}
     model.predict(test_images[:model.batch_size],
