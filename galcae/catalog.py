@@ -172,14 +172,6 @@ def is_parquet(path: Path) -> bool:
     return Path(path).suffix.lower() == ".parquet"
 
 
-def check_outputs(outputs: dict[str, Path | None], inputs, overwrite: bool) -> None:
-    """Refuse outputs (``{option: path}``) that exist (unless ``overwrite``) or overlap the inputs."""
-    refuse_overlap(outputs, expand_inputs(inputs))
-    for path in outputs.values():
-        if path is not None:
-            refuse_existing(Path(path), overwrite)
-
-
 def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[bool], list[Column]],
                   meta: dict, options: dict, stamp_size: int, pixel_scale: float, workers: int = 1,
                   scheduler: str | None = None, chunk_size: int = 4096, hdu=None,
@@ -198,9 +190,12 @@ def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[b
     """
     if chunk_size < 1:
         raise InputError(f"chunk_size {chunk_size} must be at least 1")
-    also_writes = also_writes or {}
-    with output_locks(out, *also_writes.values()):
-        check_outputs({"-o": out, **also_writes}, inputs, overwrite)
+    outputs = {"-o": out, **(also_writes or {})}
+    refuse_overlap(outputs, expand_inputs(inputs))
+    with output_locks(*outputs.values()):
+        for path in outputs.values():
+            if path is not None:
+                refuse_existing(Path(path), overwrite)
         parts = out.with_name(f"{out.name}.parts")
         _prepare_parts(parts, _signature(inputs, {**options, "chunk_size": chunk_size, "hdu": hdu,
                                                   "detect_threshold": detect_threshold}))
