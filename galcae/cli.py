@@ -261,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("galcae: aborted", err=True)
         return 1
+    except click.UsageError as err:  # one line, as every other error, instead of click's three
+        command = err.ctx.command_path if err.ctx is not None else "galcae"
+        click.echo(f"{command}: error: {err.format_message()} (see '{command} --help')", err=True)
+        return 2
     except click.ClickException as err:
         err.show()
         return 2

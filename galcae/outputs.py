@@ -14,6 +14,7 @@ never over an input.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -147,7 +148,8 @@ def remove_leftovers(path: Path) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         return
-    for pattern in (f".tmp-*-{path.name}", f".{path.name}.tmp-*", f".{path.name}.old-*"):
+    name = glob.escape(path.name)
+    for pattern in (f".tmp-*-{name}", f".{name}.tmp-*", f".{name}.old-*"):
         for leftover in path.parent.glob(pattern):
             log.info("removing %s, left by an interrupted run", leftover)
             remove(leftover)

@@ -45,7 +45,8 @@ def test_existing_outputs_are_not_overwritten(tmp_path, capsys):
 
 
 def test_usage_errors_exit_2(capsys):
-    """A malformed command line exits 2 with click's usage message."""
+    """A malformed command line exits 2 with click's message on one line, pointing to --help."""
     assert main(["simulate"]) == 2
-    assert "Missing argument" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "Missing argument" in err and "galcae simulate --help" in err and "\n" not in err
     assert main(["--help"]) == 0

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..checkpoint import load_model, sha256_of
 from ..dataset import PARAMS, Dataset
-from ..outputs import atomic_directory
+from ..outputs import atomic_directory, output_lock
 from ..refine import refine_blocks, training_config
 from ..train import SPLIT, split_indices, train_config_of
 from ..crb import FIT_PARAMETERS
@@ -208,7 +208,7 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
                                           {n: predicted[n][:bound] for n in names}, workers,
                                           refined(min(bound, len(test_ids)))))
 
-    with atomic_directory(run_dir / "eval", overwrite=True) as out:
+    with output_lock(run_dir / "eval"), atomic_directory(run_dir / "eval", overwrite=True) as out:
         fig_dir = out / "figures"
         softening = model.normalization.softening
         examples = test_ids[np.argsort(snr)][np.linspace(0, len(test_ids) - 1,
