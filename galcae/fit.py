@@ -5,9 +5,9 @@ set, so the model is exact) and scipy's ``least_squares`` (trust region reflecti
 bounded) minimises chi² with the per-pixel variance of the dataset's noise model at the
 initial guess. The initial guess is deterministic, from HSM adaptive moments. Bounds
 keep n and the radius where GalSim stays fast (runaway n and radius are what make such
-fits take minutes). Measured choice: DESIGN.md reports Imfit, AstroPhot and GalSim +
-scipy all reaching the Cramér–Rao bound at ~0.17 s per 64x64 stamp; this one needs no
-new dependency and shares the renderer with the simulation and the CRB.
+fits take minutes). Measured choice (by the team, not yet a benchmark script): Imfit,
+AstroPhot and GalSim + scipy all reach the Cramér–Rao bound at ~0.17 s per 64x64 stamp;
+this one needs no new dependency and shares the renderer with the simulation and the CRB.
 """
 
 from __future__ import annotations
