@@ -52,8 +52,8 @@ def main() -> None:
     pca = pca_baseline(model.normalization.forward(train.load_images(train_ids)),
                        {n: train.params[n][train_ids] for n in names},
                        model.normalization.forward(images), {n: test.params[n][ids] for n in names})
-    section = comparison_section(test, ids, images, {n: cae[n] for n in names}, pca["predicted"],
-                                 cae_seconds, args.workers)
+    section, _ = comparison_section(test, ids, images, {n: cae[n] for n in names}, pca["predicted"],
+                                    cae_seconds, args.workers)
 
     print(f"{len(ids)} held-out paper galaxies; run {args.run} ({model.meta['epoch']} epochs)")
     print(f"{'method':<10} {'parameter':<18} {'subset':<10} {'N':>4} {'bias':>8} {'scatter':>8} "

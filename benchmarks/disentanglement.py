@@ -22,7 +22,7 @@ from galcae.conditions import condition_table
 from galcae.config import load_stage
 from galcae.evaluate.comparison import CONDITION_COLUMNS
 from galcae.evaluate.disentangle import remeasured_traversals
-from galcae.models import resolve_model
+from galcae.card import resolve_model
 from galcae.simulate import draw_parameters, render_chunk
 
 STEPS = np.linspace(-1, 1, 5)

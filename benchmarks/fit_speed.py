@@ -15,14 +15,15 @@ import time
 import numpy as np
 import torch
 
-from galcae.batchfit import fit_batch
+from galcae.estimate.batchfit import fit_batch
 from galcae.checkpoint import load_model
 from galcae.config import load_stage
-from galcae.crb import FIT_PARAMETERS
-from galcae.fit import fit_stamp
-from galcae.infer import measure
+from galcae.params import FIT_PARAMETERS
+from galcae.estimate.fit import fit_stamp
+from galcae.estimate.cae import measure
 from galcae.render import transform_tables
-from galcae.simulate import draw_parameters, make_psf, render_chunk
+from galcae.physics import make_psf
+from galcae.simulate import draw_parameters, render_chunk
 
 
 def main() -> None:

@@ -21,11 +21,11 @@ from galcae.checkpoint import load_model
 from galcae.config import load_stage
 from galcae.evaluate.calibration import calibration_table, latent_errors, worst_miss
 from galcae.evaluate.comparison import CONDITION_COLUMNS, compare, crb_only
-from galcae.infer import measure
-from galcae.models import resolve_model
+from galcae.estimate.cae import measure
+from galcae.card import resolve_model
 from galcae.conditions import condition_table
-from galcae.crb import FIT_PARAMETERS
-from galcae.refine import fit_error_calibration, refine_blocks, training_config
+from galcae.params import FIT_PARAMETERS
+from galcae.estimate.refine import refine_blocks
 from galcae.simulate import draw_parameters, render_chunk
 from galcae.uncertainty import LEVELS, half_widths
 
@@ -64,9 +64,9 @@ def main() -> None:
     methods = {"CAE": predicted}
     if args.refine_snr is not None:
         conditions = condition_table(model.conditions, images, psf)
-        refined, done, fit_seconds = refine_blocks(training_config(model.meta), images, conditions,
+        refined, done, fit_seconds = refine_blocks(model.card.training_set, images, conditions,
                                                    predicted, args.refine_snr, args.workers,
-                                                   calibration=fit_error_calibration(model.meta),
+                                                   calibration=model.card.refinement.calibration,
                                                    **({} if args.refine_steps is None else
                                                       {"max_steps": args.refine_steps}))
         methods[f"CAE + fit at S/N >= {args.refine_snr:g}"] = refined

@@ -5,7 +5,7 @@
 
 Starts a ``SLURMCluster`` (one single-threaded worker process per core, so PyTorch does not
 oversubscribe), scales it to ``--jobs`` batch jobs and hands its scheduler address to
-``galcae.infer.infer_catalog`` -- the same call as ``galcae infer --scheduler ADDRESS``.
+``galcae.catalog.infer.infer_catalog`` -- the same call as ``galcae infer --scheduler ADDRESS``.
 The catalog's parts are written next to the output, so the output directory must be on a
 file system the compute nodes share; re-running after a pre-emption resumes. Edit the
 queue, account and walltime for your site.
@@ -15,8 +15,8 @@ import argparse
 
 from dask_jobqueue import SLURMCluster
 
-from galcae.infer import infer_catalog
-from galcae.models import resolve_model
+from galcae.catalog.infer import infer_catalog
+from galcae.card import resolve_model
 
 
 def slurm_cluster(cores: int, queue=None, account=None) -> SLURMCluster:

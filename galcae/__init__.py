@@ -21,7 +21,7 @@ _LAZY = {
     "train_model": ("galcae.train", "train_model"),
     "evaluate_run": ("galcae.evaluate", "evaluate_run"),
     "load_model": ("galcae.checkpoint", "load_model"),
-    "infer_catalog": ("galcae.infer", "infer_catalog"),
+    "infer_catalog": ("galcae.catalog.infer", "infer_catalog"),
     "Dataset": ("galcae.dataset", "Dataset"),
 }
 

@@ -1,8 +1,10 @@
-"""A trained model on disk: ``model.safetensors`` (weights) + ``model.json`` (everything else).
+"""A trained model in memory and on disk: the network, its preprocessing and its card.
 
-``model.json`` holds the architecture, the pixel normalisation, the parameter scaling,
-the training config, the dataset's provenance and the SHA-256 of the weights file, so
-a model is used exactly as it was trained and a mismatched pair is refused.
+On disk a model is ``model.safetensors`` (weights) + ``model.json`` (its
+:class:`~galcae.card.ModelCard`: architecture, preprocessing, training set, error model,
+refinement policy, provenance and the SHA-256 of the weights file), so a model is used
+exactly as it was trained and a mismatched pair is refused. Training's optimizer state
+(``--resume``) is safetensors too: nothing galcae reads is a pickle.
 """
 
 from __future__ import annotations
@@ -19,20 +21,13 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .outputs import atomic_file, write_text_atomic
-from .conditions import condition_table, stamp_noise_sigma, stamp_snr
-from .config import SimConfig, from_dict
-from .model import CAE, Architecture
+from .conditions import condition_table, stamp_noise_sigma
+from .physics import stamp_snr
+from .card import FORMAT, META, WEIGHTS, ModelCard, model_paths, read_card
+from .model import CAE
 from .scaling import ParameterScaling, PixelNormalization
+from .errors import ModelError
 
-WEIGHTS = "model.safetensors"
-META = "model.json"
-FORMAT = "galcae-model/1"
-#: Sections every ``model.json`` has (``dataset``: the training set's provenance and config).
-SECTIONS = ("architecture", "normalization", "parameter_scaling", "dataset")
-
-
-class ModelError(ValueError):
-    """A model file that is missing, corrupt or does not match its ``model.json``."""
 
 
 def sha256_of(path: Path) -> str:
@@ -59,6 +54,7 @@ class TrainedModel:
     scaling: ParameterScaling
     meta: dict = field(default_factory=dict)
     conditioning: ParameterScaling | None = None  # standardisation of the observing conditions
+    card: ModelCard | None = None  # as loaded (None while training: see ``meta``)
 
     def __post_init__(self):
         if self.network.arch.decoder == "sersic":  # the physical decoder draws through the scalings
@@ -99,7 +95,7 @@ class TrainedModel:
         return self.conditioning.to_latent(condition_table(self.conditions, images, conditions or {}))
 
     def stamp_snr(self, images: np.ndarray, noise_sigma: np.ndarray | None = None) -> np.ndarray:
-        """:func:`galcae.conditions.stamp_snr` of ``images`` under the training set's gain;
+        """:func:`galcae.physics.stamp_snr` of ``images`` under the training set's gain;
         ``noise_sigma`` per stamp is measured unless given."""
         gain = self.meta.get("dataset", {}).get("simulate", {}).get("noise", {}).get("gain", 1.0)
         return stamp_snr(images, stamp_noise_sigma(images) if noise_sigma is None else noise_sigma, gain)
@@ -252,54 +248,25 @@ def load_state(path: Path) -> dict:
                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
 
 
-def model_paths(path: str | Path) -> tuple[Path, Path]:
-    """``(weights, meta)`` from a run directory or either file of the pair."""
-    path = Path(path)
-    if path.is_dir():
-        return path / WEIGHTS, path / META
-    if path.suffix == ".json":
-        return path.with_name(WEIGHTS), path
-    return path, path.with_name(META)
-
-
 def load_model(path: str | Path, device: str = "auto") -> TrainedModel:
     """Load a model written by ``galcae train`` from its run directory or either file, or a
     model shipped with galcae by name (``"survey"``)."""
-    from .models import resolve_model, shipped_models
-
-    if str(path) in shipped_models():
-        path = resolve_model(path)
     weights, meta_path = model_paths(path)
-    for p in (weights, meta_path):
-        if not p.is_file():
-            raise ModelError(f"model file {p} does not exist")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelError(f"{meta_path} is not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelError(f"{meta_path} is not a galcae model description (format != {FORMAT!r})")
-    missing = [key for key in SECTIONS if not isinstance(meta.get(key), dict)]
-    if missing:
-        raise ModelError(f"{meta_path}: no '{missing[0]}' section; not a complete galcae model description")
-    if sha256_of(weights) != meta.get("weights_sha256"):
+    if not weights.is_file():
+        raise ModelError(f"model file {weights} does not exist")
+    card = read_card(meta_path)
+    if sha256_of(weights) != card.weights_sha256:
         raise ModelError(f"{weights} does not match {meta_path} (SHA-256 differs): "
                          "corrupt, or from another run")
     try:
-        from_dict(SimConfig, meta["dataset"].get("simulate"), "dataset.simulate.")  # what refits read
-        network = CAE(Architecture.from_dict(meta["architecture"]))
+        network = CAE(card.architecture)
         state = load_file(str(weights))
         bad = non_finite_tensors(state)
         if bad:
             raise ValueError(f"{len(bad)} weight tensors are not finite (first: {bad[0]})")
         network.load_state_dict(state)
-        normalization = PixelNormalization(**meta["normalization"])
-        scaling = ParameterScaling.from_dict(meta["parameter_scaling"])
-        conditioning = (ParameterScaling.from_dict(meta["condition_scaling"])
-                        if "condition_scaling" in meta else None)
-        if len(conditioning.names if conditioning else ()) != network.arch.n_conditions:
-            raise ValueError("condition_scaling does not match the architecture's n_conditions")
-        model = TrainedModel(network, normalization, scaling, meta, conditioning)
+        model = TrainedModel(network, card.normalization, card.parameter_scaling, card.raw,
+                             card.condition_scaling, card)
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ModelError(f"{meta_path}: cannot rebuild the model ({first})") from None

@@ -99,16 +99,18 @@ def train(dataset, overrides, out, config, resume, init, overwrite):
               help="Skip the classical fits of the latent traversals (disentanglement).")
 @click.option("--refine-snr", type=click.FloatRange(0), default=None, metavar="S/N",
               help="Also score the CAE refined by the classical fit above this stamp S/N "
-                   "(as `galcae infer --refine-snr`), on the galaxies compared or bounded.")
+                   "(as `galcae infer --refine-snr`), on the galaxies compared or bounded "
+                   "[default: as `galcae infer`, the model card's policy].")
+@click.option("--no-refine", is_flag=True, help="Score the CAE alone, even for a model that refines by default.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
               help="Processes for the classical fits and bounds.")
-def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, workers):
+def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, no_refine, workers):
     """Evaluate RUN on the held-out galaxies of DATASET; write RUN/eval/ (metrics, figures, report)."""
     from .demo import calibration_text, comparison_table, disentanglement_text, r2_table
     from .evaluate import evaluate_run
 
     metrics = evaluate_run(run, dataset, sweeps, classical=classical, workers=workers, bound=bound,
-                           remeasure=not no_remeasure, refine_snr=refine_snr)
+                           remeasure=not no_remeasure, refine_snr=_refine_choice(refine_snr, no_refine))
     for text in (r2_table(metrics), comparison_table(metrics), calibration_text(metrics),
                  disentanglement_text(metrics)):
         if text:
@@ -166,31 +168,22 @@ def infer(inputs, model_name, out, psf_fwhm, psf_beta, samples, workers, schedul
     FITS stamps or directories / globs of them, datasets from `galcae simulate`, or FITS
     fields (sources are detected and cut out). Re-running an interrupted command resumes it.
     """
-    from .checkpoint import load_model
-    from .infer import InferOptions, infer_catalog
-    from .models import resolve_model
-    from .refine import default_refine_snr
+    from .catalog.infer import InferOptions, infer_catalog
 
     if model_name is None:
         if len(inputs) < 2:
             raise click.UsageError("give --model NAME (e.g. survey), or MODEL then INPUT...")
         model_name, inputs = inputs[0], inputs[1:]
-    if no_refine and refine_snr is not None:
-        raise click.UsageError("give --refine-snr or --no-refine, not both")
-    model = resolve_model(model_name)
-    if refine_snr is None and not no_refine:
-        refine_snr = default_refine_snr(load_model(model, device="cpu").meta)
-    options = InferOptions(samples=samples, adapt_size=adapt_size, device=device,
-                           psf_fwhm=psf_fwhm, psf_beta=psf_beta, refine_snr=refine_snr)
-    chunk_size = chunk_size or (4096 if refine_snr is None else 256)
-    summary = infer_catalog(model, inputs, out, workers=workers, scheduler=scheduler,
+    options = InferOptions(samples=samples, adapt_size=adapt_size, device=device, psf_fwhm=psf_fwhm,
+                           psf_beta=psf_beta, refine_snr=_refine_choice(refine_snr, no_refine))
+    summary = infer_catalog(model_name, inputs, out, workers=workers, scheduler=scheduler,
                             chunk_size=chunk_size, options=options, hdu=hdu,
                             reconstruct_to=reconstruct, detect_threshold=detect_threshold,
                             overwrite=overwrite, echo=click.echo)
     flagged = ", ".join(f"{k[5:]} {v}" for k, v in summary["flags"].items() if v)
     refined = summary["true_counts"].get("refined")
     click.echo(f"Wrote {summary['rows']} galaxies to {out} (errors: {summary['uncertainty']}"
-               + (f"; refined: {refined}" if refine_snr is not None else "")
+               + (f"; refined: {refined}" if refined is not None else "")
                + (f"; flagged: {flagged}" if flagged else "") + ")")
 
 
@@ -223,7 +216,7 @@ def fit(inputs, out, config, overrides, workers, scheduler, chunk_size, max_nfev
     seven Sérsic parameters, their errors, the fit status and its wall time.
     """
     from .config import load_stage
-    from .fit import fit_catalog
+    from .catalog.fit import fit_catalog
 
     cfg = load_stage("simulate", config, list(overrides))
     summary = fit_catalog(inputs, out, cfg, workers=workers, scheduler=scheduler, chunk_size=chunk_size,
@@ -246,6 +239,15 @@ def demo(out, full, epochs, workers, overwrite):
     from .demo import run_demo
 
     run_demo(out, full=full, epochs=epochs, workers=workers, overwrite=overwrite, echo=click.echo)
+
+
+def _refine_choice(refine_snr: float | None, no_refine: bool):
+    """``--refine-snr S`` / ``--no-refine`` / neither (the model card's policy) as the library takes it."""
+    from .card import MODEL_DEFAULT
+
+    if no_refine and refine_snr is not None:
+        raise click.UsageError("give --refine-snr or --no-refine, not both")
+    return None if no_refine else (MODEL_DEFAULT if refine_snr is None else refine_snr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,15 +283,8 @@ def main(argv: list[str] | None = None) -> int:
 def error_line(err: BaseException) -> str:
     """One line for any exception: galcae's own messages as they are, the system's with the
     path it names, and anything unforeseen with its type."""
-    from .checkpoint import ModelError
-    from .config import ConfigError
-    from .dataset import DatasetError
-    from .distributed import ClusterError
-    from .outputs import OutputError
-    from .sources import InputError
-    from .train import TrainingError
+    from .errors import ERRORS
 
-    ours = (ConfigError, DatasetError, ModelError, InputError, OutputError, ClusterError, TrainingError)
     if isinstance(err, OSError) and err.strerror:  # disk full, read-only, a path under a file...
         where = f"{err.filename}: " if err.filename else ""
         text = f"{where}{err.strerror}"
@@ -297,7 +292,7 @@ def error_line(err: BaseException) -> str:
         text = "out of memory; use smaller inputs, chunks or batches"
     else:
         text = str(err).strip() or type(err).__name__
-        if not isinstance(err, (*ours, ValueError, RuntimeError, FileExistsError, FileNotFoundError)):
+        if not isinstance(err, (*ERRORS, ValueError, RuntimeError, FileExistsError, FileNotFoundError)):
             text = f"{type(err).__name__}: {text} (unexpected; -vv shows where)"
     lines = text.splitlines()
     return lines[0] + (" ..." if len(lines) > 1 else "")

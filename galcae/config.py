@@ -17,10 +17,8 @@ from pathlib import Path
 import yaml
 
 from .params import CONDITIONS, DERIVED, PARAMETERS, SIMULATED
+from .errors import ConfigError
 
-
-class ConfigError(ValueError):
-    """A config file, key or value that galcae cannot use."""
 
 
 def _check(condition: bool, key: str, message: str) -> None:

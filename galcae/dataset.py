@@ -21,6 +21,7 @@ import zarr
 from . import __version__
 from .config import ConfigError, SimConfig, from_dict, read_yaml, to_dict
 from .params import CONDITIONS, DERIVED, PARAMETERS
+from .errors import DatasetError
 
 IMAGES = "images.zarr"
 PARAMS = "params.parquet"
@@ -38,9 +39,6 @@ _BOOKKEEPING = {
     "status": ("", "'ok', or why GalSim could not render the galaxy"),
 }
 
-
-class DatasetError(ValueError):
-    """A path that is not a usable galcae dataset."""
 
 
 def column_meta(name: str) -> tuple[str, str]:

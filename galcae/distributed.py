@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
+from .errors import ClusterError
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,6 @@ def dask_client(workers: int = 1, scheduler: str | None = None):
             log.info("local Dask cluster of %d worker processes", workers)
             yield client
 
-
-class ClusterError(RuntimeError):
-    """A Dask scheduler that cannot be reached."""
 
 
 #: Seconds to wait for a scheduler given by address.

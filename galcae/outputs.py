@@ -23,12 +23,10 @@ import socket
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from .errors import OutputError
 
 log = logging.getLogger(__name__)
 
-
-class OutputError(RuntimeError):
-    """An output that cannot be written: busy, or the same as an input."""
 
 
 # --- locks ------------------------------------------------------------------------------------

@@ -78,6 +78,18 @@ CONDITIONS = {
 }
 
 
+#: The parameters of one Sérsic galaxy as the fits, the renderer and the Cramér–Rao bound
+#: take them (the shape as the shear ``g1``, ``g2``), in the order of their matrices.
+FIT_PARAMETERS = ("flux", "half_light_radius", "sersic_n", "g1", "g2", "x", "y")
+
+#: Per-galaxy outcome of a rendering or a fit; anything else is flagged or counted as failed.
+OK = "ok"
+#: A fit that stopped at its step limit (kept, as its last step).
+MAX_NFEV = "max_nfev"
+#: The prefix of a fit that could not be made (``failed: <why>``).
+FAILED = "failed"
+
+
 def unit_of(name: str) -> str:
     """The astropy unit string of a simulated, derived or condition column."""
     return {**PARAMETERS, **DERIVED, **CONDITIONS}[name].unit

@@ -16,12 +16,11 @@ import galsim
 import numpy as np
 
 from .config import ConfigError, SimConfig
-from .params import SIMULATED, shear_from_ellipticity
+from .params import OK, SIMULATED, shear_from_ellipticity
+from .physics import make_psf, optimal_snr, pixel_variance, render_noiseless
 
 log = logging.getLogger(__name__)
 
-#: Per-galaxy status for a galaxy that rendered.
-OK = "ok"
 
 
 def draw_parameters(cfg: SimConfig) -> dict[str, np.ndarray]:
@@ -63,48 +62,16 @@ def _condition(rng, value, n: int, log: bool, fixed: bool) -> np.ndarray:
     return rng.uniform(lo, hi, n)
 
 
-def make_psf(cfg: SimConfig) -> galsim.GSObject:
-    """The PSF profile of ``cfg.psf`` (with fixed values: see :meth:`SimConfig.for_galaxy`)."""
-    if isinstance(cfg.psf.fwhm, tuple) or isinstance(cfg.psf.beta, tuple):
-        raise ValueError("the PSF varies per galaxy: use cfg.for_galaxy(row) first")
-    if cfg.psf.profile == "moffat":
-        return galsim.Moffat(beta=cfg.psf.beta, fwhm=cfg.psf.fwhm)
-    return galsim.Gaussian(fwhm=cfg.psf.fwhm)
 
 
-def galaxy_model(cfg: SimConfig, row: dict, psf: galsim.GSObject | None = None) -> galsim.GSObject:
-    """The PSF-convolved GalSim profile of one parameter row."""
-    gsparams = galsim.GSParams(maximum_fft_size=cfg.max_fft_size)
-    galaxy = galsim.Sersic(n=row["sersic_n"], half_light_radius=row["half_light_radius"],
-                           flux=row["flux"], gsparams=gsparams)
-    galaxy = galaxy.shear(g=row["ellipticity"], beta=row["position_angle"] * galsim.degrees)
-    return galsim.Convolve(galaxy, psf if psf is not None else make_psf(cfg), gsparams=gsparams)
 
 
-def render_noiseless(cfg: SimConfig, row: dict, psf: galsim.GSObject | None = None) -> galsim.Image:
-    """The noiseless, sky-free GalSim image of one galaxy in ADU, ``stamp_size`` square."""
-    half = cfg.stamp_size / 2.0
-    # galcae's origin is the stamp's corner (galcae.params); GalSim offsets from the centre.
-    image = galaxy_model(cfg, row, psf).drawImage(
-        nx=cfg.stamp_size, ny=cfg.stamp_size, scale=cfg.pixel_scale,
-        offset=(row["x"] - half, row["y"] - half))
-    return image
 
 
-def pixel_variance(cfg: SimConfig, noiseless: np.ndarray) -> np.ndarray:
-    """Per-pixel noise variance in ADU² of a sky-subtracted image with mean ``noiseless``."""
-    n = cfg.noise
-    return (np.clip(noiseless, 0.0, None) + n.sky_level) / n.gain + (n.read_noise / n.gain) ** 2
 
 
-def sky_sigma(sky_level, gain: float, read_noise: float):
-    """Sky-noise sigma in ADU of a blank pixel (sky Poisson + read noise)."""
-    return np.sqrt(np.asarray(sky_level, float) / gain + (read_noise / gain) ** 2)
 
 
-def optimal_snr(cfg: SimConfig, noiseless: np.ndarray) -> float:
-    """Matched-filter S/N, ``sqrt(sum(I² / var))``: the S/N of an optimal flux measurement."""
-    return float(np.sqrt(np.sum(noiseless**2 / pixel_variance(cfg, noiseless))))
 
 
 def render_chunk(cfg: SimConfig, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -139,7 +106,8 @@ def render_chunk(cfg: SimConfig, rows: dict[str, np.ndarray]) -> dict[str, np.nd
             except (galsim.GalSimError, galsim.GalSimFFTSizeWarning, MemoryError) as err:
                 out["status"][i] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
                 continue
-            out["snr"][i] = optimal_snr(galaxy_cfg, image.array)
+            out["snr"][i] = optimal_snr(image.array, pixel_variance(image.array, noise.sky_level, noise.gain,
+                                                                     noise.read_noise))
             out["flux_in_stamp"][i] = image.array.sum() / row["flux"]
             image.addNoise(galsim.CCDNoise(galsim.BaseDeviate(int(row["seed"])),
                                            sky_level=noise.sky_level, gain=noise.gain,

@@ -27,8 +27,9 @@ from .model import CAE, Architecture, cae_loss
 from .outputs import output_lock, refuse_overlap, remove, swap_in
 from .params import ellipticity_from_shear
 from .scaling import ParameterScaling, PixelNormalization
-from .simulate import sky_sigma
+from .physics import sky_sigma
 from .uncertainty import HeldoutScatter, VarianceCalibration
+from .errors import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,6 @@ HISTORY = "history.json"
 STATE = "state.safetensors"
 LEGACY_STATE = "state.pt"
 
-
-class TrainingError(RuntimeError):
-    """Training that cannot go on (a non-finite loss)."""
 
 
 def split_indices(dataset: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:

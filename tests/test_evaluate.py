@@ -7,7 +7,8 @@ from galcae.evaluate import evaluate_run
 from galcae.evaluate.evaluation import half_light_radius_of
 from galcae.evaluate.metrics import binned_error_summary, error_summary, r2
 from galcae.evaluate.pca import pca_baseline
-from galcae.simulate import render_noiseless, simulate_dataset
+from galcae.physics import render_noiseless
+from galcae.simulate import simulate_dataset
 
 from conftest import tiny_sim
 

@@ -7,9 +7,11 @@ from astropy.table import QTable
 
 from galcae.cli import main
 from galcae.config import load_stage
-from galcae.crb import FIT_PARAMETERS, cramer_rao, render
-from galcae.fit import fit_stamp
-from galcae.simulate import pixel_variance
+from galcae.estimate.crb import cramer_rao
+from galcae.params import FIT_PARAMETERS
+from galcae.physics import render
+from galcae.estimate.fit import fit_stamp
+from galcae.physics import pixel_variance
 
 GALAXY = dict(flux=20000.0, half_light_radius=0.8, sersic_n=1.5, g1=0.2, g2=-0.1, x=31.3, y=33.6)
 
@@ -34,7 +36,8 @@ def test_crb_of_a_gaussian_matches_the_analytic_flux_bound():
 
 def _noisy(cfg, theta, rng):
     mu = render(cfg, theta)
-    return mu + rng.normal(0.0, np.sqrt(pixel_variance(cfg, mu)))
+    return mu + rng.normal(0.0, np.sqrt(pixel_variance(mu, cfg.noise.sky_level, cfg.noise.gain,
+                                                       cfg.noise.read_noise)))
 
 
 def test_fit_recovers_a_bright_galaxy_within_a_few_crb():

@@ -20,7 +20,8 @@ from astropy.io import fits
 from astropy.table import QTable
 from safetensors.torch import load_file, save_file
 
-from galcae import catalog, distributed
+from galcae import distributed
+from galcae.catalog import chunks, writers
 from galcae import train as train_module
 from galcae.checkpoint import ModelError, load_model, load_state, save_model, save_state, sha256_of
 from galcae.cli import main
@@ -224,7 +225,7 @@ def test_full_disk_leaves_no_partial_catalog(tiny_run, stamps_cube, tmp_path, mo
             f.write(b"PAR1")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
 
-    monkeypatch.setattr(catalog, "_write_table", full)
+    monkeypatch.setattr(writers, "_write_table", full)
     out = tmp_path / "cat.parquet"
     assert main(["infer", str(tiny_run), str(stamps_cube), "-o", str(out)]) == 1
     assert "No space left on device" in one_line_error(capsys)
@@ -399,7 +400,7 @@ def test_unexpected_errors_are_one_line_too(tiny_run, stamps_cube, tmp_path, mon
     def broken(*args, **kwargs):
         raise KeyError("surprise")
 
-    monkeypatch.setattr(catalog, "plan_inputs", broken)
+    monkeypatch.setattr(chunks, "plan_inputs", broken)
     assert main(["infer", str(tiny_run), str(stamps_cube), "-o", str(tmp_path / "c.parquet")]) == 1
     assert "KeyError: 'surprise' (unexpected" in one_line_error(capsys)
 

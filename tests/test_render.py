@@ -9,11 +9,13 @@ import torch
 from galcae.checkpoint import load_model
 from galcae.conditions import stamp_noise_sigma
 from galcae.config import ConfigError, TrainConfig, load_stage
-from galcae.batchfit import fit_batch
-from galcae.crb import FIT_PARAMETERS, render
-from galcae.fit import fit_stamp
+from galcae.estimate.batchfit import fit_batch
+from galcae.params import FIT_PARAMETERS
+from galcae.physics import render
+from galcae.estimate.fit import fit_stamp
 from galcae.render import PARAMETERS, SersicRenderer
-from galcae.simulate import draw_parameters, make_psf, render_chunk
+from galcae.physics import make_psf
+from galcae.simulate import draw_parameters, render_chunk
 from galcae.train import train_config_of, train_model
 
 

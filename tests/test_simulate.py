@@ -3,7 +3,8 @@ import pytest
 
 from galcae import simulate as sim
 from galcae.dataset import Dataset
-from galcae.simulate import draw_parameters, render_chunk, render_noiseless, simulate_dataset
+from galcae.physics import render_noiseless
+from galcae.simulate import draw_parameters, render_chunk, simulate_dataset
 
 from conftest import tiny_sim
 

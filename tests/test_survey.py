@@ -13,7 +13,7 @@ from astropy.table import QTable
 from galcae.checkpoint import load_model
 from galcae.cli import main
 from galcae.config import load_stage
-from galcae.crb import render
+from galcae.physics import render
 from galcae.model import CAE, Architecture
 from galcae.simulate import draw_parameters
 from galcae.train import dihedral, dihedral_params
@@ -222,20 +222,20 @@ def test_evaluate_scores_the_refined_cae_beside_the_cae(survey_run, survey_datas
 def test_fit_errors_are_recalibrated_on_refined_simulations(survey_run, survey_dataset):
     """What tools/ship_model.py --refine-calibration fits: the fit's errors, per bin of error and
     of S/N, with 95% tails, on the refined stamps only; it survives model.json."""
-    from galcae.infer import measure
-    from galcae.refine import calibrate_fit_errors, fit_error_calibration, training_config
+    from galcae.estimate.cae import measure
+    from galcae.estimate.refine import calibrate_fit_errors
     from galcae.train import conditioning_inputs
 
     model = load_model(survey_run, device="cpu")
     ids = np.arange(8)
     images = survey_dataset.load_images(ids)
     conditions = conditioning_inputs(survey_dataset, images, model.conditions, ids)
-    fitted, refined = calibrate_fit_errors(training_config(model.meta), images, conditions,
+    fitted, refined = calibrate_fit_errors(model.card.training_set, images, conditions,
                                            measure(model, images, conditions),
                                            {n: survey_dataset.params[n][ids] for n in SEVEN}, 0.0, per_bin=4)
     assert 6 <= refined <= 8 and fitted.needs_snr and len(fitted.tail_scale) == 7
-    assert fit_error_calibration({"refine_calibration": fitted.to_dict()}) == fitted
-    assert fit_error_calibration(model.meta) is None
+    assert VarianceCalibration.from_dict(fitted.to_dict()) == fitted
+    assert model.card.refinement.calibration is None and model.card.refinement.min_snr is None
     assert np.all(np.isfinite(fitted.tail_scale)) and np.all(np.asarray(fitted.scale) > 0)
 
 
@@ -246,7 +246,7 @@ def test_unknown_model_name_is_one_line(tmp_path, capsys):
 
 def test_a_directory_named_like_a_shipped_model_does_not_hide_it(tmp_path, monkeypatch):
     """The README's layout (survey/dataset, survey/run) leaves a ./survey directory."""
-    from galcae.models import resolve_model
+    from galcae.card import resolve_model
 
     (tmp_path / "survey" / "dataset").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
@@ -258,7 +258,7 @@ def test_shipped_survey_model_recovers_flux_and_radius_within_its_errors():
     """The model in the package: load by name, measure fresh simulated galaxies, and find the
     truth within 3 of its own sigmas for most of them."""
     from galcae.checkpoint import load_model
-    from galcae.infer import measure
+    from galcae.estimate.cae import measure
     from galcae.simulate import render_chunk
 
     model = load_model("survey", device="cpu")
@@ -273,8 +273,8 @@ def test_shipped_survey_model_recovers_flux_and_radius_within_its_errors():
 
 
 def test_refinement_sky_level_reproduces_the_measured_noise():
-    from galcae.refine import stamp_config
-    from galcae.simulate import sky_sigma
+    from galcae.estimate.refine import stamp_config
+    from galcae.physics import sky_sigma
 
     sim = load_stage("simulate", "survey", [])
     noise = sky_sigma(np.array([150.0, 1800.0]), sim.noise.gain, sim.noise.read_noise)
@@ -284,7 +284,7 @@ def test_refinement_sky_level_reproduces_the_measured_noise():
 
 def test_stamp_snr_estimates_the_matched_filter_snr():
     from galcae.conditions import stamp_noise_sigma
-    from galcae.refine import stamp_snr
+    from galcae.physics import stamp_snr
     from galcae.simulate import render_chunk
 
     cfg = load_stage("simulate", "survey", ["n_galaxies=24", "seed=97", "ranges.flux=[3000, 300000]"])
@@ -300,8 +300,8 @@ def test_refinement_fits_bright_stamps_from_the_cae_values_and_leaves_faint_ones
     """Bright galaxies get the classical fit's values and its (smaller) errors, which cover the
     truth; a galaxy below the threshold keeps the CAE's row; a recalibration of the fit's
     errors rescales the refined rows'."""
-    from galcae.infer import measure
-    from galcae.refine import refine, training_config
+    from galcae.estimate.cae import measure
+    from galcae.estimate.refine import refine
     from galcae.simulate import render_chunk
 
     model = load_model("survey", device="cpu")
@@ -312,11 +312,12 @@ def test_refinement_fits_bright_stamps_from_the_cae_values_and_leaves_faint_ones
     images = render_chunk(cfg, truth)["images"]
     conditions = {"psf_fwhm": truth["psf_fwhm"], "psf_beta": truth["psf_beta"]}
     cae = measure(model, images, conditions)
-    out = measure(model, images, conditions)
+    before = {k: v.copy() for k, v in cae.items()}
     from galcae.conditions import stamp_noise_sigma
 
-    done = refine(training_config(model.meta), images,
-                  {**conditions, "noise_sigma": stamp_noise_sigma(images)}, out, min_snr=30)
+    out = done = refine(model.card.training_set, images,
+                        {**conditions, "noise_sigma": stamp_noise_sigma(images)}, cae, min_snr=30)
+    assert all(np.array_equal(cae[k], before[k], equal_nan=True) for k in before)  # not mutated
     assert done["snr"][0] < 30 and not done["refined"][0] and out["flux"][0] == cae["flux"][0]
     bright = slice(1, None)
     assert done["refined"][bright].all() and not done["refine_failed"].any()
@@ -332,9 +333,8 @@ def test_refinement_fits_bright_stamps_from_the_cae_values_and_leaves_faint_ones
     doubled = VarianceCalibration(edges=((0.0, 0.0),) * 7, scale=((2.0,),) * 7, snr_edges=((-9.0, 99.0),) * 7,
                                   snr_scale=((1.0,),) * 7, tail_edges=((-99.0, 99.0),) * 7,
                                   tail_scale=((1.5,),) * 7)
-    again = measure(model, images, conditions)
-    refine(training_config(model.meta), images, {**conditions, "noise_sigma": stamp_noise_sigma(images)},
-           again, min_snr=30, calibration=doubled)
+    again = refine(model.card.training_set, images, {**conditions, "noise_sigma": stamp_noise_sigma(images)},
+                   cae, min_snr=30, calibration=doubled)
     assert again["flux_err"][0] == cae["flux_err"][0]
     for name in SEVEN:
         assert np.allclose(again[f"{name}_err"][bright], 2 * out[f"{name}_err"][bright]), name

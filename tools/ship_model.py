@@ -25,8 +25,8 @@ from galcae.checkpoint import META, load_model, save_model
 from galcae.dataset import Dataset
 from galcae.demo import calibration_text, comparison_table, disentanglement_text, r2_table
 from galcae.evaluate import evaluate_run
-from galcae.infer import measure
-from galcae.refine import calibrate_fit_errors, training_config
+from galcae.estimate.cae import measure
+from galcae.estimate.refine import calibrate_fit_errors
 from galcae.train import SPLIT, calibrate_variance, conditioning_inputs, error_model
 
 
@@ -82,7 +82,7 @@ def main() -> None:
             n = args.refine_calibration
             ids, images, conditions = ids[:n], images[:n], {k: v[:n] for k, v in conditions.items()}
             fitted, refined = calibrate_fit_errors(
-                training_config(model.meta), images, conditions, measure(model, images, conditions),
+                model.card.training_set, images, conditions, measure(model, images, conditions),
                 {n: calibration.params[n][ids] for n in model.supervised}, args.refine_snr, args.workers)
             model.meta["refine_calibration"] = fitted.to_dict()
             model.meta["refine_calibration_set"] = {"path": str(args.calibration), "n_galaxies": len(ids),

@@ -15,10 +15,11 @@ import numpy as np
 from astropy.stats import mad_std
 
 from ..config import SimConfig
-from ..crb import FIT_PARAMETERS, cramer_rao
+from ..estimate.crb import cramer_rao
 from ..distributed import map_ordered
-from ..fit import OK, fit_images
-from ..simulate import make_psf
+from ..estimate.fit import fit_images
+from ..params import FIT_PARAMETERS, OK
+from ..physics import make_psf
 from .metrics import SNR_BINS, r2
 
 RELATIVE = ("flux", "half_light_radius", "sersic_n")

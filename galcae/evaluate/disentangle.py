@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..crb import FIT_PARAMETERS, cramer_rao
-from ..fit import fit_stamp
-from ..simulate import make_psf
+from ..estimate.crb import cramer_rao
+from ..params import FIT_PARAMETERS
+from ..estimate.fit import fit_stamp
+from ..physics import make_psf
 
 
 def sky_free(images: np.ndarray) -> np.ndarray:

@@ -13,9 +13,10 @@ import numpy as np
 from ..checkpoint import load_model, sha256_of
 from ..dataset import PARAMS, Dataset
 from ..outputs import atomic_directory, output_lock
-from ..refine import refine_blocks, training_config
+from ..estimate.refine import refine_blocks
 from ..train import SPLIT, split_indices, train_config_of
-from ..crb import FIT_PARAMETERS
+from ..card import MODEL_DEFAULT
+from ..params import FIT_PARAMETERS, OK
 from . import comparison, figures
 from ..conditions import condition_table
 from .calibration import calibration_table, latent_errors, worst_miss
@@ -91,7 +92,7 @@ def _traversal_section(model, z0: np.ndarray, steps: np.ndarray, pixel_scale: fl
 
 def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, classical: int | None = None,
                  workers: int = 1, bound: int = 0, remeasure: bool = True,
-                 test_fraction: float | None = None, refine_snr: float | None = None) -> dict:
+                 test_fraction: float | None = None, refine_snr=MODEL_DEFAULT) -> dict:
     """Evaluate a trained run on the held-out split of ``dataset_path``; write ``RUN/eval``.
 
     Parameters
@@ -124,6 +125,63 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
     """
     run_dir = Path(run_dir)
     model = load_model(run_dir)
+    refine_snr = model.card.refine_snr_for(refine_snr)
+    dataset, test = held_out(run_dir, model, dataset_path, test_fraction)
+    predicted, cae_seconds = _timed_predictions(model, test)
+    pca, pca_log = _pca_baselines(model, dataset, test)
+    metrics = accuracy_section(run_dir, dataset, model, test, predicted, pca, pca_log)
+    if model.network.arch.predict_variance:
+        metrics["calibration"] = calibration_section(model, test)
+    arrays = None
+    n_classical = len(test.ids) if classical is None else min(classical, len(test.ids))
+    if n_classical > 0:
+        extra = _refined(model, test, predicted, n_classical, refine_snr, workers, cae_seconds, metrics)
+        section, arrays = comparison_section(dataset, test.ids[:n_classical], test.images[:n_classical],
+                                             {n: predicted[n][:n_classical] for n in model.supervised},
+                                             {n: pca["predicted"][n][:n_classical] for n in model.supervised},
+                                             cae_seconds, workers, extra)
+        metrics.update(section)
+    elif bound > 0:
+        extra = _refined(model, test, predicted, min(bound, len(test.ids)), refine_snr, workers, cae_seconds,
+                         metrics)
+        metrics.update(efficiency_section(dataset, test.ids[:bound],
+                                          {n: predicted[n][:bound] for n in model.supervised}, workers, extra))
+    with output_lock(run_dir / "eval"), atomic_directory(run_dir / "eval", overwrite=True) as out:
+        fig_dir = out / "figures"
+        _reconstruction_figure(model, test, n_examples, fig_dir)
+        if sweeps:
+            sections = [_sweep_section(model, p) for p in sweeps]
+            figures.controlled_sweeps([s for s, _ in sections], fig_dir / "fig3_controlled.png")
+            metrics["controlled"] = {s["parameter"]: m for s, m in sections}
+        metrics.update(traversal_sections(model, dataset, test, predicted["latents"], remeasure, fig_dir))
+        _summary_figures(metrics, test, predicted, model.supervised, arrays, fig_dir)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_report(out / "report.html", metrics, model.meta, fig_dir, loss_png=run_dir / "loss.png")
+    log.info("evaluation written to %s", run_dir / "eval")
+    return metrics
+
+
+@dataclasses.dataclass
+class HeldOut:
+    """The test galaxies of an evaluation: ids, images, truths, S/N and conditions."""
+
+    train_ids: np.ndarray
+    ids: np.ndarray
+    images: np.ndarray
+    truth: dict  # supervised parameters
+    snr: np.ndarray
+    conditions: dict  # what a conditioned model is told: the PSF (the noise it measures)
+    same_dataset: bool  # the training set's own held-out split
+
+    @property
+    def positive(self) -> list[str]:
+        """Parameters positive for every test galaxy: scored in log10 as well."""
+        return [n for n in self.truth if np.all(self.truth[n] > 0)]
+
+
+def held_out(run_dir: Path, model, dataset_path, test_fraction: float | None) -> tuple[Dataset, HeldOut]:
+    """The dataset and its test split: the run's own (``split.json``) on its training set,
+    else the same seeded split of another dataset."""
     cfg = train_config_of(run_dir)
     dataset = Dataset.open(dataset_path)
     if test_fraction is not None:
@@ -140,31 +198,43 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
     dataset.check_finite([*names, *(n for n in model.conditions if n in dataset.params)],
                          np.concatenate([train_ids, test_ids]))
     params = dataset.params
-    truth = {n: params[n][test_ids] for n in names}
-    snr = params["snr"][test_ids]
-    positive = [n for n in names if np.all(truth[n] > 0)]  # scored in log10 as well
+    images = dataset.load_images(test_ids)
+    dataset.check_finite_images(images, test_ids)
+    return dataset, HeldOut(train_ids, test_ids, images, {n: params[n][test_ids] for n in names},
+                            params["snr"][test_ids],
+                            {n: params[n][test_ids] for n in model.conditions if n in params}, same_dataset)
 
-    test_images = dataset.load_images(test_ids)
-    dataset.check_finite_images(test_images, test_ids)
-    # A conditioned model is told each galaxy's PSF, and measures the noise on the stamp.
-    conditions = {n: params[n][test_ids] for n in model.conditions if n in params}
-    model.predict(test_images[:model.batch_size],
-                  {k: v[:model.batch_size] for k, v in conditions.items()})  # warm-up
+
+def _timed_predictions(model, test: HeldOut) -> tuple[dict, float]:
+    """The CAE's predictions of the test galaxies and its seconds per galaxy (after a warm-up)."""
+    model.predict(test.images[:model.batch_size],
+                  {k: v[:model.batch_size] for k, v in test.conditions.items()})
     start = time.perf_counter()
-    predicted = model.predict(test_images, conditions)
-    cae_seconds = (time.perf_counter() - start) / len(test_ids)
-    pca_train = train_ids[np.linspace(0, len(train_ids) - 1, min(len(train_ids), PCA_MAX_TRAIN))
-                          .astype(int)]
-    as_pixels = model.normalization.forward  # PCA sees exactly what the CAE sees
-    train_pixels = as_pixels(dataset.load_images(pca_train))
-    test_pixels = as_pixels(test_images)
-    pca = pca_baseline(train_pixels, {n: params[n][pca_train] for n in names}, test_pixels, truth)
-    pca_log = pca_baseline(train_pixels, {n: np.log10(params[n][pca_train]) for n in positive},
-                           test_pixels, {n: np.log10(truth[n]) for n in positive})
+    predicted = model.predict(test.images, test.conditions)
+    return predicted, (time.perf_counter() - start) / len(test.ids)
 
-    metrics = {
-        "run": str(run_dir), "dataset": str(dataset.path), "same_dataset_as_training": same_dataset,
-        "n_train": int(len(train_ids)), "n_test": int(len(test_ids)),
+
+def _pca_baselines(model, dataset: Dataset, test: HeldOut) -> tuple[dict, dict]:
+    """PCA-64 + regression on the CAE's own normalised pixels, linear and in log10."""
+    train = test.train_ids[np.linspace(0, len(test.train_ids) - 1, min(len(test.train_ids), PCA_MAX_TRAIN))
+                           .astype(int)]
+    as_pixels = model.normalization.forward  # PCA sees exactly what the CAE sees
+    train_pixels = as_pixels(dataset.load_images(train))
+    test_pixels = as_pixels(test.images)
+    params = dataset.params
+    pca = pca_baseline(train_pixels, {n: params[n][train] for n in test.truth}, test_pixels, test.truth)
+    pca_log = pca_baseline(train_pixels, {n: np.log10(params[n][train]) for n in test.positive},
+                           test_pixels, {n: np.log10(test.truth[n]) for n in test.positive})
+    return pca, pca_log
+
+
+def accuracy_section(run_dir: Path, dataset: Dataset, model, test: HeldOut, predicted: dict, pca: dict,
+                     pca_log: dict) -> dict:
+    """The paper's Table 2 and Fig. 5: R² of the CAE and of PCA, and relative errors."""
+    names, truth, positive = model.supervised, test.truth, test.positive
+    return {
+        "run": str(run_dir), "dataset": str(dataset.path), "same_dataset_as_training": test.same_dataset,
+        "n_train": int(len(test.train_ids)), "n_test": int(len(test.ids)),
         "epochs_trained": model.epochs_trained, "epochs_paper": 100,
         "r2": {"cae": {n: r2(truth[n], predicted[n]) for n in names},
                "pca_best_single": pca["best_single"], "pca_all": pca["all"]},
@@ -174,103 +244,103 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
                 "input": "the CAE's normalised pixels"},
         "cae_nonpositive": {n: int(np.sum(predicted[n] <= 0)) for n in positive},
         "relative_error": {n: {"all": error_summary(truth[n], predicted[n]),
-                               "snr_bins": binned_error_summary(truth[n], predicted[n], snr)}
+                               "snr_bins": binned_error_summary(truth[n], predicted[n], test.snr)}
                            for n in positive},
     }
-    if model.network.arch.predict_variance:
-        z_pred, sigma, tail = latent_errors(model, test_images, conditions)
-        table = calibration_table(names, model.scaling.to_latent(truth), z_pred, sigma, snr, tail)
-        metrics["calibration"] = {"coverage": table, "worst_miss_points": worst_miss(table),
-                                  "space": "latent (log10 for log-scaled parameters)"}
 
-    def refined(n: int) -> dict:
-        """``{"cae+fit": estimates}`` of the first ``n`` test galaxies (none without refine_snr)."""
-        if refine_snr is None:
-            return {}
-        values, done, seconds = refine_blocks(training_config(model.meta), test_images[:n],
-                                              {k: v[:n] for k, v in conditions.items()},
-                                              {k: predicted[k][:n] for k in names}, refine_snr, workers)
-        count = int(done["refined"].sum())
-        metrics["refinement"] = {"min_snr": refine_snr, "n": n, "refined": count,
-                                 "failed": int(done["refine_failed"].sum()),
-                                 "seconds_per_refined": seconds / max(count, 1),
-                                 "cae_seconds_per_galaxy": cae_seconds}
-        return {"cae+fit": values}
 
-    n_classical = len(test_ids) if classical is None else min(classical, len(test_ids))
-    if n_classical > 0:
-        metrics.update(comparison_section(dataset, test_ids[:n_classical], test_images[:n_classical],
-                                           {n: predicted[n][:n_classical] for n in names},
-                                           {n: pca["predicted"][n][:n_classical] for n in names},
-                                           cae_seconds, workers, refined(n_classical)))
-    elif bound > 0:
-        metrics.update(efficiency_section(dataset, test_ids[:bound],
-                                          {n: predicted[n][:bound] for n in names}, workers,
-                                          refined(min(bound, len(test_ids)))))
+def calibration_section(model, test: HeldOut) -> dict:
+    """Coverage of the variance head's (recalibrated) intervals, per parameter and S/N bin."""
+    z_pred, sigma, tail = latent_errors(model, test.images, test.conditions)
+    table = calibration_table(model.supervised, model.scaling.to_latent(test.truth), z_pred, sigma,
+                              test.snr, tail)
+    return {"coverage": table, "worst_miss_points": worst_miss(table),
+            "space": "latent (log10 for log-scaled parameters)"}
 
-    with output_lock(run_dir / "eval"), atomic_directory(run_dir / "eval", overwrite=True) as out:
-        fig_dir = out / "figures"
-        softening = model.normalization.softening
-        examples = test_ids[np.argsort(snr)][np.linspace(0, len(test_ids) - 1,
-                                                         min(n_examples, len(test_ids))).astype(int)]
-        position = np.searchsorted(test_ids, examples)
-        figures.reconstructions(test_images[position],
-                                model.reconstruct(test_images[position],
-                                                  {k: v[position] for k, v in conditions.items()}),
-                                softening, fig_dir / "fig2_reconstructions.png",
-                                titles=[f"S/N {s:.0f}" for s in snr[position]])
-        if sweeps:
-            sections = [_sweep_section(model, p) for p in sweeps]
-            figures.controlled_sweeps([s for s, _ in sections], fig_dir / "fig3_controlled.png")
-            metrics["controlled"] = {s["parameter"]: m for s, m in sections}
-        # Traverse from the test galaxy whose supervised latents are closest to the median of
-        # those with S/N >= 30: the decoded images of a galaxy near the detection limit are
-        # too faint for the classical fit to re-measure (the fits ran past their time limit).
-        z = predicted["latents"]
-        pool = np.flatnonzero(snr >= TRAVERSAL_MIN_SNR)
-        pool = pool if len(pool) else np.arange(len(z))
-        zp = z[pool, :len(names)]
-        centre = pool[np.argmin(np.abs(zp - np.median(zp, 0)).sum(1))]
-        steps = np.linspace(-1.5, 1.5, 7)
-        centre_conditions = {k: float(v[0]) for k, v in condition_table(
-            model.conditions, test_images[centre:centre + 1],
-            {k: v[centre] for k, v in conditions.items()}).items()}
-        rows, measured = _traversal_section(model, z[centre], steps, dataset.config.pixel_scale,
-                                            centre_conditions)
-        figures.traversals(rows, steps, softening, fig_dir / "fig4_traversals.png")
-        metrics["traversal"] = measured
-        if remeasure:
-            row = {k: float(v[test_ids[centre]]) for k, v in params.items() if k in CONDITION_COLUMNS}
-            remeasured = remeasured_traversals(model, z[centre], centre_conditions,
-                                               dataset.config.for_galaxy(row), np.linspace(-1, 1, 5))
-            figures.remeasured_traversals(remeasured, fig_dir / "disentanglement.png")
-            metrics["disentanglement"] = {
-                "galaxy": int(test_ids[centre]), "method": "classical fit of each decoded image",
-                "failed_fits": int(sum(s != "ok" for t in remeasured["traversals"].values()
-                                       for s in t["fit_status"])),
-                "fits": int(sum(len(t["fit_status"]) for t in remeasured["traversals"].values())),
-                **{name: {"response": t["response"], "leak_crb_units": t["leak"],
-                          "leak_parameter": t["leak_parameter"],
-                          "own_change_crb_units": t["own_change"], "cross_talk": t["cross_talk"]}
-                   for name, t in remeasured["traversals"].items()},
-                "detail": remeasured}
-        if "calibration" in metrics:
-            figures.calibration(metrics["calibration"]["coverage"], fig_dir / "calibration.png")
-        figures.r2_comparison(metrics["r2"], fig_dir / "fig5_r2_comparison.png")
-        figures.predicted_vs_true(truth, {n: predicted[n] for n in names}, snr,
-                                  fig_dir / "predicted_vs_true.png")
-        if n_classical > 0:
-            _comparison_figures(metrics.pop("_arrays"), fig_dir, metrics["timing"])
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        write_report(out / "report.html", metrics, model.meta, fig_dir,
-                     loss_png=run_dir / "loss.png")
-    log.info("evaluation written to %s", run_dir / "eval")
-    return metrics
+
+def _refined(model, test: HeldOut, predicted: dict, n: int, refine_snr, workers: int, cae_seconds: float,
+             metrics: dict) -> dict:
+    """``{"cae+fit": estimates}`` of the first ``n`` test galaxies refined as ``galcae infer``
+    refines them (none without ``refine_snr``); its counts and cost go to ``metrics``."""
+    if refine_snr is None:
+        return {}
+    values, done, seconds = refine_blocks(model.card.training_set, test.images[:n],
+                                          {k: v[:n] for k, v in test.conditions.items()},
+                                          {k: predicted[k][:n] for k in model.supervised}, refine_snr, workers,
+                                          calibration=model.card.refinement.calibration)
+    count = int(done["refined"].sum())
+    metrics["refinement"] = {"min_snr": refine_snr, "n": n, "refined": count,
+                             "failed": int(done["refine_failed"].sum()),
+                             "seconds_per_refined": seconds / max(count, 1),
+                             "cae_seconds_per_galaxy": cae_seconds}
+    return {"cae+fit": values}
+
+
+def _reconstruction_figure(model, test: HeldOut, n_examples: int, fig_dir: Path) -> None:
+    """Fig. 2: test galaxies spread in S/N, their reconstructions and residuals."""
+    examples = test.ids[np.argsort(test.snr)][np.linspace(0, len(test.ids) - 1,
+                                                          min(n_examples, len(test.ids))).astype(int)]
+    position = np.searchsorted(test.ids, examples)
+    figures.reconstructions(test.images[position],
+                            model.reconstruct(test.images[position],
+                                              {k: v[position] for k, v in test.conditions.items()}),
+                            model.normalization.softening, fig_dir / "fig2_reconstructions.png",
+                            titles=[f"S/N {s:.0f}" for s in test.snr[position]])
+
+
+def traversal_sections(model, dataset: Dataset, test: HeldOut, z: np.ndarray, remeasure: bool,
+                       fig_dir: Path) -> dict:
+    """Fig. 4 (decoded latent traversals, measured on the images) and, with ``remeasure``,
+    the classical fit of each decoded image (the disentanglement numbers)."""
+    names = model.supervised
+    # Traverse from the test galaxy whose supervised latents are closest to the median of
+    # those with S/N >= 30: the decoded images of a galaxy near the detection limit are
+    # too faint for the classical fit to re-measure (the fits ran past their time limit).
+    pool = np.flatnonzero(test.snr >= TRAVERSAL_MIN_SNR)
+    pool = pool if len(pool) else np.arange(len(z))
+    zp = z[pool, :len(names)]
+    centre = pool[np.argmin(np.abs(zp - np.median(zp, 0)).sum(1))]
+    steps = np.linspace(-1.5, 1.5, 7)
+    centre_conditions = {k: float(v[0]) for k, v in condition_table(
+        model.conditions, test.images[centre:centre + 1],
+        {k: v[centre] for k, v in test.conditions.items()}).items()}
+    rows, measured = _traversal_section(model, z[centre], steps, dataset.config.pixel_scale, centre_conditions)
+    figures.traversals(rows, steps, model.normalization.softening, fig_dir / "fig4_traversals.png")
+    out = {"traversal": measured}
+    if not remeasure:
+        return out
+    row = {k: float(v[test.ids[centre]]) for k, v in dataset.params.items() if k in CONDITION_COLUMNS}
+    remeasured = remeasured_traversals(model, z[centre], centre_conditions, dataset.config.for_galaxy(row),
+                                       np.linspace(-1, 1, 5))
+    figures.remeasured_traversals(remeasured, fig_dir / "disentanglement.png")
+    traversals = remeasured["traversals"]
+    out["disentanglement"] = {
+        "galaxy": int(test.ids[centre]), "method": "classical fit of each decoded image",
+        "failed_fits": int(sum(s != OK for t in traversals.values() for s in t["fit_status"])),
+        "fits": int(sum(len(t["fit_status"]) for t in traversals.values())),
+        **{name: {"response": t["response"], "leak_crb_units": t["leak"], "leak_parameter": t["leak_parameter"],
+                  "own_change_crb_units": t["own_change"], "cross_talk": t["cross_talk"]}
+           for name, t in traversals.items()},
+        "detail": remeasured}
+    return out
+
+
+def _summary_figures(metrics: dict, test: HeldOut, predicted: dict, names, arrays: dict | None,
+                     fig_dir: Path) -> None:
+    """Calibration, Fig. 5, predicted against true and, with classical fits, their comparison."""
+    if "calibration" in metrics:
+        figures.calibration(metrics["calibration"]["coverage"], fig_dir / "calibration.png")
+    figures.r2_comparison(metrics["r2"], fig_dir / "fig5_r2_comparison.png")
+    figures.predicted_vs_true(test.truth, {n: predicted[n] for n in names}, test.snr,
+                              fig_dir / "predicted_vs_true.png")
+    if arrays is not None:
+        _comparison_figures(arrays, fig_dir, metrics["timing"])
 
 
 def comparison_section(dataset: Dataset, ids, images, cae: dict, pca: dict, cae_seconds: float,
-                        workers: int, extra: dict | None = None) -> dict:
-    """CAE, PCA-64 + regression and the classical fit on the same galaxies, against the CRB."""
+                        workers: int, extra: dict | None = None) -> tuple[dict, dict]:
+    """CAE, PCA-64 + regression and the classical fit on the same galaxies, against the CRB;
+    and the arrays behind it (for the figures)."""
     cfg = dataset.config
     truth = _truth_for_bounds(dataset, ids)
     snr = dataset.params["snr"][ids]
@@ -293,8 +363,7 @@ def comparison_section(dataset: Dataset, ids, images, cae: dict, pca: dict, cae_
                       "method": "GalSim + scipy least_squares (exact PSF, per-pixel variance)"},
         "timing": {"cae": cae_seconds, "classical": classical_seconds},
         "speedup_vs_classical": classical_seconds / cae_seconds,
-        "_arrays": {"truth": truth, "snr": snr, "crb": crb, "estimates": estimates},
-    }
+    }, {"truth": truth, "snr": snr, "crb": crb, "estimates": estimates}
 
 
 def efficiency_section(dataset: Dataset, ids, cae: dict, workers: int, extra: dict | None = None) -> dict:

@@ -8,7 +8,7 @@ particular to the CAE: the forward pass, its uncertainties and its flags.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -16,14 +16,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .catalog import (STAMP_FLAGS, CleanStamps, Column, atomic_save, build_catalog, catalog_path, clean,
-                      flag_columns, id_columns, write_part)
-from .checkpoint import TrainedModel, load_model, model_paths
-from .conditions import condition_table
-from .outputs import atomic_file
-from .params import CONDITIONS, ellipticity_errors, ellipticity_from_shear, unit_of
+from .chunks import build_catalog
+from .stamps import STAMP_FLAGS, CleanStamps, clean
+from .writers import Column, atomic_save, catalog_path, flag_columns, id_columns, write_part
+from ..estimate.cae import check_samples, measure, uncertainty_method
+from ..card import MODEL_DEFAULT, ModelCard, model_paths
+from ..checkpoint import TrainedModel, load_model
+from ..conditions import condition_table
+from ..outputs import atomic_file
+from ..params import CONDITIONS, unit_of
 from .sources import InputError
-from .uncertainty import LEVELS, HeldoutScatter, VarianceCalibration, half_widths, physical_sigma
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +52,17 @@ class InferOptions:
     device: str = "auto"
     psf_fwhm: float | None = None  # arcsec; overrides the inputs' own (PSFFWHM, dataset truth)
     psf_beta: float | None = None  # Moffat beta; likewise (PSFBETA)
-    refine_snr: float | None = None  # classical fit, from the CAE's values, of stamps this bright
+    # Classical fit, from the CAE's values, of stamps this bright; None: none; "model": the
+    # model card's policy (resolved by infer_catalog before anything is planned).
+    refine_snr: float | str | None = MODEL_DEFAULT
 
 
-def uncertainty_method(model: TrainedModel, samples: int) -> str:
-    head = model.network.arch.predict_variance
-    if samples > 1:
-        return "nll+mc_dropout" if head else "mc_dropout"
-    return "nll" if head else "heldout"
 
 
-def catalog_columns(model_meta: dict, has_field: bool, refine: bool = False) -> list[Column]:
+def catalog_columns(card: ModelCard, has_field: bool, refine: bool = False) -> list[Column]:
     """``(name, arrow type, unit, description)`` of every catalog column, in order."""
     cols = id_columns(has_field)
-    names = model_meta["parameter_scaling"]["names"]
+    names = card.supervised
     for name in names:
         unit = unit_of(name)
         cols += [(name, pa.float64(), unit, f"predicted {name.replace('_', ' ')}"),
@@ -75,7 +74,7 @@ def catalog_columns(model_meta: dict, has_field: bool, refine: bool = False) -> 
                  ("ellipticity_err", pa.float64(), "", "1-sigma uncertainty of ellipticity"),
                  ("position_angle", pa.float64(), "deg", "major axis from +x, counter-clockwise"),
                  ("position_angle_err", pa.float64(), "deg", "1-sigma uncertainty of position_angle")]
-    for name in model_meta.get("condition_scaling", {}).get("names", []):
+    for name in card.conditions:
         cols.append((name, pa.float64(), unit_of(name), f"observing condition used: {CONDITIONS[name].description}"))
     if refine:
         cols += [("snr", pa.float64(), "", "matched-filter S/N measured on the stamp "
@@ -95,92 +94,14 @@ def worker_model(meta_path: str, sha: str, device: str) -> TrainedModel:
     key = (meta_path, sha, device)
     if key not in _MODELS:
         model = load_model(meta_path, device=device)
-        if model.meta["weights_sha256"] != sha:
+        if model.card.weights_sha256 != sha:
             raise InputError(f"{meta_path} changed while the catalog was being made")
         _MODELS[key] = model
     return _MODELS[key]
 
 
-def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = None, *,
-            samples: int = 1, batch_size: int | None = None, generator: torch.Generator | None = None,
-            latents: bool = False) -> dict[str, np.ndarray]:
-    """Predicted parameters, ``<name>_err`` and the central 95% interval ``<name>_lo95``,
-    ``<name>_hi95`` of finite ADU stamps ``(N, H, W)``.
-
-    ``conditions``: the observing conditions of a conditioned model (see
-    :meth:`TrainedModel.condition_input`). Errors: the variance head (recalibrated) when the
-    model has one, else the held-out scatter; ``samples > 1`` adds MC dropout, the spread of
-    ``samples`` draws of the dropout mask on the encoder features (the convolutions run
-    once). ``latents=True`` adds the full latent vectors (for reconstructions).
-    """
-    net = model.network.eval()
-    n_sup = len(model.supervised)
-    p = net.arch.dropout
-    check_samples(model, samples)
-    c = model.condition_input(images, conditions)
-    z_mean, z_var, z_all = [], [], []
-    with torch.inference_mode():
-        for x, cb in model.batches(images, c, batch_size or model.batch_size):
-            h = net.encoder(x)
-            z, log_var = net.heads(h, cb)
-            if latents:
-                z_all.append(z.float().cpu().numpy())
-            if samples == 1:
-                z_mean.append(z[:, :n_sup].float().cpu().numpy())
-                if log_var is not None:
-                    z_var.append(log_var.exp().float().cpu().numpy())
-                continue
-            draws = [net.heads(h * (torch.rand(h.shape, generator=generator).to(h.device) >= p)
-                               / (1 - p), cb) for _ in range(samples)]
-            means = torch.stack([d[0][:, :n_sup] for d in draws])
-            var = means.var(0)
-            if log_var is not None:  # noise (the head, averaged) plus model (the spread of means)
-                var = var + torch.stack([d[1].exp() for d in draws]).mean(0)
-            z_mean.append(means.mean(0).float().cpu().numpy())
-            z_var.append(var.float().cpu().numpy())
-    empty = np.empty((0, n_sup), np.float32)
-    z = np.concatenate(z_mean) if z_mean else empty
-    tail = 1.0  # Gaussian 95% intervals unless the recalibration has a tail stage
-    if z_var:
-        sigma_z = np.sqrt(np.concatenate(z_var))
-        if net.arch.predict_variance:
-            calibration = VarianceCalibration.from_meta(model.meta, n_sup)
-            if calibration.needs_snr:  # the noise already measured for the conditions, if it was
-                noise = (conditions or {}).get("noise_sigma")
-                noise = None if noise is None else np.broadcast_to(np.asarray(noise, float), (len(images),))
-                sigma_z = calibration.apply(sigma_z, model.stamp_snr(images, noise))
-            else:
-                sigma_z = calibration.apply(sigma_z)
-            tail = calibration.tail(sigma_z)
-    elif samples == 1 and not net.arch.predict_variance:
-        sigma_z = HeldoutScatter.from_dict(model.meta["heldout_scatter"]).latent_sigma(z)
-    else:
-        sigma_z = empty
-    values = model.scaling.to_physical(z)
-    errors = physical_sigma(model.scaling, z, sigma_z)
-    wide = half_widths(sigma_z, tail)[LEVELS[1]]  # latent: log10 axes give asymmetric ends
-    lo, hi = model.scaling.to_physical(z - wide), model.scaling.to_physical(z + wide)
-    out = {}
-    for name in model.supervised:
-        out[name], out[f"{name}_err"] = values[name], errors[name]
-        out[f"{name}_lo95"], out[f"{name}_hi95"] = lo[name], hi[name]
-    if "g1" in out and "g2" in out:
-        out["ellipticity"], out["position_angle"] = ellipticity_from_shear(out["g1"], out["g2"])
-        out["ellipticity_err"], out["position_angle_err"] = ellipticity_errors(
-            out["g1"], out["g2"], out["g1_err"], out["g2_err"])
-    if latents:
-        out["latents"] = np.concatenate(z_all) if z_all else np.empty((0, net.arch.latent_dim))
-    return out
 
 
-def check_samples(model: TrainedModel, samples: int, where="the model") -> None:
-    """Refuse an uncertainty method the model cannot give."""
-    if samples > 1 and model.network.arch.dropout <= 0:
-        raise InputError(f"--samples {samples} needs a model trained with dropout > 0 "
-                         f"(galcae train ... dropout=0.1); {where} has none")
-    if samples == 1 and not model.network.arch.predict_variance and "heldout_scatter" not in model.meta:
-        raise InputError(f"{where} has no held-out error model (trained by an older galcae); "
-                         "retrain it, or use --samples K with a dropout model")
 
 
 def chunk_conditions(model: TrainedModel, stamps, ready: CleanStamps, options: InferOptions) -> dict:
@@ -208,7 +129,7 @@ def conditions_out_of_range(model: TrainedModel, conditions: dict, n: int) -> np
     """Rows whose conditions are unknown or outside the training range (5% slack on the ends)."""
     flag = np.zeros(n, bool)
     for name, values in conditions.items():
-        lo, hi = model.meta.get("training_range", {}).get(name, (-np.inf, np.inf))
+        lo, hi = model.card.training_range.get(name, (-np.inf, np.inf))
         slack = 0.05 * (hi - lo)
         with np.errstate(invalid="ignore"):
             flag |= ~((values >= lo - slack) & (values <= hi + slack))
@@ -232,17 +153,16 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
                      samples=options.samples, batch_size=options.batch_size, generator=generator,
                      latents=options.reconstruct)
     if options.refine_snr is not None:
-        from .refine import fit_error_calibration, refine, training_config
+        from ..estimate.refine import refine
 
-        done = refine(training_config(model.meta), ready.images[~skip],
-                      {k: v[~skip] for k, v in conditions.items()}, result, options.refine_snr,
-                      calibration=fit_error_calibration(model.meta))
-        result.update(done)
+        result = refine(model.card.training_set, ready.images[~skip],
+                        {k: v[~skip] for k, v in conditions.items()}, result, options.refine_snr,
+                        calibration=model.card.refinement.calibration)
         result["flag_refine_failed"] = result.pop("refine_failed")
 
     table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **conditions}
     out_of_range = ready.brightest > model.normalization.ceiling
-    training_range = model.meta.get("training_range", {})
+    training_range = model.card.training_range
     for key in result:
         if key == "latents":
             continue
@@ -267,71 +187,61 @@ def recon_path(parts, number: int) -> Path:
     return Path(parts) / f"recon-{number:06d}.npy"
 
 
+#: Stamps per chunk by default: large for the CAE alone; smaller when refining, so that
+#: workers share the fits.
+CHUNK_SIZE, REFINE_CHUNK_SIZE = 4096, 256
+
+
 def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str | None = None,
-                  chunk_size: int = 4096, options: InferOptions = InferOptions(), hdu=None,
+                  chunk_size: int | None = None, options: InferOptions = InferOptions(), hdu=None,
                   reconstruct_to=None, detect_threshold: float = 3.0, overwrite: bool = False,
                   echo=log.info) -> dict:
     """Measure every stamp of ``inputs`` with a trained model; write the catalog ``out``.
 
     Parameters
     ----------
-    model_path : path
-        Run directory, ``model.safetensors`` or ``model.json``.
+    model_path : path or str
+        A shipped model's name (``"survey"``), a run directory, ``model.safetensors`` or ``model.json``.
     inputs : list of paths or globs
         FITS cubes, FITS stamps (or directories of them), galcae datasets, FITS fields.
     out : path
         ``.parquet`` or ``.fits`` catalog; refused if it exists, unless ``overwrite``.
     workers, scheduler
         In-process (1), a local Dask cluster of ``workers`` processes, or a running scheduler.
-    chunk_size : int
-        Stamps per chunk: the unit of work, of memory per worker and of resumption.
+    chunk_size : int, optional
+        Stamps per chunk: the unit of work, of memory per worker and of resumption
+        [default: 4096; 256 when refining].
+    options : InferOptions
+        What changes the numbers; ``refine_snr`` defaults to the model card's policy.
     reconstruct_to : path, optional
         Also decode every stamp and write the reconstructions (``.fits`` cube or ``.zarr``).
 
     Returns a summary: rows, chunks done now and skipped, flag counts, the output paths.
     """
-    if reconstruct_to is not None:
-        options = InferOptions(**{**asdict(options), "reconstruct": True})
-        if not str(reconstruct_to).lower().endswith((".fits", ".zarr")):
-            raise InputError(f"{reconstruct_to}: reconstructions must go to a .fits or .zarr path")
     out = catalog_path(out)
-    if options.samples < 1:
-        raise InputError(f"--samples {options.samples} must be at least 1")
-    refining = options.refine_snr is not None
-    if refining and not options.refine_snr >= 0:
-        raise InputError(f"--refine-snr {options.refine_snr} must be a S/N of 0 or more")
-    model = load_model(model_path, device="cpu")
     _, meta_path = model_paths(model_path)
-    sha = model.meta["weights_sha256"]
-    check_samples(model, options.samples, meta_path)
-
+    model = load_model(model_path, device=options.device)
+    options = resolved_options(model, options, reconstruct_to, meta_path)
+    sha = model.card.weights_sha256
+    _MODELS[(str(meta_path.resolve()), sha, options.device)] = model  # in-process chunks reuse it
     missing = [n for n in model.conditions if n != "noise_sigma" and getattr(options, n) is None]
     if missing:
         log.info("%s: %s taken from the inputs (PSFFWHM / PSFBETA keywords or a dataset's truth); "
                  "stamps without them are left unmeasured", meta_path.parent, ", ".join(missing))
-    meta = {"model": str(meta_path), "model_sha256": sha, "model_epochs": model.epochs_trained,
-            "uncertainty": uncertainty_method(model, options.samples),
-            "samples": options.samples, "flags": {**FLAGS, **(REFINE_FLAGS if refining else {})},
-            "refine_snr": options.refine_snr}
-    if refining:
-        meta["uncertainty"] += f"; classical fit where snr >= {options.refine_snr:g}"
-
-    def reconstructions_of(parts, number):  # a chunk is done when these exist too
-        return [recon_path(parts, number)] if options.reconstruct else []
-
-    def write_all_reconstructions(parts, plan):
-        write_reconstructions(Path(reconstruct_to), parts, len(plan.chunks), model)
-
+    meta = catalog_meta(model, meta_path, options)
+    refining = options.refine_snr is not None
     summary = build_catalog(
         partial(infer_chunk, str(meta_path.resolve()), sha, options), inputs, out,
-        columns_for=partial(catalog_columns, model.meta, refine=refining), meta=meta,
-        options={"model": sha, **asdict(options)}, stamp_size=model.network.arch.stamp_size,
-        pixel_scale=model.meta["dataset"]["simulate"]["pixel_scale"], workers=workers,
-        scheduler=scheduler, chunk_size=chunk_size, hdu=hdu, detect_threshold=detect_threshold,
-        desc="infer", echo=echo,
+        columns_for=partial(catalog_columns, model.card, refine=refining), meta=meta,
+        options={"model": sha, **asdict(options)}, stamp_size=model.card.stamp_size,
+        pixel_scale=model.card.pixel_scale, workers=workers, scheduler=scheduler,
+        chunk_size=chunk_size or (REFINE_CHUNK_SIZE if refining else CHUNK_SIZE), hdu=hdu,
+        detect_threshold=detect_threshold, desc="infer", echo=echo,
         fits_keys={"model_sha256": "MODELSHA", "uncertainty": "UNCERT", "samples": "SAMPLES"},
-        overwrite=overwrite, also_writes={"--reconstruct": reconstruct_to}, extra_files=reconstructions_of,
-        after=write_all_reconstructions if options.reconstruct else None)
+        overwrite=overwrite, also_writes={"--reconstruct": reconstruct_to},
+        extra_files=lambda parts, number: [recon_path(parts, number)] if options.reconstruct else [],
+        after=(partial(_write_all_reconstructions, Path(reconstruct_to) if reconstruct_to else None, model)
+               if options.reconstruct else None))
     unmeasured = summary["flags"].get("flag_conditions_out_of_range", 0)
     if missing and unmeasured == summary["rows"] and summary["rows"]:
         echo(f"Every stamp is flagged flag_conditions_out_of_range; stamps that state no PSF "
@@ -339,6 +249,35 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
              "(or set the PSFFWHM / PSFBETA keywords)")
     return {**summary, "uncertainty": meta["uncertainty"],
             "reconstructions": str(reconstruct_to) if reconstruct_to else None}
+
+
+def resolved_options(model: TrainedModel, options: InferOptions, reconstruct_to, where) -> InferOptions:
+    """``options`` checked, with the model card's refinement policy and ``reconstruct`` filled in."""
+    if reconstruct_to is not None and not str(reconstruct_to).lower().endswith((".fits", ".zarr")):
+        raise InputError(f"{reconstruct_to}: reconstructions must go to a .fits or .zarr path")
+    if options.samples < 1:
+        raise InputError(f"--samples {options.samples} must be at least 1")
+    refine_snr = model.card.refine_snr_for(options.refine_snr)
+    if refine_snr is not None and not (isinstance(refine_snr, (int, float)) and refine_snr >= 0):
+        raise InputError(f"--refine-snr {refine_snr} must be a S/N of 0 or more")
+    check_samples(model, options.samples, where)
+    return replace(options, refine_snr=refine_snr, reconstruct=options.reconstruct or reconstruct_to is not None)
+
+
+def catalog_meta(model: TrainedModel, meta_path: Path, options: InferOptions) -> dict:
+    """What a catalog says about how it was made (Parquet metadata, FITS header)."""
+    refining = options.refine_snr is not None
+    meta = {"model": str(meta_path), "model_sha256": model.card.weights_sha256,
+            "model_epochs": model.epochs_trained, "uncertainty": uncertainty_method(model, options.samples),
+            "samples": options.samples, "flags": {**FLAGS, **(REFINE_FLAGS if refining else {})},
+            "refine_snr": options.refine_snr}
+    if refining:
+        meta["uncertainty"] += f"; classical fit where snr >= {options.refine_snr:g}"
+    return meta
+
+
+def _write_all_reconstructions(path: Path, model: TrainedModel, parts, plan) -> None:
+    write_reconstructions(path, parts, len(plan.chunks), model)
 
 
 def write_reconstructions(path: Path, parts: Path, n_chunks: int, model: TrainedModel) -> None:
@@ -358,7 +297,7 @@ def _zarr_reconstructions(tmp: Path, files, n: int, size: int, model: TrainedMod
 
     array = zarr.create_array(store=str(tmp), shape=(n, size, size), dtype="float32",
                               chunks=(min(n, 1024), size, size))
-    array.attrs.update({"unit": "adu", "model_sha256": model.meta["weights_sha256"]})
+    array.attrs.update({"unit": "adu", "model_sha256": model.card.weights_sha256})
     start = 0
     for f in files:
         block = np.load(f)
@@ -371,7 +310,7 @@ def _fits_reconstructions(tmp: Path, files, n: int, size: int, model: TrainedMod
 
     header = fits.Header()
     header.update({"SIMPLE": True, "BITPIX": -32, "NAXIS": 3, "NAXIS1": size, "NAXIS2": size,
-                   "NAXIS3": n, "BUNIT": "adu", "MODELSHA": model.meta["weights_sha256"][:16]})
+                   "NAXIS3": n, "BUNIT": "adu", "MODELSHA": model.card.weights_sha256[:16]})
     stream = fits.StreamingHDU(tmp, header)
     for f in files:
         stream.write(np.load(f).astype(">f4"))

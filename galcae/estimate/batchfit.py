@@ -1,6 +1,6 @@
 """The classical maximum-likelihood Sérsic fit, many stamps at once, in PyTorch.
 
-The same fit as :func:`galcae.fit.fit_stamp` (the PSF-convolved Sérsic model, chi² with
+The same fit as :func:`galcae.estimate.fit.fit_stamp` (the PSF-convolved Sérsic model, chi² with
 the per-pixel variance of the noise model at the starting point, the same bounds and
 Hessian errors), with the model drawn by :class:`galcae.render.SersicRenderer` instead of
 GalSim and minimised by Levenberg-Marquardt on a whole batch of stamps: the Jacobian comes
@@ -14,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import SimConfig
-from .crb import FIT_PARAMETERS
-from .fit import FAILED, MAX_NFEV, OK, bounds
-from .render import FITTED, SersicRenderer
+from ..config import SimConfig
+from ..params import FAILED, FIT_PARAMETERS, MAX_NFEV, OK
+from ..physics import pixel_variance
+from .fit import bounds
+from ..render import FITTED, SersicRenderer
 
 #: Fitted in the log (positive, and steps relative), as the renderer's derivatives are.
 LOG_FITTED = tuple(name.removeprefix("log_") for name in FITTED if name.startswith("log_"))
@@ -64,8 +65,8 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
 
         every = torch.arange(n)
         # The variance at the starting model, as the scipy fit: a fixed weight per pixel.
-        variance = (model(phi, every).clamp_min(0) + cond["sky_level"][:, None, None]) / noise.gain \
-            + (noise.read_noise / noise.gain) ** 2
+        variance = pixel_variance(model(phi, every), cond["sky_level"][:, None, None], noise.gain,
+                                  noise.read_noise)
         weight = variance.rsqrt()
         chi2 = chi2_of(phi, every)
         damping = torch.full((n,), 1e-3)

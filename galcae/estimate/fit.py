@@ -14,22 +14,14 @@ from __future__ import annotations
 
 import time
 import warnings
-from functools import partial
 
 import galsim
 import numpy as np
-import pyarrow as pa
 from scipy.optimize import least_squares
 
-from .catalog import STAMP_FLAGS, Column, build_catalog, catalog_path, clean, flag_columns, \
-    id_columns, write_part
-from .config import ConfigError, SimConfig, to_dict
-from .crb import FIT_PARAMETERS, render
-from .params import PARAMETERS, unit_of
-from .simulate import make_psf, pixel_variance
-
-#: Outcomes of a fit; anything but ``ok`` is flagged in catalogs and counted in evaluations.
-OK, MAX_NFEV, FAILED = "ok", "max_nfev", "failed"
+from ..config import ConfigError, SimConfig
+from ..params import FAILED, FIT_PARAMETERS, MAX_NFEV, OK, PARAMETERS
+from ..physics import make_psf, pixel_variance, render
 
 
 def bounds(cfg: SimConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +86,9 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
     if not np.all(np.isfinite(image)) or not np.any(image):
         return failed_fit("empty or non-finite stamp", time.perf_counter() - start)
     guess = initial_guess(image, cfg, psf) if guess is None else inside_bounds(guess, cfg)
-    sigma = np.sqrt(pixel_variance(cfg, render(cfg, guess, psf))).ravel()
+    noise = cfg.noise
+    sigma = np.sqrt(pixel_variance(render(cfg, guess, psf), noise.sky_level, noise.gain,
+                                   noise.read_noise)).ravel()
     data = image.astype(np.float64).ravel()
     scale = np.array([max(guess["flux"], 1.0), 0.3, 0.5, 0.1, 0.1, 0.5, 0.5])
 
@@ -131,23 +125,9 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
             "chi2_dof": float(2 * result.cost / dof), "seconds": time.perf_counter() - start}
 
 
-# --- catalogs: `galcae fit` -------------------------------------------------------------------
-
-#: Per-row flags of a classical-fit catalog.
-FLAGS = {**STAMP_FLAGS, "flag_fit_failed": "the fit did not converge or failed (see status)"}
 
 
-def catalog_columns(has_field: bool) -> list[Column]:
-    cols = id_columns(has_field)
-    for name in FIT_PARAMETERS:
-        unit = unit_of(name)
-        cols += [(name, pa.float64(), unit, f"fitted {name.replace('_', ' ')}"),
-                 (f"{name}_err", pa.float64(), unit, f"1-sigma error of {name} from the fit's Hessian")]
-    cols += [("status", pa.string(), "", "'ok', 'max_nfev' or why the fit failed"),
-             ("nfev", pa.int64(), "", "model evaluations"),
-             ("chi2_dof", pa.float64(), "", "reduced chi-squared at the solution"),
-             ("seconds", pa.float64(), "s", "wall time of this fit")]
-    return cols + flag_columns(FLAGS)
+
 
 
 def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100,
@@ -183,37 +163,5 @@ def failed_fit(reason: str, seconds: float = 0.0) -> dict:
             "status": f"{FAILED}: {reason}", "nfev": 0, "chi2_dof": np.nan, "seconds": seconds}
 
 
-def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: int, first_id: int,
-              parts: str, columns: list[Column]) -> int:
-    """Read, fit and write one chunk as a Parquet part."""
-    stamps = chunk.read(cfg.stamp_size, adapt_size)
-    ready = clean(stamps)
-    n = len(ready.images)
-    conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in stamps.conditions.items()}
-    table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags,
-             **fit_images(ready.images, cfg, max_nfev, conditions if cfg.varies_conditions else None,
-                          ready.measurable)}
-    table["status"] = table["status"].astype(str)
-    table["flag_fit_failed"] = table["status"] != OK
-    return write_part(parts, number, table, columns)
 
 
-def fit_catalog(inputs, out, cfg: SimConfig, *, workers: int = 1, scheduler: str | None = None,
-                chunk_size: int = 64, adapt_size: bool = False, max_nfev: int = 100, hdu=None,
-                detect_threshold: float = 3.0, overwrite: bool = False, echo=None) -> dict:
-    """Fit every stamp of ``inputs`` (as ``galcae infer`` reads them); write the catalog ``out``.
-
-    ``cfg`` describes the images: stamp size, pixel scale, PSF and noise model (the
-    per-pixel variance of the likelihood).
-    """
-    from dataclasses import asdict
-
-    out = catalog_path(out)
-    meta = {"method": "galsim+scipy.least_squares", "psf": asdict(cfg.psf), "noise": asdict(cfg.noise),
-            "max_nfev": max_nfev, "flags": FLAGS}
-    return build_catalog(
-        partial(fit_chunk, cfg, adapt_size, max_nfev), inputs, out, columns_for=catalog_columns,
-        meta=meta, options={"config": to_dict(cfg), "adapt_size": adapt_size, "max_nfev": max_nfev},
-        stamp_size=cfg.stamp_size, pixel_scale=cfg.pixel_scale, workers=workers, scheduler=scheduler,
-        chunk_size=chunk_size, hdu=hdu, detect_threshold=detect_threshold, desc="fit",
-        fits_keys={"method": "METHOD", "max_nfev": "MAXNFEV"}, overwrite=overwrite, **({"echo": echo} if echo else {}))

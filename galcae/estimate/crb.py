@@ -14,22 +14,14 @@ the reduced shear ``g1, g2`` (``ellipticity`` is not differentiable at 0).
 
 from __future__ import annotations
 
-import galsim
 import numpy as np
 
-from .config import SimConfig
-from .params import DERIVED, PARAMETERS, ellipticity_from_shear
-from .simulate import make_psf, pixel_variance, render_noiseless
-
-#: The parameters of one Sérsic galaxy, in the order of Fisher matrices and fits.
-FIT_PARAMETERS = ("flux", "half_light_radius", "sersic_n", "g1", "g2", "x", "y")
+from ..config import SimConfig
+from ..params import DERIVED, FIT_PARAMETERS, PARAMETERS
+from ..physics import make_psf, pixel_variance, render
 
 
-def render(cfg: SimConfig, theta: dict, psf: galsim.GSObject | None = None) -> np.ndarray:
-    """Noiseless ADU image of a parameter dict holding :data:`FIT_PARAMETERS`."""
-    ellipticity, position_angle = ellipticity_from_shear(theta["g1"], theta["g2"])
-    row = {**theta, "ellipticity": float(ellipticity), "position_angle": float(position_angle)}
-    return render_noiseless(cfg, row, psf).array.astype(np.float64)
+
 
 
 def _step(name: str, value: float) -> float:
@@ -58,7 +50,8 @@ def jacobian(cfg: SimConfig, theta: dict, free=FIT_PARAMETERS, psf=None) -> np.n
 def fisher_matrix(cfg: SimConfig, theta: dict, free=FIT_PARAMETERS, psf=None) -> np.ndarray:
     """Fisher information of ``free`` (the others held known) under ``cfg``'s noise model."""
     psf = psf if psf is not None else make_psf(cfg)
-    var = pixel_variance(cfg, render(cfg, theta, psf)).ravel()
+    n = cfg.noise
+    var = pixel_variance(render(cfg, theta, psf), n.sky_level, n.gain, n.read_noise).ravel()
     J = jacobian(cfg, theta, free, psf)
     return J.T @ (J / var[:, None])
 

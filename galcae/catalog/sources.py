@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,6 @@ MASK_NAMES = ("MASK", "BADPIX", "FLAGS")
 VARIANCE_NAMES = ("VARIANCE", "VAR")
 WEIGHT_NAMES = ("WEIGHT", "WHT", "IVAR", "INVVAR")
 
-
-class InputError(ValueError):
-    """An input that cannot be measured; the message names the file (and HDU)."""
 
 
 @dataclass
@@ -58,7 +56,7 @@ CONDITION_KEYWORDS = {"psf_fwhm": "PSFFWHM", "psf_beta": "PSFBETA"}
 def header_conditions(header: fits.Header, where: str) -> dict:
     """``psf_fwhm`` (arcsec) and ``psf_beta`` from the PSFFWHM / PSFBETA keywords, where present.
     A value that is not a number is refused; a number outside the physical range is kept
-    (the row is flagged, see :func:`galcae.infer.chunk_conditions`)."""
+    (the row is flagged, see :func:`galcae.catalog.infer.chunk_conditions`)."""
     out = {}
     for name, key in CONDITION_KEYWORDS.items():
         if key in header:
@@ -252,7 +250,7 @@ class DatasetChunk:
     stop: int
 
     def read(self, size: int, adapt: bool) -> Stamps:
-        from .dataset import Dataset
+        from ..dataset import Dataset
 
         dataset = Dataset.open(self.path)
         images = dataset.read_images(self.start, self.stop)
@@ -354,7 +352,7 @@ def plan_inputs(inputs, *, stamp_size: int, pixel_scale: float, chunk_size: int,
         source = str(path)
         if path.is_dir():
             flush_stamps()
-            from .dataset import Dataset
+            from ..dataset import Dataset
 
             n = len(Dataset.open(path))
             for start in range(0, n, chunk_size):

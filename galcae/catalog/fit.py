@@ -1,0 +1,73 @@
+"""TODO"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+
+from .chunks import build_catalog
+from .stamps import STAMP_FLAGS, clean
+from .writers import Column, catalog_path, flag_columns, id_columns, write_part
+from ..config import SimConfig, to_dict
+from ..params import FIT_PARAMETERS
+from ..estimate.fit import OK, fit_images
+from ..params import unit_of
+
+
+#: Per-row flags of a classical-fit catalog.
+FLAGS = {**STAMP_FLAGS, "flag_fit_failed": "the fit did not converge or failed (see status)"}
+
+
+
+def catalog_columns(has_field: bool) -> list[Column]:
+    cols = id_columns(has_field)
+    for name in FIT_PARAMETERS:
+        unit = unit_of(name)
+        cols += [(name, pa.float64(), unit, f"fitted {name.replace('_', ' ')}"),
+                 (f"{name}_err", pa.float64(), unit, f"1-sigma error of {name} from the fit's Hessian")]
+    cols += [("status", pa.string(), "", "'ok', 'max_nfev' or why the fit failed"),
+             ("nfev", pa.int64(), "", "model evaluations"),
+             ("chi2_dof", pa.float64(), "", "reduced chi-squared at the solution"),
+             ("seconds", pa.float64(), "s", "wall time of this fit")]
+    return cols + flag_columns(FLAGS)
+
+
+
+def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: int, first_id: int,
+              parts: str, columns: list[Column]) -> int:
+    """Read, fit and write one chunk as a Parquet part."""
+    stamps = chunk.read(cfg.stamp_size, adapt_size)
+    ready = clean(stamps)
+    n = len(ready.images)
+    conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in stamps.conditions.items()}
+    table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags,
+             **fit_images(ready.images, cfg, max_nfev, conditions if cfg.varies_conditions else None,
+                          ready.measurable)}
+    table["status"] = table["status"].astype(str)
+    table["flag_fit_failed"] = table["status"] != OK
+    return write_part(parts, number, table, columns)
+
+
+
+def fit_catalog(inputs, out, cfg: SimConfig, *, workers: int = 1, scheduler: str | None = None,
+                chunk_size: int = 64, adapt_size: bool = False, max_nfev: int = 100, hdu=None,
+                detect_threshold: float = 3.0, overwrite: bool = False, echo=None) -> dict:
+    """Fit every stamp of ``inputs`` (as ``galcae infer`` reads them); write the catalog ``out``.
+
+    ``cfg`` describes the images: stamp size, pixel scale, PSF and noise model (the
+    per-pixel variance of the likelihood).
+    """
+    from dataclasses import asdict
+
+    out = catalog_path(out)
+    meta = {"method": "galsim+scipy.least_squares", "psf": asdict(cfg.psf), "noise": asdict(cfg.noise),
+            "max_nfev": max_nfev, "flags": FLAGS}
+    return build_catalog(
+        partial(fit_chunk, cfg, adapt_size, max_nfev), inputs, out, columns_for=catalog_columns,
+        meta=meta, options={"config": to_dict(cfg), "adapt_size": adapt_size, "max_nfev": max_nfev},
+        stamp_size=cfg.stamp_size, pixel_scale=cfg.pixel_scale, workers=workers, scheduler=scheduler,
+        chunk_size=chunk_size, hdu=hdu, detect_threshold=detect_threshold, desc="fit",
+        fits_keys={"method": "METHOD", "max_nfev": "MAXNFEV"}, overwrite=overwrite, **({"echo": echo} if echo else {}))
+

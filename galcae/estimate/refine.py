@@ -1,0 +1,204 @@
+"""Refinement: the classical fit, started at the CAE's estimate, for the bright galaxies
+(``galcae infer --refine-snr S``; by default above the S/N of the model card's refinement
+policy, :class:`galcae.card.Refinement`, for a model shipped with a refine calibration).
+
+The CAE's scatter shrinks more slowly with S/N than the Cramér–Rao bound: above S/N 100
+it is about twice the bound (docs/model-survey.md), while a maximum-likelihood fit
+reaches the bound there but costs far more than the CAE, and does worse than the CAE on
+faint ones (it fails, or wanders). So the CAE measures every stamp, the stamp's S/N picks
+the bright ones, and only those are fitted, starting from the CAE's values: their catalog
+values and errors become the fit's (the inverse Hessian, which is the bound at high S/N).
+The fit is :func:`galcae.estimate.batchfit.fit_batch`, the likelihood of the scipy + GalSim fit of
+``galcae fit`` drawn and minimised in PyTorch, :data:`BATCH` stamps at a time, to
+convergence (``benchmarks/survey_model.py --refine-snr`` measures its cost). A fit that
+fails keeps the CAE's row and is flagged; so does one that ends without errors (a singular
+Hessian).
+
+The fit needs what the CAE does not: the noise model per pixel. It is the model's
+training one, with the sky level taken from the stamp's measured ``noise_sigma``
+(``sigma² = sky / gain + (read_noise / gain)²``) and the PSF from the stamp's conditions.
+
+The fit's errors (the inverse Hessian at its estimate) are not exactly
+its scatter: a model shipped with a ``refine_calibration`` (:func:`calibrate_fit_errors`,
+fitted on refined held-out simulations) rescales them as the variance head's are, per bin
+of error and of S/N, with a tail factor for the 95% interval per bin of error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..conditions import stamp_noise_sigma
+from ..config import ConfigError, SimConfig
+from ..params import FIT_PARAMETERS, MAX_NFEV as STOPPED, OK, ellipticity_errors, ellipticity_from_shear
+from ..physics import make_psf, sky_level_for_sigma, stamp_snr
+from ..uncertainty import LEVELS, VarianceCalibration, half_widths
+from .batchfit import fit_batch
+from .fit import initial_guess
+
+#: Levenberg-Marquardt steps at most (most stamps converge in fewer).
+MAX_STEPS = 20
+#: Stamps fitted together: memory of about 2 MB per stamp for its Jacobian's transforms.
+BATCH = 64
+
+
+def stamp_conditions(sim: SimConfig, conditions: dict, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """``psf_fwhm``, ``psf_beta`` and ``sky_level`` of the stamps ``rows``, as the fit takes
+    them: the stamps' own conditions where given (the sky level that gives their measured
+    ``noise_sigma``), else the training set's fixed values."""
+    def per_stamp(name: str, fixed, key: str) -> np.ndarray:
+        if name in conditions:
+            return np.asarray(conditions[name], float)[rows]
+        if isinstance(fixed, tuple):
+            raise ConfigError(f"{key}: varies per galaxy; '{name}' is needed")
+        return np.full(len(rows), float(fixed))
+
+    noise = sim.noise
+    sky = (sky_level_for_sigma(np.asarray(conditions["noise_sigma"], float)[rows], noise.gain, noise.read_noise)
+           if "noise_sigma" in conditions else per_stamp("sky_level", noise.sky_level, "noise.sky_level"))
+    return {"psf_fwhm": per_stamp("psf_fwhm", sim.psf.fwhm, "psf.fwhm"),
+            "psf_beta": per_stamp("psf_beta", sim.psf.beta, "psf.beta"), "sky_level": sky}
+
+
+def stamp_config(sim: SimConfig, conditions: dict, i: int) -> SimConfig:
+    """``sim`` with stamp ``i``'s seeing and the sky level that gives its measured noise."""
+    values = stamp_conditions(sim, conditions, np.array([i]))
+    return sim.for_galaxy({k: float(v[0]) for k, v in values.items()})
+
+
+def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict,
+           min_snr: float, max_steps: int = MAX_STEPS,
+           calibration: VarianceCalibration | None = None) -> dict[str, np.ndarray]:
+    """Re-measure the stamps with :func:`~galcae.physics.stamp_snr` >= ``min_snr`` by the
+    classical fit; ``estimates`` is not changed.
+
+    ``conditions``: where the model's PSF varies, ``psf_fwhm`` and ``psf_beta`` (scalars or per
+    stamp); ``noise_sigma`` per stamp, measured on the stamps unless given. ``estimates``: the
+    CAE's columns (``<name>``, ``<name>_err``, ``<name>_lo95``, ``<name>_hi95``, as
+    :func:`galcae.estimate.cae.measure` returns them). Returns those columns with the fit's
+    values and errors where it succeeded (recalibrated by ``calibration``, the model card's
+    :attr:`~galcae.card.Refinement.calibration`, if given), plus ``snr``, ``refined`` (the
+    fit replaced the CAE's values) and ``refine_failed`` (a fit was tried and failed).
+    """
+    n = len(images)
+    conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
+    if "noise_sigma" not in conditions:
+        conditions["noise_sigma"] = stamp_noise_sigma(images)
+    supervised = [name for name in FIT_PARAMETERS if name in estimates]
+    out = {**estimates, **{k: np.array(estimates[k], copy=True) for k in _refinable(estimates, supervised)},
+           "snr": stamp_snr(images, conditions["noise_sigma"], sim.noise.gain),
+           "refined": np.zeros(n, bool), "refine_failed": np.zeros(n, bool)}
+    chosen = np.flatnonzero((out["snr"] >= min_snr)
+                            & np.all([np.isfinite(estimates[name]) for name in supervised], axis=0))
+    for first in range(0, len(chosen), BATCH):
+        _fit_rows(out, chosen[first:first + BATCH], sim, images, conditions, supervised, max_steps)
+    if out["refined"].any() and all(f"{name}_err" in out for name in supervised):
+        _recalibrate_errors(out, supervised, calibration)
+    if "ellipticity_err" in out:
+        _shape_from_shear(out)
+    return out
+
+
+def _refinable(estimates: dict, supervised: list[str]) -> list[str]:
+    """The columns a refinement may change (copied, so the caller's stay as they were)."""
+    names = [*supervised, *(f"{n}{s}" for n in supervised for s in ("_err", "_lo95", "_hi95")),
+             "ellipticity", "position_angle", "ellipticity_err", "position_angle_err"]
+    return [k for k in names if k in estimates]
+
+
+def _fit_rows(out: dict, rows: np.ndarray, sim: SimConfig, images: np.ndarray, conditions: dict,
+              supervised: list[str], max_steps: int) -> None:
+    """Fit the stamps ``rows`` from ``out``'s values; write the successful fits into ``out``."""
+    start = {name: out[name][rows] for name in supervised}
+    if len(start) < len(FIT_PARAMETERS):  # a model that does not predict them all
+        start = _with_moments(start, sim, images, conditions, rows)
+    fit = fit_batch(images[rows], sim, stamp_conditions(sim, conditions, rows), start, max_steps=max_steps)
+    # Stopped after max_steps keeps its last step; a fit without errors is no measurement.
+    done = np.isin(fit["status"], (OK, STOPPED)) & np.all(
+        [np.isfinite(fit[f"{name}_err"]) for name in FIT_PARAMETERS], axis=0)
+    out["refine_failed"][rows[~done]] = True
+    out["refined"][rows[done]] = True
+    for name in supervised:
+        out[name][rows[done]] = fit[name][done]
+        if f"{name}_err" in out:
+            out[f"{name}_err"][rows[done]] = fit[f"{name}_err"][done]
+
+
+def _with_moments(start: dict, sim: SimConfig, images, conditions, rows) -> dict:
+    """``start`` completed with HSM adaptive moments for the parameters the model lacks."""
+    from threadpoolctl import threadpool_limits
+
+    configs = [stamp_config(sim, conditions, i) for i in rows]
+    with threadpool_limits(1):
+        moments = [initial_guess(images[i], c, make_psf(c)) for i, c in zip(rows, configs)]
+    return {name: start.get(name, np.array([m[name] for m in moments])) for name in FIT_PARAMETERS}
+
+
+def _recalibrate_errors(out: dict, supervised: list[str], calibration: VarianceCalibration | None) -> None:
+    """The refined rows' errors recalibrated (if a calibration is given) and their 95% intervals."""
+    rows = out["refined"]
+    err = np.stack([out[f"{name}_err"][rows] for name in supervised], 1)
+    tail = 1.0  # Gaussian errors in physical units, unless recalibrated
+    if calibration is not None:
+        err = calibration.apply(err, out["snr"][rows])
+        tail = calibration.tail(err)
+    wide = half_widths(err, tail)[LEVELS[1]]
+    for k, name in enumerate(supervised):
+        value = out[name][rows]
+        out[f"{name}_err"][rows] = err[:, k]
+        if f"{name}_lo95" in out:
+            out[f"{name}_lo95"][rows], out[f"{name}_hi95"][rows] = value - wide[:, k], value + wide[:, k]
+
+
+def _shape_from_shear(out: dict) -> None:
+    """|g| and the position angle (and their errors) of the refined rows, from g1 and g2."""
+    e, pa = ellipticity_from_shear(out["g1"], out["g2"])
+    e_err, pa_err = ellipticity_errors(out["g1"], out["g2"], out["g1_err"], out["g2_err"])
+    for key, value in (("ellipticity", e), ("position_angle", pa), ("ellipticity_err", e_err),
+                       ("position_angle_err", pa_err)):
+        out[key] = np.where(out["refined"], value, out[key])
+
+
+def refine_blocks(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict, min_snr: float,
+                  workers: int = 1, block: int = 16, calibration: VarianceCalibration | None = None,
+                  max_steps: int = MAX_STEPS) -> tuple[dict, dict, float]:
+    """:func:`refine` in blocks on a local cluster of ``workers`` processes; returns the
+    refined ``estimates`` columns, the ``snr``, ``refined`` and ``refine_failed`` columns, and
+    the summed seconds of the blocks (the single-core cost)."""
+    from ..distributed import map_ordered
+
+    n = len(images)
+    conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
+    blocks = [(sim, images[i:i + block], {k: v[i:i + block] for k, v in conditions.items()},
+               {k: v[i:i + block] for k, v in estimates.items()}, min_snr, calibration, max_steps)
+              for i in range(0, n, block)]
+    results = map_ordered(_timed_refine, blocks, workers, desc="refinement",
+                          unit_scale=[len(b[1]) for b in blocks])
+    refined = {k: np.concatenate([r[0][k] for r in results]) for k in estimates}
+    done = {k: np.concatenate([r[0][k] for r in results]) for k in ("snr", "refined", "refine_failed")}
+    return refined, done, float(sum(r[1] for r in results))
+
+
+def _timed_refine(sim, images, conditions, estimates, min_snr, calibration, max_steps):
+    import time
+
+    start = time.perf_counter()
+    out = refine(sim, images, conditions, estimates, min_snr, max_steps, calibration)
+    return out, time.perf_counter() - start
+
+
+def calibrate_fit_errors(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict,
+                         truth: dict, min_snr: float, workers: int = 1, per_bin: int = 300
+                         ) -> tuple[VarianceCalibration, int]:
+    """Refine held-out simulated stamps (``estimates``: the CAE's, ``truth``: their
+    parameters) and fit the recalibration of the fit's errors on the refined ones (in
+    physical units); returns it and the number refined."""
+    refined, done, _ = refine_blocks(sim, images, conditions, estimates, min_snr, workers)
+    rows = done["refined"]
+    names = [name for name in FIT_PARAMETERS if name in estimates]
+
+    def column(table: dict, suffix: str = "") -> np.ndarray:
+        return np.stack([table[name + suffix][rows] for name in names], 1)
+
+    return VarianceCalibration.fit(column(truth), column(refined), column(refined, "_err"),
+                                   done["snr"][rows], per_bin), int(rows.sum())

@@ -1,0 +1,121 @@
+"""The physics, once: a galaxy as GalSim draws it, its PSF, the noise model and its inverse, S/N.
+
+Everything that simulates, bounds, fits or refines a galaxy uses these functions, so the
+training set, the Cramér–Rao bound, the classical fit and the refinement share one model.
+:mod:`galcae.render` is their differentiable PyTorch twin, tested against them.
+
+- **Galaxy**: a sheared Sérsic profile (``flux`` ADU, ``half_light_radius`` arcsec,
+  ``sersic_n``, ``ellipticity`` |g|, ``position_angle`` deg; or ``g1``, ``g2``) centred at
+  ``x``, ``y`` in galcae's pixel convention (:mod:`galcae.params`), convolved with the PSF
+  and the pixel.
+- **PSF**: a Moffat of FWHM (arcsec) and β, or a Gaussian of FWHM (no β).
+- **Noise**: CCD noise of a sky-subtracted image in ADU: Poisson on source + sky (in
+  electrons, ``gain`` e-/ADU) and Gaussian read noise (e-), so a pixel of mean ``mu`` has
+  variance ``(max(mu, 0) + sky) / gain + (read_noise / gain)²``.
+"""
+
+from __future__ import annotations
+
+import galsim
+import numpy as np
+
+from .params import ellipticity_from_shear
+
+#: PSF profiles galcae knows; a Gaussian has no β.
+PSF_PROFILES = ("gaussian", "moffat")
+
+
+def psf_profile(profile: str, fwhm: float, beta: float | None = None) -> galsim.GSObject:
+    """The PSF: ``galsim.Moffat(beta, fwhm)`` or ``galsim.Gaussian(fwhm)`` (FWHM in arcsec)."""
+    if profile == "moffat":
+        return galsim.Moffat(beta=beta, fwhm=fwhm)
+    if profile == "gaussian":
+        return galsim.Gaussian(fwhm=fwhm)
+    raise ValueError(f"PSF profile '{profile}' is not one of {', '.join(PSF_PROFILES)}")
+
+
+def psf_beta_or_none(profile: str, beta):
+    """β as the renderers take it: the Moffat's, or None for a Gaussian PSF."""
+    return beta if profile == "moffat" else None
+
+
+def make_psf(cfg) -> galsim.GSObject:
+    """The PSF of a :class:`~galcae.config.SimConfig` with fixed conditions (see
+    :meth:`SimConfig.for_galaxy` for one galaxy's)."""
+    if isinstance(cfg.psf.fwhm, tuple) or isinstance(cfg.psf.beta, tuple):
+        raise ValueError("the PSF varies per galaxy: use cfg.for_galaxy(row) first")
+    return psf_profile(cfg.psf.profile, cfg.psf.fwhm, cfg.psf.beta)
+
+
+def galaxy_model(cfg, row: dict, psf: galsim.GSObject | None = None) -> galsim.GSObject:
+    """The PSF-convolved GalSim profile of one parameter row (``ellipticity`` and
+    ``position_angle`` for the shape)."""
+    gsparams = galsim.GSParams(maximum_fft_size=cfg.max_fft_size)
+    galaxy = galsim.Sersic(n=row["sersic_n"], half_light_radius=row["half_light_radius"],
+                           flux=row["flux"], gsparams=gsparams)
+    galaxy = galaxy.shear(g=row["ellipticity"], beta=row["position_angle"] * galsim.degrees)
+    return galsim.Convolve(galaxy, psf if psf is not None else make_psf(cfg), gsparams=gsparams)
+
+
+def render_noiseless(cfg, row: dict, psf: galsim.GSObject | None = None) -> galsim.Image:
+    """The noiseless, sky-free GalSim image of one galaxy in ADU, ``stamp_size`` square."""
+    half = cfg.stamp_size / 2.0
+    # galcae's origin is the stamp's corner (galcae.params); GalSim offsets from the centre.
+    return galaxy_model(cfg, row, psf).drawImage(
+        nx=cfg.stamp_size, ny=cfg.stamp_size, scale=cfg.pixel_scale,
+        offset=(row["x"] - half, row["y"] - half))
+
+
+def render(cfg, theta: dict, psf: galsim.GSObject | None = None) -> np.ndarray:
+    """Noiseless float64 ADU image of a parameter dict holding
+    :data:`galcae.params.FIT_PARAMETERS` (the shape as ``g1``, ``g2``)."""
+    ellipticity, position_angle = ellipticity_from_shear(theta["g1"], theta["g2"])
+    row = {**theta, "ellipticity": float(ellipticity), "position_angle": float(position_angle)}
+    return render_noiseless(cfg, row, psf).array.astype(np.float64)
+
+
+# --- the noise model --------------------------------------------------------------------------
+
+
+def pixel_variance(noiseless, sky_level, gain: float, read_noise: float):
+    """Per-pixel noise variance in ADU² of a sky-subtracted image of mean ``noiseless`` (a
+    numpy array or a torch tensor; ``sky_level`` in ADU, broadcastable to it)."""
+    positive = noiseless.clamp_min(0) if hasattr(noiseless, "clamp_min") else np.clip(noiseless, 0.0, None)
+    return (positive + sky_level) / gain + (read_noise / gain) ** 2
+
+
+def sky_sigma(sky_level, gain: float, read_noise: float):
+    """Sky-noise sigma in ADU of a blank pixel (sky Poisson + read noise)."""
+    return np.sqrt(np.asarray(sky_level, float) / gain + (read_noise / gain) ** 2)
+
+
+def sky_level_for_sigma(noise_sigma, gain: float, read_noise: float):
+    """The inverse of :func:`sky_sigma`: the sky level in ADU whose blank-pixel noise is
+    ``noise_sigma`` (0 where the read noise alone is larger)."""
+    return np.maximum(gain * (np.asarray(noise_sigma, float) ** 2 - (read_noise / gain) ** 2), 0.0)
+
+
+# --- signal to noise ------------------------------------------------------------------------
+
+
+def optimal_snr(noiseless: np.ndarray, variance: np.ndarray) -> float:
+    """Matched-filter S/N of a known galaxy, ``sqrt(sum(I² / var))``: the S/N of an optimal
+    flux measurement."""
+    return float(np.sqrt(np.sum(noiseless**2 / variance)))
+
+
+def stamp_snr(images: np.ndarray, noise_sigma: np.ndarray, gain: float) -> np.ndarray:
+    """Matched-filter S/N measured on the stamps, ``sqrt(sum(d² / var) - N_pixels)`` with
+    ``var = noise_sigma² + d / gain``: unbiased for ``sqrt(sum(mu² / var))`` (as
+    ``E[d²] = mu² + var``), within a few per cent of the truth above S/N 30, and free (a
+    model rendering per stamp would cost 20-60 ms)."""
+    # float32 and in place: it runs on every stamp of a catalog (13 us against 260 us per
+    # 64x64 stamp in float64 with temporaries); the sum is accumulated in float64.
+    d = np.asarray(images, np.float32)
+    var = np.maximum(d, 0.0)
+    var *= 1.0 / gain
+    var += (np.asarray(noise_sigma, np.float32) ** 2)[:, None, None]
+    with np.errstate(divide="ignore", invalid="ignore"):  # noiseless or blank stamps: inf or NaN
+        np.divide(np.square(d), var, out=var)
+        chi2 = var.sum(axis=(1, 2), dtype=np.float64) - d[0].size if len(d) else np.empty(0)
+    return np.sqrt(np.clip(chi2, 0.0, None))
