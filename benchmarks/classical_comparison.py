@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from galcae.checkpoint import load_model
 from galcae.config import load_stage
 from galcae.dataset import Dataset

@@ -17,12 +17,12 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+from galcae.card import resolve_model
 from galcae.checkpoint import load_model
 from galcae.conditions import condition_table
 from galcae.config import load_stage
-from galcae.evaluate.comparison import CONDITION_COLUMNS
 from galcae.evaluate.disentangle import remeasured_traversals
-from galcae.card import resolve_model
+from galcae.params import RENDER_CONDITIONS
 from galcae.simulate import draw_parameters, render_chunk
 
 STEPS = np.linspace(-1, 1, 5)
@@ -60,7 +60,7 @@ def main() -> None:
         raise SystemExit(f"no galaxy of {len(rendered['snr'])} has S/N in {args.snr}")
     print(f"{len(pick)} fresh survey galaxies (seed {args.seed}), S/N "
           + ", ".join(f"{s:.0f}" for s in rendered["snr"][pick]) + f"; steps {STEPS.tolist()}")
-    rows = [{k: float(truth[k][i]) for k in CONDITION_COLUMNS if k in truth} for i in pick]
+    rows = [{k: float(truth[k][i]) for k in RENDER_CONDITIONS if k in truth} for i in pick]
     with ProcessPoolExecutor(args.workers) as pool:
         for name in args.models:
             path = resolve_model(name)
@@ -79,7 +79,7 @@ def table(results: list[dict], name: str) -> None:
     for latent in results[0]:
         runs = [r[latent] for r in results]
 
-        def median(key):
+        def median(key, runs=runs):
             values = np.array([np.nan if t[key] is None else t[key] for t in runs], float)
             return np.nanmedian(values) if np.isfinite(values).any() else np.nan
 

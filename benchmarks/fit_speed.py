@@ -15,14 +15,14 @@ import time
 import numpy as np
 import torch
 
-from galcae.estimate.batchfit import fit_batch
 from galcae.checkpoint import load_model
 from galcae.config import load_stage
-from galcae.params import FIT_PARAMETERS
-from galcae.estimate.fit import fit_stamp
+from galcae.estimate.batchfit import fit_batch
 from galcae.estimate.cae import measure
-from galcae.render import transform_tables
+from galcae.estimate.fit import fit_stamp
+from galcae.params import FIT_PARAMETERS
 from galcae.physics import make_psf
+from galcae.render import transform_tables
 from galcae.simulate import draw_parameters, render_chunk
 
 

@@ -17,15 +17,15 @@ import time
 import numpy as np
 import torch
 
-from galcae.checkpoint import load_model
-from galcae.config import load_stage
-from galcae.evaluate.calibration import calibration_table, latent_errors, worst_miss
-from galcae.evaluate.comparison import CONDITION_COLUMNS, compare, crb_only
-from galcae.estimate.cae import measure
 from galcae.card import resolve_model
+from galcae.checkpoint import load_model
 from galcae.conditions import condition_table
-from galcae.params import FIT_PARAMETERS
+from galcae.config import load_stage
+from galcae.estimate.cae import measure
 from galcae.estimate.refine import refine_blocks
+from galcae.evaluate.calibration import calibration_table, latent_errors, worst_miss
+from galcae.evaluate.comparison import compare, crb_only
+from galcae.params import FIT_PARAMETERS, RENDER_CONDITIONS
 from galcae.simulate import draw_parameters, render_chunk
 from galcae.uncertainty import LEVELS, half_widths
 
@@ -75,10 +75,11 @@ def main() -> None:
               f"fits failed, CAE kept). Time on one core: CAE {1e3 * cae_seconds / len(images):.2f} ms "
               f"per galaxy; fit {fit_seconds / max(n_refined, 1):.3f} s per refined galaxy (summed over "
               f"{args.workers} single-threaded worker(s) sharing the cores, each paying ~5 s for its "
-              f"renderer's tables first); CAE + fit {1e3 * (cae_seconds + fit_seconds) / len(images):.1f} ms per galaxy, "
+              f"renderer's tables first); CAE + fit "
+              f"{1e3 * (cae_seconds + fit_seconds) / len(images):.1f} ms per galaxy, "
               f"{(cae_seconds + fit_seconds) / cae_seconds:.0f}x the CAE's time.\n")
     bounded = slice(0, args.bound)  # the bound costs renders per galaxy; coverage needs none
-    crb = crb_only(cfg, {n: truth[n][bounded] for n in FIT_PARAMETERS + CONDITION_COLUMNS}, args.workers)
+    crb = crb_only(cfg, {n: truth[n][bounded] for n in FIT_PARAMETERS + RENDER_CONDITIONS}, args.workers)
     names = [n for n in model.supervised if n in FIT_PARAMETERS]
     for method, values in methods.items():
         compared = compare({k: v[bounded] for k, v in truth.items()}, snr[bounded], crb,

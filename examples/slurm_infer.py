@@ -15,8 +15,8 @@ import argparse
 
 from dask_jobqueue import SLURMCluster
 
-from galcae.catalog.infer import infer_catalog
 from galcae.card import resolve_model
+from galcae.catalog.infer import infer_catalog
 
 
 def slurm_cluster(cores: int, queue=None, account=None) -> SLURMCluster:

@@ -20,14 +20,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .outputs import atomic_file, write_text_atomic
-from .conditions import condition_table, stamp_noise_sigma
-from .physics import stamp_snr
 from .card import FORMAT, META, WEIGHTS, ModelCard, model_paths, read_card
-from .model import CAE
-from .scaling import ParameterScaling, PixelNormalization
+from .conditions import condition_table, stamp_noise_sigma
 from .errors import ModelError
-
+from .model import CAE
+from .outputs import atomic_file, write_text_atomic
+from .physics import stamp_snr
+from .scaling import ParameterScaling, PixelNormalization
 
 
 def sha256_of(path: Path) -> str:

@@ -215,8 +215,8 @@ def fit(inputs, out, config, overrides, workers, scheduler, chunk_size, max_nfev
     Reads the same inputs as `galcae infer` and writes the same kind of catalog, with all
     seven Sérsic parameters, their errors, the fit status and its wall time.
     """
-    from .config import load_stage
     from .catalog.fit import fit_catalog
+    from .config import load_stage
 
     cfg = load_stage("simulate", config, list(overrides))
     summary = fit_catalog(inputs, out, cfg, workers=workers, scheduler=scheduler, chunk_size=chunk_size,

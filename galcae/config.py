@@ -16,9 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from .params import CONDITIONS, DERIVED, PARAMETERS, SIMULATED
 from .errors import ConfigError
-
+from .params import DERIVED, MODEL_CONDITIONS, PARAMETERS, SIMULATED
 
 
 def _check(condition: bool, key: str, message: str) -> None:
@@ -262,10 +261,10 @@ class TrainConfig:
         _check(self.decoder in DECODERS, "decoder",
                f"'{self.decoder}' is not one of {', '.join(repr(d) for d in DECODERS)}")
         if self.decoder == "sersic":
-            from .render import PARAMETERS
+            from .render import DRAWN
 
-            missing = [n for n in PARAMETERS if n not in self.supervised + self.conditions]
-            _check(not missing, "decoder", f"sersic draws from {', '.join(PARAMETERS)}: "
+            missing = [n for n in DRAWN if n not in self.supervised + self.conditions]
+            _check(not missing, "decoder", f"sersic draws from {', '.join(DRAWN)}: "
                    f"add {', '.join(missing)} to supervised or conditions")
         _check(self.device in ("auto", "cpu", "cuda"), "device",
                f"'{self.device}' is not one of 'auto', 'cpu', 'cuda'")
@@ -276,7 +275,6 @@ DECODERS = ("conv", "sersic")
 #: Parameters a model can be trained to predict.
 SUPERVISABLE = SIMULATED + tuple(DERIVED)
 #: Conditions a model can take (the sky level enters through the noise measured on the stamp).
-MODEL_CONDITIONS = tuple(n for n in CONDITIONS if n != "sky_level")
 
 STAGES = {"simulate": SimConfig, "train": TrainConfig}
 

@@ -20,8 +20,8 @@ import zarr
 
 from . import __version__
 from .config import ConfigError, SimConfig, from_dict, read_yaml, to_dict
-from .params import CONDITIONS, DERIVED, PARAMETERS
 from .errors import DatasetError
+from .params import CONDITIONS, DERIVED, PARAMETERS
 
 IMAGES = "images.zarr"
 PARAMS = "params.parquet"

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
+
 from .errors import ClusterError
 
 log = logging.getLogger(__name__)

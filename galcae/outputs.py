@@ -23,6 +23,7 @@ import socket
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
 from .errors import OutputError
 
 log = logging.getLogger(__name__)

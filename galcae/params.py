@@ -90,6 +90,16 @@ MAX_NFEV = "max_nfev"
 FAILED = "failed"
 
 
+#: The PSF's conditions (a Gaussian PSF ignores the Moffat beta).
+PSF_CONDITIONS = ("psf_fwhm", "psf_beta")
+#: The conditions that set how a galaxy is drawn: the PSF and the sky (a simulation's truth).
+RENDER_CONDITIONS = (*PSF_CONDITIONS, "sky_level")
+#: The conditions a model can take besides the image (the sky enters as the measured noise).
+MODEL_CONDITIONS = (*PSF_CONDITIONS, "noise_sigma")
+#: FITS header keywords that state a file's conditions.
+FITS_KEYWORDS = {"psf_fwhm": "PSFFWHM", "psf_beta": "PSFBETA"}
+
+
 def unit_of(name: str) -> str:
     """The astropy unit string of a simulated, derived or condition column."""
     return {**PARAMETERS, **DERIVED, **CONDITIONS}[name].unit

@@ -20,6 +20,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .params import FIT_PARAMETERS, PSF_CONDITIONS
+
 #: Sérsic indices GalSim can draw; the renderer clamps to them.
 SERSIC_N = (0.3, 6.19)
 #: Moffat betas tabulated; the renderer clamps to them.
@@ -30,7 +32,8 @@ LOG_K = (-3.0, 3.0)
 GAUSSIAN_FWHM = 2 * math.sqrt(2 * math.log(2))
 #: Every parameter :class:`SersicRenderer` takes, in its units (without ``psf_beta``: a
 #: Gaussian PSF).
-PARAMETERS = ("flux", "half_light_radius", "sersic_n", "g1", "g2", "x", "y", "psf_fwhm", "psf_beta")
+DRAWN = FIT_PARAMETERS + PSF_CONDITIONS
+PARAMETERS = DRAWN  # TEMPORARY alias while the tests move
 #: The coordinates of :meth:`SersicRenderer.with_derivatives`: flux, radius and n in the log.
 FITTED = ("log_flux", "log_half_light_radius", "log_sersic_n", "g1", "g2", "x", "y")
 
@@ -96,8 +99,9 @@ def _chunks(p: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
 class SersicRenderer(torch.nn.Module):
     """Draws ``(B, size, size)`` noiseless stamps in ADU of GalSim-convention galaxies:
     ``galsim.Sersic(n, half_light_radius, flux).shear(g1, g2)`` convolved with
-    ``galsim.Moffat(beta, fwhm)`` (``galsim.Gaussian(fwhm)`` when ``psf_beta`` is None), drawn as ``drawImage`` does (pixel-convolved), centred at
-    ``(x, y)`` pixels from the stamp's corner. Sizes are in arcsec, as in the simulation.
+    ``galsim.Moffat(beta, fwhm)`` (``galsim.Gaussian(fwhm)`` when ``psf_beta`` is None), drawn
+    as ``drawImage`` does (pixel-convolved), centred at ``(x, y)`` pixels from the stamp's
+    corner. Sizes are in arcsec, as in the simulation.
     """
 
     def __init__(self, stamp_size: int, pixel_scale: float, oversample: int = 1, pad: int = 4):
@@ -119,7 +123,7 @@ class SersicRenderer(torch.nn.Module):
         self.register_buffer("moffat", None, persistent=False)
 
     def forward(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``p``: a ``(B,)`` tensor per name of :data:`PARAMETERS`."""
+        """``p``: a ``(B,)`` tensor per name of :data:`DRAWN`."""
         return torch.cat([self._draw(self._spectra(part, derivatives=False))[:, 0]
                           for part in _chunks(p)])
 
@@ -196,9 +200,9 @@ class LatentRenderer(torch.nn.Module):
 
     def __init__(self, scaling, conditioning, normalization, stamp_size: int, pixel_scale: float):
         super().__init__()
-        needed = [n for n in PARAMETERS if n not in scaling.names + (conditioning.names if conditioning else ())]
+        needed = [n for n in DRAWN if n not in scaling.names + (conditioning.names if conditioning else ())]
         if needed:
-            raise ValueError(f"the sersic decoder draws from {', '.join(PARAMETERS)}: "
+            raise ValueError(f"the sersic decoder draws from {', '.join(DRAWN)}: "
                              f"supervise or condition on {', '.join(needed)} too")
         self.scales = {"latent": scaling, "condition": conditioning}
         self.normalization = normalization

@@ -12,24 +12,36 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import (META, ModelError, TrainedModel, load_model, load_state, pick_device,
-                         save_model, save_state, sha256_of, write_json_atomic)
+from .checkpoint import (
+    META,
+    ModelError,
+    TrainedModel,
+    load_model,
+    load_state,
+    pick_device,
+    save_model,
+    save_state,
+    sha256_of,
+    write_json_atomic,
+)
 from .conditions import condition_table
 from .config import ConfigError, TrainConfig, from_dict, to_dict
 from .dataset import PARAMS, Dataset
+from .errors import TrainingError
 from .model import CAE, Architecture, cae_loss
 from .outputs import output_lock, refuse_overlap, remove, swap_in
 from .params import ellipticity_from_shear
-from .scaling import ParameterScaling, PixelNormalization
 from .physics import sky_sigma
+from .plots import loss_curve
+from .scaling import ParameterScaling, PixelNormalization
 from .uncertainty import HeldoutScatter, VarianceCalibration
-from .errors import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +105,8 @@ def _differing_keys(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resume: bool = False,
-          overwrite: bool = False, init=None) -> TrainedModel:
+def train_model(dataset_path, run_dir, cfg: TrainConfig | None = None, *, resume: bool = False,
+                overwrite: bool = False, init=None) -> TrainedModel:
     """Train the CAE on a dataset and write the run directory; return the final model.
 
     Parameters
@@ -114,6 +126,7 @@ def train_model(dataset_path, run_dir, cfg: TrainConfig = TrainConfig(), *, resu
         initialisation; its architecture and supervised parameters must match ``cfg``, but
         for the decoder: with another one, only the encoder's weights are taken.
     """
+    cfg = cfg or TrainConfig()
     dataset = Dataset.open(dataset_path)
     run_dir = Path(run_dir)
     if resume and init is not None:
@@ -154,104 +167,22 @@ def _train_into(run_dir: Path, dataset: Dataset, cfg: TrainConfig, *, resume: bo
     """The training itself, in ``run_dir`` (see :func:`train_model`)."""
     if resume:
         _check_resume(run_dir, cfg, dataset)
-    reduction = 2 ** len(cfg.channels)
-    if dataset.config.stamp_size % reduction:
-        raise ConfigError(f"dataset {dataset.path}: stamp_size {dataset.config.stamp_size} "
-                          f"is not divisible by {reduction}, as the CAE's {len(cfg.channels)} "
-                          "poolings need")
+    _check_stamp_size(dataset, cfg)
     device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-
-    train_ids, test_ids = split_indices(dataset, cfg)
-    dataset.check_finite([*cfg.supervised, *(c for c in cfg.conditions if c != "noise_sigma")],
-                         dataset.usable)
-    images = dataset.load_images()
-    dataset.check_finite_images(images, np.arange(len(dataset)))
-    train_params = {k: v[train_ids] for k, v in dataset.params.items()}
-    conditions = conditioning_inputs(dataset, images, cfg.conditions)
-    arch = Architecture(stamp_size=dataset.config.stamp_size, latent_dim=cfg.latent_dim,
-                        n_supervised=len(cfg.supervised), dropout=cfg.dropout,
-                        n_conditions=len(cfg.conditions), predict_variance=cfg.predict_variance,
-                        channels=tuple(cfg.channels), head_hidden=cfg.head_hidden,
-                        decoder=cfg.decoder)
-    network = CAE(arch).to(device, memory_format=torch.channels_last)
-    meta = {"train_config": to_dict(cfg), "dataset": provenance(dataset), "epoch": 0}
-    if resume:  # the preprocessing the run started with (a fine-tuned one's came from --init)
-        saved = load_model(run_dir, device=str(device.type))
-        normalization, scaling, conditioning = saved.normalization, saved.scaling, saved.conditioning
-        meta.update({k: saved.meta[k] for k in ("init",) if k in saved.meta})
-    elif init is None:
-        normalization = PixelNormalization.fit(images[train_ids], noise_sigma(dataset, train_ids))
-        scaling = ParameterScaling.fit(train_params, cfg.supervised, cfg.log_scaled)
-        conditioning = (ParameterScaling.fit({k: v[train_ids] for k, v in conditions.items()},
-                                             cfg.conditions, ("noise_sigma",)) if cfg.conditions else None)
-    else:  # fine-tuning: the starting model's weights and the preprocessing they were trained with
-        initial = _initial_model(init, arch, cfg, device)
-        weights = initial.network.state_dict()
-        if initial.network.arch.decoder != arch.decoder:  # a new decoder: the encoder's weights only
-            weights = {k: v for k, v in weights.items() if not k.startswith("decoder.")}
-            log.info("--init: %s has a %s decoder; its encoder starts a %s one", init,
-                     initial.network.arch.decoder, arch.decoder)
-        network.load_state_dict(weights, strict=initial.network.arch.decoder == arch.decoder)
-        normalization, scaling, conditioning = initial.normalization, initial.scaling, initial.conditioning
-        meta["init"] = {"model": str(init), "epoch": initial.epochs_trained,
-                        "dataset": initial.meta.get("dataset", {}).get("path")}
-    model = TrainedModel(network, normalization, scaling, meta, conditioning)
-    x_all = model.to_input(images)
-    # One target table per flip/rotation, so the augmented image keeps matching its truth.
-    size = dataset.config.stamp_size
-    y_all = torch.stack([torch.as_tensor(scaling.to_latent(dihedral_params(dataset.params, k, size)))
-                         for k in range(8 if cfg.augment else 1)]).to(device)
-    c_all = (torch.as_tensor(conditioning.to_latent(conditions), device=device)
-             if conditioning else None)
+    torch.manual_seed(cfg.seed)  # before the network is built: its initial weights
+    data = _training_data(dataset, cfg)
+    network = CAE(_architecture(dataset, cfg)).to(device, memory_format=torch.channels_last)
+    model = _starting_model(run_dir, dataset, cfg, data, network, device, resume, init)
+    tensors = _tensors(model, dataset, cfg, data)
     optimizer = torch.optim.Adam(network.parameters(), lr=cfg.learning_rate)
     batch_order = torch.Generator().manual_seed(cfg.seed)
-    history, start = [], 0
-
-    if resume:
-        state = read_state(run_dir)
-        network.load_state_dict(saved.network.state_dict())
-        optimizer.load_state_dict(state["optimizer"])
-        batch_order.set_state(state["batch_order"])
-        history = json.loads((run_dir / HISTORY).read_text())
-        start = state["epoch"]
-        log.info("resuming %s at epoch %d of %d", run_dir, start + 1, cfg.epochs)
-    else:
+    history, start = _resume_loop(run_dir, optimizer, batch_order) if resume else ([], 0)
+    if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / SPLIT, {"train": train_ids.tolist(), "test": test_ids.tolist()})
-
-    terms = {"lambda_phys": cfg.lambda_phys, "lambda_l1": cfg.lambda_l1, "nll_beta": cfg.nll_beta,
-             "res_dropout": cfg.res_dropout}
-    bar = tqdm(range(start, cfg.epochs), desc="train", unit="epoch", disable=None,
-               initial=start, total=cfg.epochs)
+        write_json_atomic(run_dir / SPLIT, {"train": data.train_ids.tolist(), "test": data.test_ids.tolist()})
+    bar = tqdm(range(start, cfg.epochs), desc="train", unit="epoch", disable=None, initial=start, total=cfg.epochs)
     for epoch in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, epoch)
-        network.train()
-        order = torch.as_tensor(train_ids)[torch.randperm(len(train_ids), generator=batch_order)]
-        sums, t0 = {}, time.perf_counter()
-        for i in range(0, len(order), cfg.batch_size):
-            batch = order[i:i + cfg.batch_size].to(device)
-            x, k = x_all[batch], 0
-            if cfg.augment:
-                k = int(torch.randint(8, (), generator=batch_order))
-                x = dihedral(x, k)
-            loss, parts = cae_loss(network, x, y_all[k][batch], **terms,
-                                   c=None if c_all is None else c_all[batch])
-            if not math.isfinite(parts["loss"]):
-                raise TrainingError(f"epoch {epoch + 1}: the loss is {parts['loss']} on the batch "
-                                    f"starting at galaxy {int(batch[0])}; stopped (the last finished "
-                                    f"epoch's model, if any, stays in {run_dir})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v * len(batch)
-        seconds = time.perf_counter() - t0
-        record = {"epoch": epoch + 1, **{k: v / len(order) for k, v in sums.items()},
-                  **{f"test_{k}": v for k, v in _evaluate_loss(network, x_all, y_all[0], c_all,
-                                                               test_ids, terms).items()},
-                  "seconds": seconds, "images_per_second": len(order) / seconds}
+        record = _train_epoch(network, optimizer, batch_order, tensors, data, cfg, epoch, run_dir)
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", test=f"{record['test_loss']:.4f}")
         log.info("epoch %d: loss %.5f test %.5f (%.0f img/s)", epoch + 1, record["loss"],
@@ -261,16 +192,143 @@ def _train_into(run_dir: Path, dataset: Dataset, cfg: TrainConfig, *, resume: bo
         write_json_atomic(run_dir / HISTORY, history)
         save_state(run_dir / STATE, {"optimizer": optimizer.state_dict(),
                                      "batch_order": batch_order.get_state(), "epoch": epoch + 1})
-
-    model.meta.update(error_model(model, images[test_ids], y_all[0][test_ids].cpu().numpy(),
-                                  {n: train_params[n] for n in cfg.supervised},
-                                  {n: v[test_ids] for n, v in conditions.items()},
-                                  {n: v[train_ids] for n, v in conditions.items()}))
+    model.meta.update(error_model(model, data.images[data.test_ids], tensors.y[0][data.test_ids].cpu().numpy(),
+                                  {n: data.train_params[n] for n in cfg.supervised},
+                                  {n: v[data.test_ids] for n, v in data.conditions.items()},
+                                  {n: v[data.train_ids] for n, v in data.conditions.items()}))
     save_model(run_dir, model)
-    from .evaluate.figures import loss_curve
-
     loss_curve(history, run_dir / "loss.png")
     return model
+
+
+@dataclass
+class TrainingData:
+    """A dataset as training sees it: the split, the images and the truths of the train split."""
+
+    train_ids: np.ndarray
+    test_ids: np.ndarray
+    images: np.ndarray
+    train_params: dict
+    conditions: dict  # the conditions the model takes, of every galaxy
+
+
+@dataclass
+class Tensors:
+    """Network inputs and targets of every galaxy, on the training device."""
+
+    x: torch.Tensor  # normalised images
+    y: torch.Tensor  # latent targets, one table per flip/rotation
+    c: torch.Tensor | None  # standardised conditions
+    terms: dict  # the loss's weights
+
+
+def _check_stamp_size(dataset: Dataset, cfg: TrainConfig) -> None:
+    reduction = 2 ** len(cfg.channels)
+    if dataset.config.stamp_size % reduction:
+        raise ConfigError(f"dataset {dataset.path}: stamp_size {dataset.config.stamp_size} "
+                          f"is not divisible by {reduction}, as the CAE's {len(cfg.channels)} "
+                          "poolings need")
+
+
+def _training_data(dataset: Dataset, cfg: TrainConfig) -> TrainingData:
+    """The split, the images (checked finite) and the conditions of a dataset."""
+    train_ids, test_ids = split_indices(dataset, cfg)
+    dataset.check_finite([*cfg.supervised, *(c for c in cfg.conditions if c != "noise_sigma")],
+                         dataset.usable)
+    images = dataset.load_images()
+    dataset.check_finite_images(images, np.arange(len(dataset)))
+    return TrainingData(train_ids, test_ids, images, {k: v[train_ids] for k, v in dataset.params.items()},
+                        conditioning_inputs(dataset, images, cfg.conditions))
+
+
+def _architecture(dataset: Dataset, cfg: TrainConfig) -> Architecture:
+    return Architecture(stamp_size=dataset.config.stamp_size, latent_dim=cfg.latent_dim,
+                        n_supervised=len(cfg.supervised), dropout=cfg.dropout,
+                        n_conditions=len(cfg.conditions), predict_variance=cfg.predict_variance,
+                        channels=tuple(cfg.channels), head_hidden=cfg.head_hidden, decoder=cfg.decoder)
+
+
+def _starting_model(run_dir: Path, dataset: Dataset, cfg: TrainConfig, data: TrainingData, network: CAE,
+                    device, resume: bool, init) -> TrainedModel:
+    """The model training starts from: a resumed run's weights and preprocessing, an ``--init``
+    model's (fine-tuning), or the fresh network with preprocessing fitted on the train split."""
+    meta = {"train_config": to_dict(cfg), "dataset": provenance(dataset), "epoch": 0}
+    if resume:  # the preprocessing the run started with (a fine-tuned one's came from --init)
+        saved = load_model(run_dir, device=str(device.type))
+        network.load_state_dict(saved.network.state_dict())
+        meta.update({k: saved.meta[k] for k in ("init",) if k in saved.meta})
+        return TrainedModel(network, saved.normalization, saved.scaling, meta, saved.conditioning)
+    if init is not None:
+        initial = _initial_model(init, network.arch, cfg, device)
+        weights = initial.network.state_dict()
+        if initial.network.arch.decoder != network.arch.decoder:  # a new decoder: the encoder's weights only
+            weights = {k: v for k, v in weights.items() if not k.startswith("decoder.")}
+            log.info("--init: %s has a %s decoder; its encoder starts a %s one", init,
+                     initial.network.arch.decoder, network.arch.decoder)
+        network.load_state_dict(weights, strict=initial.network.arch.decoder == network.arch.decoder)
+        meta["init"] = {"model": str(init), "epoch": initial.epochs_trained,
+                        "dataset": initial.meta.get("dataset", {}).get("path")}
+        return TrainedModel(network, initial.normalization, initial.scaling, meta, initial.conditioning)
+    train = data.train_ids
+    conditioning = (ParameterScaling.fit({k: v[train] for k, v in data.conditions.items()},
+                                         cfg.conditions, ("noise_sigma",)) if cfg.conditions else None)
+    return TrainedModel(network, PixelNormalization.fit(data.images[train], noise_sigma(dataset, train)),
+                        ParameterScaling.fit(data.train_params, cfg.supervised, cfg.log_scaled), meta,
+                        conditioning)
+
+
+def _tensors(model: TrainedModel, dataset: Dataset, cfg: TrainConfig, data: TrainingData) -> Tensors:
+    device = model.device
+    size = dataset.config.stamp_size
+    # One target table per flip/rotation, so the augmented image keeps matching its truth.
+    y = torch.stack([torch.as_tensor(model.scaling.to_latent(dihedral_params(dataset.params, k, size)))
+                     for k in range(8 if cfg.augment else 1)]).to(device)
+    c = (torch.as_tensor(model.conditioning.to_latent(data.conditions), device=device)
+         if model.conditioning else None)
+    terms = {"lambda_phys": cfg.lambda_phys, "lambda_l1": cfg.lambda_l1, "nll_beta": cfg.nll_beta,
+             "res_dropout": cfg.res_dropout}
+    return Tensors(model.to_input(data.images), y, c, terms)
+
+
+def _resume_loop(run_dir: Path, optimizer, batch_order: torch.Generator) -> tuple[list, int]:
+    """Restore an interrupted run's optimizer and batch order; its history and next epoch."""
+    state = read_state(run_dir)
+    optimizer.load_state_dict(state["optimizer"])
+    batch_order.set_state(state["batch_order"])
+    log.info("resuming %s at epoch %d", run_dir, state["epoch"] + 1)
+    return json.loads((run_dir / HISTORY).read_text()), state["epoch"]
+
+
+def _train_epoch(network: CAE, optimizer, batch_order: torch.Generator, tensors: Tensors, data: TrainingData,
+                 cfg: TrainConfig, epoch: int, run_dir: Path) -> dict:
+    """One pass over the train split in a seeded order; the epoch's losses and speed."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(cfg, epoch)
+    network.train()
+    order = torch.as_tensor(data.train_ids)[torch.randperm(len(data.train_ids), generator=batch_order)]
+    sums, t0 = {}, time.perf_counter()
+    for i in range(0, len(order), cfg.batch_size):
+        batch = order[i:i + cfg.batch_size].to(tensors.x.device)
+        x, k = tensors.x[batch], 0
+        if cfg.augment:
+            k = int(torch.randint(8, (), generator=batch_order))
+            x = dihedral(x, k)
+        loss, parts = cae_loss(network, x, tensors.y[k][batch], **tensors.terms,
+                               c=None if tensors.c is None else tensors.c[batch])
+        if not math.isfinite(parts["loss"]):
+            raise TrainingError(f"epoch {epoch + 1}: the loss is {parts['loss']} on the batch "
+                                f"starting at galaxy {int(batch[0])}; stopped (the last finished "
+                                f"epoch's model, if any, stays in {run_dir})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + value * len(batch)
+    seconds = time.perf_counter() - t0
+    test = _evaluate_loss(network, tensors.x, tensors.y[0], tensors.c, data.test_ids, tensors.terms)
+    return {"epoch": epoch + 1, **{k: v / len(order) for k, v in sums.items()},
+            **{f"test_{k}": v for k, v in test.items()},
+            "seconds": seconds, "images_per_second": len(order) / seconds}
 
 
 def read_state(run_dir: Path) -> dict:

@@ -44,7 +44,7 @@ import tempfile
 import textwrap
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -694,8 +694,8 @@ def lost_concurrent_infer(ctx: Ctx) -> Verdict:
     must hold only the winner's rows, with unique ids."""
     import numpy as np
 
-    a = ctx.copy(ctx.fx.big_cube, "a.fits")
-    b = ctx.copy(ctx.fx.mid_cube, "b.fits")
+    ctx.copy(ctx.fx.big_cube, "a.fits")
+    ctx.copy(ctx.fx.mid_cube, "b.fits")
     common = ("-o", "cat.parquet", "--chunk-size", "256", "--workers", "1")
     p1 = ctx.start("infer", ctx.fx.run, "a.fits", *common)
     p2 = ctx.start("infer", ctx.fx.run, "b.fits", *common)
@@ -986,8 +986,8 @@ def _model_sanity(run: Path):
         history = json.loads((run / "history.json").read_text())
         if any(not math.isfinite(v) for rec in history for v in rec.values() if isinstance(v, float)):
             return "exit 0 with NaN losses in history.json (a NaN model saved)"
-        from safetensors.numpy import load_file
         import numpy as np
+        from safetensors.numpy import load_file
 
         weights = load_file(str(run / "model.safetensors"))
         if any(not np.all(np.isfinite(w)) for w in weights.values()):
@@ -1429,7 +1429,7 @@ def tb_empty_cube(ctx: Ctx) -> Verdict:
 def tb_evaluate_nan_truth(ctx: Ctx) -> Verdict:
     """traceback: `evaluate RUN DATASET` where DATASET has a NaN flux truth: one line naming
     the column, not NaN metrics."""
-    run = ctx.run_dir()
+    ctx.run_dir()
     ds = ctx.dataset("ds_nan")
     _edit_params(ds, _nan_flux)
     r = ctx.cli("evaluate", "run", "ds_nan", "--classical", "0", "--no-remeasure", timeout=120)

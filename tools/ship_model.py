@@ -24,9 +24,9 @@ import torch
 from galcae.checkpoint import META, load_model, save_model
 from galcae.dataset import Dataset
 from galcae.demo import calibration_text, comparison_table, disentanglement_text, r2_table
-from galcae.evaluate import evaluate_run
 from galcae.estimate.cae import measure
 from galcae.estimate.refine import calibrate_fit_errors
+from galcae.evaluate import evaluate_run
 from galcae.train import SPLIT, calibrate_variance, conditioning_inputs, error_model
 
 

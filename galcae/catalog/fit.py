@@ -7,14 +7,12 @@ from functools import partial
 import numpy as np
 import pyarrow as pa
 
+from ..config import SimConfig, to_dict
+from ..estimate.fit import OK, fit_images
+from ..params import FIT_PARAMETERS, unit_of
 from .chunks import build_catalog
 from .stamps import STAMP_FLAGS, clean
 from .writers import Column, catalog_path, flag_columns, id_columns, write_part
-from ..config import SimConfig, to_dict
-from ..params import FIT_PARAMETERS
-from ..estimate.fit import OK, fit_images
-from ..params import unit_of
-
 
 #: Per-row flags of a classical-fit catalog.
 FLAGS = {**STAMP_FLAGS, "flag_fit_failed": "the fit did not converge or failed (see status)"}

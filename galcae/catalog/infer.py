@@ -16,16 +16,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .chunks import build_catalog
-from .stamps import STAMP_FLAGS, CleanStamps, clean
-from .writers import Column, atomic_save, catalog_path, flag_columns, id_columns, write_part
-from ..estimate.cae import check_samples, measure, uncertainty_method
 from ..card import MODEL_DEFAULT, ModelCard, model_paths
 from ..checkpoint import TrainedModel, load_model
 from ..conditions import condition_table
+from ..estimate.cae import check_samples, measure, uncertainty_method
 from ..outputs import atomic_file
 from ..params import CONDITIONS, unit_of
+from .chunks import build_catalog
 from .sources import InputError
+from .stamps import STAMP_FLAGS, CleanStamps, clean
+from .writers import Column, atomic_save, catalog_path, flag_columns, id_columns, write_part
 
 log = logging.getLogger(__name__)
 

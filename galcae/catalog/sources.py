@@ -26,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+
 from ..errors import InputError
+from ..params import FITS_KEYWORDS
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,6 @@ class Stamps:
 
 
 #: FITS header keywords that state a stamp's PSF for conditioned models.
-CONDITION_KEYWORDS = {"psf_fwhm": "PSFFWHM", "psf_beta": "PSFBETA"}
 
 
 def header_conditions(header: fits.Header, where: str) -> dict:
@@ -58,7 +59,7 @@ def header_conditions(header: fits.Header, where: str) -> dict:
     A value that is not a number is refused; a number outside the physical range is kept
     (the row is flagged, see :func:`galcae.catalog.infer.chunk_conditions`)."""
     out = {}
-    for name, key in CONDITION_KEYWORDS.items():
+    for name, key in FITS_KEYWORDS.items():
         if key in header:
             value = header[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -228,7 +229,7 @@ class StampFilesChunk:
         n = len(self.paths)
         images = np.empty((n, size, size), np.float32)
         adapted = np.zeros(n, bool)
-        conditions = {name: np.full(n, np.nan) for name in CONDITION_KEYWORDS}
+        conditions = {name: np.full(n, np.nan) for name in FITS_KEYWORDS}
         for i, (path, source, hdu) in enumerate(zip(self.paths, self.sources, self.hdus)):
             where = f"{source}[{hdu}]"
             with open_fits(path) as hdul:
@@ -257,7 +258,7 @@ class DatasetChunk:
         n = len(images)
         images, adapted = fit_to_size(images, size, adapt, self.source)
         conditions = {name: dataset.params[name][self.start:self.stop]
-                      for name in (*CONDITION_KEYWORDS, "sky_level")}
+                      for name in (*FITS_KEYWORDS, "sky_level")}
         return Stamps(images, {"source": np.full(n, self.source, dtype=object),
                                "index": np.arange(self.start, self.stop)}, np.zeros(n, bool),
                       np.full(n, adapted), conditions)

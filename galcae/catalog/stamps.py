@@ -10,7 +10,6 @@ import numpy as np
 from ..conditions import border_pixels, stamp_noise_sigma
 from .sources import Stamps
 
-
 #: Per-row flags of every catalog; ``True`` means the condition holds. Rows are never dropped.
 STAMP_FLAGS = {
     "flag_nan_pixels": "non-finite, masked or impossible pixels (below -10 noise sigma, e.g. -1e30 "

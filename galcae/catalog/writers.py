@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 from ..outputs import atomic_file
 from .sources import InputError
 
-
 FORMAT = "galcae-catalog/1"
 
 

@@ -17,8 +17,8 @@ import torch
 from ..config import SimConfig
 from ..params import FAILED, FIT_PARAMETERS, MAX_NFEV, OK
 from ..physics import pixel_variance
-from .fit import bounds
 from ..render import FITTED, SersicRenderer
+from .fit import bounds
 
 #: Fitted in the log (positive, and steps relative), as the renderer's derivatives are.
 LOG_FITTED = tuple(name.removeprefix("log_") for name in FITTED if name.startswith("log_"))
@@ -39,78 +39,111 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
     """
     n = len(images)
     with torch.no_grad():
-        data = torch.as_tensor(np.asarray(images, np.float32))
-        usable = torch.isfinite(data).flatten(1).all(1) & (data.flatten(1) != 0).any(1)
-        data = torch.where(usable[:, None, None], data, 0.0)
-        names = ("psf_fwhm", "sky_level") + (("psf_beta",) if cfg.psf.profile == "moffat" else ())
-        cond = {k: torch.as_tensor(np.broadcast_to(np.asarray(conditions[k], float), (n,)).copy(),
-                                   dtype=torch.float32) for k in names}
-        lower, upper = (_to_fitted(torch.as_tensor(b, dtype=torch.float32).clamp(-1e30, 1e30)[None])[0]
-                        for b in bounds(cfg))
+        problem = _Problem(images, cfg, conditions)
         start = torch.as_tensor(np.stack([np.broadcast_to(np.asarray(guess[k], float), (n,))
                                           for k in FIT_PARAMETERS], 1), dtype=torch.float32)
-        usable &= torch.isfinite(start).all(1)
+        usable = problem.usable & torch.isfinite(start).all(1)
+        lower, upper = (_to_fitted(torch.as_tensor(b, dtype=torch.float32).clamp(-1e30, 1e30)[None])[0]
+                        for b in bounds(cfg))
         phi = _to_fitted(torch.where(torch.isfinite(start), start, 1.0)).clamp(lower + 1e-6, upper - 1e-6)
-        renderer = SersicRenderer(cfg.stamp_size, cfg.pixel_scale)
-        noise = cfg.noise
+        problem.fix_weights(phi)
+        chi2 = problem.chi2(phi, torch.arange(n))
+        converged = _levenberg_marquardt(problem, phi, chi2, (lower, upper), torch.arange(n)[usable],
+                                         max_steps, tolerance)
+        phi_err = _hessian_errors(problem, phi)
+    return _table(phi, phi_err, chi2, converged, usable.numpy(), problem.data[0].numel())
 
-        def model(p, rows, derivatives: bool = False):
-            values = _from_fitted(p)
-            params = {**{k: values[:, i] for i, k in enumerate(FIT_PARAMETERS)},
-                      **{k: v[rows] for k, v in cond.items()}}
-            return renderer.with_derivatives(params) if derivatives else renderer(params)
 
-        def chi2_of(p, rows):
-            return ((data[rows] - model(p, rows)) * weight[rows]).square().flatten(1).sum(1)
+class _Problem:
+    """The data, noise model and renderer of a batch fit: chi² of fitted coordinates ``phi``."""
 
-        every = torch.arange(n)
-        # The variance at the starting model, as the scipy fit: a fixed weight per pixel.
-        variance = pixel_variance(model(phi, every), cond["sky_level"][:, None, None], noise.gain,
-                                  noise.read_noise)
-        weight = variance.rsqrt()
-        chi2 = chi2_of(phi, every)
-        damping = torch.full((n,), 1e-3)
-        converged = torch.zeros(n, dtype=torch.bool)
-        active = every[usable]  # only the stamps still moving are drawn again
-        for _ in range(max_steps):
-            if not len(active):
-                break
-            image, jac = _weighted(model(phi[active], active, derivatives=True), weight[active])
-            residual = ((data[active] - image) * weight[active]).flatten(1)
-            hessian = jac.transpose(1, 2) @ jac
-            gradient = (jac.transpose(1, 2) @ residual[:, :, None])[:, :, 0]
-            # The Gauss-Newton decrement g^T H^-1 g: the chi² still to gain, by the model's own
-            # quadratic. Below ``tolerance`` the stamp is converged, whether or not the step
-            # below is accepted (float32 chi² of a few thousand cannot resolve the last 0.01).
-            newton, singular = torch.linalg.solve_ex(hessian, gradient[:, :, None])
-            at_minimum = (singular == 0) & ((gradient * newton[:, :, 0]).sum(1) < tolerance)
-            diagonal = torch.diag_embed(torch.diagonal(hessian, dim1=1, dim2=2).clamp_min(1e-12))
-            step = torch.linalg.solve(hessian + damping[active, None, None] * diagonal,
-                                      gradient[:, :, None])[:, :, 0]
-            trial = (phi[active] + step).clamp(lower, upper)
-            trial_chi2 = chi2_of(trial, active)
-            better = trial_chi2 < chi2[active]
-            gain = chi2[active] - trial_chi2
-            phi[active] = torch.where(better[:, None], trial, phi[active])
-            chi2[active] = torch.where(better, trial_chi2, chi2[active])
-            damping[active] = torch.where(better, damping[active] / 3, damping[active] * 4).clamp(1e-7, 1e7)
-            # Converged: a step that gains less than ``tolerance`` in chi² (of 1 for 1 sigma).
-            done = (better & (gain < tolerance)) | at_minimum
-            converged[active[done]] = True
-            active = active[~done]
-        jac = _weighted(model(phi, every, derivatives=True), weight)[1]
-        cov, singular = torch.linalg.inv_ex((jac.transpose(1, 2) @ jac).double())
-        diagonal = torch.diagonal(cov, dim1=1, dim2=2)
-        # A parameter the stamp does not constrain (e.g. a flux driven to zero) has no error.
-        phi_err = torch.where((singular[:, None] == 0) & (diagonal > 0), diagonal.clamp_min(0).sqrt(), torch.nan)
+    def __init__(self, images: np.ndarray, cfg: SimConfig, conditions: dict):
+        n = len(images)
+        data = torch.as_tensor(np.asarray(images, np.float32))
+        self.usable = torch.isfinite(data).flatten(1).all(1) & (data.flatten(1) != 0).any(1)
+        self.data = torch.where(self.usable[:, None, None], data, 0.0)
+        names = ("psf_fwhm", "sky_level") + (("psf_beta",) if cfg.psf.profile == "moffat" else ())
+        self.conditions = {k: torch.as_tensor(np.broadcast_to(np.asarray(conditions[k], float), (n,)).copy(),
+                                              dtype=torch.float32) for k in names}
+        self.renderer = SersicRenderer(cfg.stamp_size, cfg.pixel_scale)
+        self.noise = cfg.noise
+        self.weight = None
+
+    def model(self, phi: torch.Tensor, rows: torch.Tensor, derivatives: bool = False):
+        values = _from_fitted(phi)
+        params = {**{k: values[:, i] for i, k in enumerate(FIT_PARAMETERS)},
+                  **{k: v[rows] for k, v in self.conditions.items()}}
+        return self.renderer.with_derivatives(params) if derivatives else self.renderer(params)
+
+    def fix_weights(self, phi: torch.Tensor) -> None:
+        """The variance at the starting model, as the scipy fit: a fixed weight per pixel."""
+        variance = pixel_variance(self.model(phi, torch.arange(len(phi))), self.conditions["sky_level"][:, None, None],
+                                  self.noise.gain, self.noise.read_noise)
+        self.weight = variance.rsqrt()
+
+    def chi2(self, phi: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return ((self.data[rows] - self.model(phi, rows)) * self.weight[rows]).square().flatten(1).sum(1)
+
+    def jacobian(self, phi: torch.Tensor, rows: torch.Tensor):
+        """``(model image, (N, pixels, 7) Jacobian of the weighted residuals' model part)``."""
+        return _weighted(self.model(phi, rows, derivatives=True), self.weight[rows])
+
+
+def _levenberg_marquardt(problem: _Problem, phi: torch.Tensor, chi2: torch.Tensor, limits, active: torch.Tensor,
+                         max_steps: int, tolerance: float) -> torch.Tensor:
+    """Damped Gauss-Newton steps of the ``active`` stamps, ``phi`` and ``chi2`` updated in
+    place; returns which stamps converged (only the stamps still moving are drawn again)."""
+    lower, upper = limits
+    damping = torch.full((len(phi),), 1e-3)
+    converged = torch.zeros(len(phi), dtype=torch.bool)
+    for _ in range(max_steps):
+        if not len(active):
+            break
+        image, jac = problem.jacobian(phi[active], active)
+        residual = ((problem.data[active] - image) * problem.weight[active]).flatten(1)
+        hessian = jac.transpose(1, 2) @ jac
+        gradient = (jac.transpose(1, 2) @ residual[:, :, None])[:, :, 0]
+        # The Gauss-Newton decrement g^T H^-1 g: the chi² still to gain, by the model's own
+        # quadratic. Below ``tolerance`` the stamp is converged, whether or not the step
+        # below is accepted (float32 chi² of a few thousand cannot resolve the last 0.01).
+        newton, singular = torch.linalg.solve_ex(hessian, gradient[:, :, None])
+        at_minimum = (singular == 0) & ((gradient * newton[:, :, 0]).sum(1) < tolerance)
+        diagonal = torch.diag_embed(torch.diagonal(hessian, dim1=1, dim2=2).clamp_min(1e-12))
+        step = torch.linalg.solve(hessian + damping[active, None, None] * diagonal,
+                                  gradient[:, :, None])[:, :, 0]
+        trial = (phi[active] + step).clamp(lower, upper)
+        trial_chi2 = problem.chi2(trial, active)
+        better = trial_chi2 < chi2[active]
+        gain = chi2[active] - trial_chi2
+        phi[active] = torch.where(better[:, None], trial, phi[active])
+        chi2[active] = torch.where(better, trial_chi2, chi2[active])
+        damping[active] = torch.where(better, damping[active] / 3, damping[active] * 4).clamp(1e-7, 1e7)
+        # Converged: a step that gains less than ``tolerance`` in chi² (of 1 for 1 sigma).
+        done = (better & (gain < tolerance)) | at_minimum
+        converged[active[done]] = True
+        active = active[~done]
+    return converged
+
+
+def _hessian_errors(problem: _Problem, phi: torch.Tensor) -> torch.Tensor:
+    """1-sigma of the fitted coordinates from the inverse of ``J^T J`` (NaN where singular)."""
+    jac = problem.jacobian(phi, torch.arange(len(phi)))[1]
+    cov, singular = torch.linalg.inv_ex((jac.transpose(1, 2) @ jac).double())
+    diagonal = torch.diagonal(cov, dim1=1, dim2=2)
+    # A parameter the stamp does not constrain (e.g. a flux driven to zero) has no error.
+    return torch.where((singular[:, None] == 0) & (diagonal > 0), diagonal.clamp_min(0).sqrt(), torch.nan)
+
+
+def _table(phi, phi_err, chi2, converged, usable: np.ndarray, n_pixels: int) -> dict[str, np.ndarray]:
+    """Values, errors, status and chi²/dof in physical units; NaN rows for unusable stamps."""
     values = _from_fitted(phi).double().numpy()
     out = {k: values[:, i] for i, k in enumerate(FIT_PARAMETERS)}
     for i, k in enumerate(FIT_PARAMETERS):  # d value = value d log(value) for the log-fitted
         scale = values[:, i] if k in LOG_FITTED else 1.0
         out[f"{k}_err"] = phi_err[:, i].double().numpy() * scale
     out["status"] = np.where(converged.numpy(), OK, MAX_NFEV).astype(object)
-    out["chi2_dof"] = chi2.double().numpy() / max(1, data[0].numel() - len(FIT_PARAMETERS))
-    bad = ~usable.numpy()
+    out["chi2_dof"] = chi2.double().numpy() / max(1, n_pixels - len(FIT_PARAMETERS))
+    bad = ~usable
     for k in FIT_PARAMETERS:
         out[k][bad], out[f"{k}_err"][bad] = np.nan, np.nan
     out["status"][bad] = f"{FAILED}: empty or non-finite stamp or guess"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
 from ..checkpoint import TrainedModel
-from ..params import ellipticity_errors, ellipticity_from_shear
 from ..errors import InputError
+from ..params import ellipticity_errors, ellipticity_from_shear
 from ..uncertainty import LEVELS, HeldoutScatter, VarianceCalibration, half_widths, physical_sigma
 
 

@@ -21,9 +21,6 @@ from ..params import DERIVED, FIT_PARAMETERS, PARAMETERS
 from ..physics import make_psf, pixel_variance, render
 
 
-
-
-
 def _step(name: str, value: float) -> float:
     """Finite-difference step: relative for scales, absolute for shapes and positions."""
     if name in ("flux", "half_light_radius"):

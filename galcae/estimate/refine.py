@@ -30,7 +30,8 @@ import numpy as np
 
 from ..conditions import stamp_noise_sigma
 from ..config import ConfigError, SimConfig
-from ..params import FIT_PARAMETERS, MAX_NFEV as STOPPED, OK, ellipticity_errors, ellipticity_from_shear
+from ..params import FIT_PARAMETERS, OK, ellipticity_errors, ellipticity_from_shear
+from ..params import MAX_NFEV as STOPPED
 from ..physics import make_psf, sky_level_for_sigma, stamp_snr
 from ..uncertainty import LEVELS, VarianceCalibration, half_widths
 from .batchfit import fit_batch

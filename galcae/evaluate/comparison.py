@@ -15,16 +15,15 @@ import numpy as np
 from astropy.stats import mad_std
 
 from ..config import SimConfig
-from ..estimate.crb import cramer_rao
 from ..distributed import map_ordered
+from ..estimate.crb import cramer_rao
 from ..estimate.fit import fit_images
-from ..params import FIT_PARAMETERS, OK
+from ..params import FIT_PARAMETERS, OK, RENDER_CONDITIONS
 from ..physics import make_psf
 from .metrics import SNR_BINS, r2
 
 RELATIVE = ("flux", "half_light_radius", "sersic_n")
 #: Per-galaxy observing conditions a truth table carries for rendering, fits and bounds.
-CONDITION_COLUMNS = ("psf_fwhm", "psf_beta", "sky_level")
 
 
 def crb_table(cfg: SimConfig, truth: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -41,7 +40,7 @@ def crb_table(cfg: SimConfig, truth: dict[str, np.ndarray]) -> dict[str, np.ndar
 
 def _fit_and_bound(cfg: SimConfig, images: np.ndarray, truth: dict[str, np.ndarray]) -> dict:
     """One block: the classical fits of ``images`` (timed per fit) and the CRB of their truth."""
-    conditions = {k: truth[k] for k in CONDITION_COLUMNS} if cfg.varies_conditions else None
+    conditions = {k: truth[k] for k in RENDER_CONDITIONS} if cfg.varies_conditions else None
     fits = fit_images(images, cfg, conditions=conditions)
     return {**fits, **{f"crb_{n}": v for n, v in crb_table(cfg, truth).items()}}
 

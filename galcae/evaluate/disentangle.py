@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..estimate.crb import cramer_rao
-from ..params import FIT_PARAMETERS
 from ..estimate.fit import fit_stamp
+from ..params import FIT_PARAMETERS
 from ..physics import make_psf
 
 

@@ -10,17 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import load_model, sha256_of
-from ..dataset import PARAMS, Dataset
-from ..outputs import atomic_directory, output_lock
-from ..estimate.refine import refine_blocks
-from ..train import SPLIT, split_indices, train_config_of
 from ..card import MODEL_DEFAULT
-from ..params import FIT_PARAMETERS, OK
-from . import comparison, figures
+from ..checkpoint import load_model, sha256_of
 from ..conditions import condition_table
+from ..dataset import PARAMS, Dataset
+from ..estimate.refine import refine_blocks
+from ..outputs import atomic_directory, output_lock
+from ..params import FIT_PARAMETERS, OK, RENDER_CONDITIONS
+from ..train import SPLIT, split_indices, train_config_of
+from . import comparison, figures
 from .calibration import calibration_table, latent_errors, worst_miss
-from .comparison import CONDITION_COLUMNS
 from .disentangle import remeasured_traversals, sky_free
 from .metrics import binned_error_summary, error_summary, r2, r2_log10
 from .pca import pca_baseline
@@ -309,7 +308,7 @@ def traversal_sections(model, dataset: Dataset, test: HeldOut, z: np.ndarray, re
     out = {"traversal": measured}
     if not remeasure:
         return out
-    row = {k: float(v[test.ids[centre]]) for k, v in dataset.params.items() if k in CONDITION_COLUMNS}
+    row = {k: float(v[test.ids[centre]]) for k, v in dataset.params.items() if k in RENDER_CONDITIONS}
     remeasured = remeasured_traversals(model, z[centre], centre_conditions, dataset.config.for_galaxy(row),
                                        np.linspace(-1, 1, 5))
     figures.remeasured_traversals(remeasured, fig_dir / "disentanglement.png")
@@ -379,7 +378,7 @@ def efficiency_section(dataset: Dataset, ids, cae: dict, workers: int, extra: di
 
 def _truth_for_bounds(dataset: Dataset, ids) -> dict:
     """The truth the fits and bounds of galaxies ``ids`` need: parameters and conditions."""
-    return {n: dataset.params[n][ids] for n in FIT_PARAMETERS + CONDITION_COLUMNS}
+    return {n: dataset.params[n][ids] for n in FIT_PARAMETERS + RENDER_CONDITIONS}
 
 
 def _efficiencies(compared: dict) -> dict:

@@ -8,38 +8,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from ..plots import save as _save
+
 LABELS = {"flux": "flux [ADU]", "half_light_radius": "half-light radius [arcsec]",
           "sersic_n": "Sérsic n", "ellipticity": "|g|", "position_angle": "PA [deg]",
           "x": "x [pix]", "y": "y [pix]", "g1": "g1", "g2": "g2"}
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path
-
-
 def _stretch(images: np.ndarray, softening: float) -> np.ndarray:
     return np.arcsinh(np.asarray(images) / softening)
-
-
-def loss_curve(history: list[dict], path) -> Path:
-    """Training and test loss per epoch, with the three loss terms."""
-    epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(9, 3.2))
-    axes = fig.subplots(1, 4)
-    for ax, key in zip(axes, ("loss", "bce", "mse", "l1")):
-        ax.plot(epochs, [h[key] for h in history], label="train")
-        ax.plot(epochs, [h[f"test_{key}"] for h in history], label="test")
-        ax.set_title({"loss": "total", "bce": "BCE (reconstruction)", "mse": "latent MSE",
-                      "l1": "mean |z_res|"}[key], fontsize=9)
-        ax.set_xlabel("epoch")
-        if key != "bce":
-            ax.set_yscale("log")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
 
 
 def reconstructions(originals, recons, softening: float, path, titles=None) -> Path:

@@ -57,126 +57,168 @@ def _r2_rows(r2: dict) -> list[list]:
 
 
 def write_report(path: Path, metrics: dict, model_meta: dict, fig_dir: Path, loss_png: Path) -> None:
-    """Write the evaluation report of ``metrics`` (see ``galcae.evaluate``) to ``path``."""
+    """Write the evaluation report of ``metrics`` (see ``galcae.evaluate``) to ``path``: the
+    model card (for a shipped model), then one section per measurement, the figures and the
+    configuration."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>galcae evaluation</title>"
-             f"<style>{STYLE}</style></head><body>",
-             "<h1>galcae evaluation</h1>",
-             f"<p>Run <code>{html.escape(metrics['run'])}</code>, evaluated on "
-             f"<code>{html.escape(metrics['dataset'])}</code>: {metrics['n_test']} held-out test "
-             f"galaxies, {metrics['n_train']} training galaxies. galcae "
-             f"{html.escape(model_meta.get('galcae_version', '?'))}.</p>"]
-    if metrics["epochs_trained"] < metrics["epochs_paper"]:
+             f"<style>{STYLE}</style></head><body>", "<h1>galcae evaluation</h1>"]
+    for section in (_header_html(metrics, model_meta), _r2_html(metrics), _relative_error_html(metrics),
+                    _controlled_html(metrics), _traversal_html(metrics), _disentanglement_html(metrics),
+                    _calibration_html(metrics), _comparison_html(metrics) if "comparison" in metrics else [],
+                    _figures_html(fig_dir, loss_png), _configuration_html(model_meta)):
+        parts += section
+    parts.append("</body></html>")
+    Path(path).write_text("\n".join(parts), encoding="utf-8")
+
+
+def _header_html(metrics: dict, model_meta: dict) -> list[str]:
+    """What was evaluated on what: a shipped model's card, or the run and dataset paths."""
+    card = model_meta.get("shipped", {}).get("card")
+    version = html.escape(model_meta.get("galcae_version", "?"))
+    counts = (f"{metrics['n_test']} held-out test galaxies, {metrics['n_train']} training galaxies. "
+              f"galcae {version}.")
+    if card:
+        parts = [f"<h2>Model card: <code>{html.escape(model_meta['shipped']['name'])}</code></h2>"]
+        parts += [f"<p><b>{html.escape(label)}.</b> {html.escape(card[key])}</p>" for key, label in CARD_FIELDS
+                  if card.get(key)]
+        parts.append(f"<p>Evaluated here: {counts}</p>")
+    else:
+        parts = [f"<p>Run <code>{html.escape(metrics['run'])}</code>, evaluated on "
+                 f"<code>{html.escape(metrics['dataset'])}</code>: {counts}</p>"]
+    architecture = model_meta.get("architecture", {})
+    paper_network = architecture.get("decoder", "conv") == "conv" and not architecture.get("n_conditions")
+    if paper_network and metrics["epochs_trained"] < metrics["epochs_paper"]:
         parts.append(f"<p class='note'>This model was trained for {metrics['epochs_trained']} "
                      f"epochs; the paper trains for {metrics['epochs_paper']} (<code>galcae demo "
                      f"--full</code> runs the paper's schedule on the paper's model).</p>")
-    if model_meta.get("architecture", {}).get("decoder") == "sersic":
+    if architecture.get("decoder") == "sersic":
         parts.append("<p>Decoder <code>sersic</code>: the supervised latents are drawn as the Sérsic "
                      "galaxy they describe, through the stamp's PSF; the convolutional decoder adds "
                      "only the light the free latents hold.</p>")
     if not metrics["same_dataset_as_training"]:
         parts.append("<p class='note'>Evaluated on a dataset other than the training set.</p>")
+    return parts
 
+
+#: The fields of a shipped model's card (``model.json`` -> ``shipped.card``), in order.
+CARD_FIELDS = (("what", "What it is"), ("trained", "Trained on"), ("validated", "Validated on"),
+               ("not_trusted", "Do not trust it"))
+
+
+def _r2_html(metrics: dict) -> list[str]:
     header = ["parameter", "CAE (one latent)", "PCA best single component",
               f"PCA all {metrics['pca']['n_components']} components", "CAE beats PCA-all?"]
-    parts += ["<h2>Results against the paper's claims</h2>",
-              "<p>R² on the test split, in physical units. The paper (Fig. 5) finds the best "
-              f"single PCA component {PAPER_CLAIMS['pca_best_single']}, regression on all 64 "
-              f"components {PAPER_CLAIMS['pca_all']}, and the CAE's one latent per parameter "
-              f"{PAPER_CLAIMS['cae']}. PCA is fitted on the training split, on "
-              f"{html.escape(metrics['pca']['input'])}.</p>",
-              _table(header, _r2_rows(metrics["r2"])),
-              "<p>The same in log10 of each parameter (relative accuracy, faint and small "
-              "galaxies weigh as much as bright and large ones):</p>",
-              _table(header, _r2_rows(metrics["r2_log10"]))]
+    return ["<h2>Results against the paper's claims</h2>",
+            "<p>R² on the test split, in physical units. The paper (Fig. 5) finds the best "
+            f"single PCA component {PAPER_CLAIMS['pca_best_single']}, regression on all 64 "
+            f"components {PAPER_CLAIMS['pca_all']}, and the CAE's one latent per parameter "
+            f"{PAPER_CLAIMS['cae']}. PCA is fitted on the training split, on "
+            f"{html.escape(metrics['pca']['input'])}.</p>",
+            _table(header, _r2_rows(metrics["r2"])),
+            "<p>The same in log10 of each parameter (relative accuracy, faint and small "
+            "galaxies weigh as much as bright and large ones):</p>",
+            _table(header, _r2_rows(metrics["r2_log10"]))]
 
-    parts.append("<h2>Relative error of the CAE</h2><p>Bias is the median of "
-                 "(predicted / true − 1); scatter is its robust standard deviation "
-                 "(astropy <code>mad_std</code>). S/N is the matched-filter S/N of the noiseless "
-                 "galaxy.</p>")
+
+def _relative_error_html(metrics: dict) -> list[str]:
     rows = []
     for name, summary in metrics["relative_error"].items():
         rows.append([name, "all", summary["all"]["n"], summary["all"]["bias"], summary["all"]["scatter"]])
         for b in summary["snr_bins"]:
             hi = "∞" if b["snr_max"] is None else f"{b['snr_max']:.0f}"
             rows.append([name, f"S/N {b['snr_min']:.0f}–{hi}", b["n"], b["bias"], b["scatter"]])
-    parts.append(_table(["parameter", "subset", "N", "bias", "robust scatter"], rows))
+    return ["<h2>Relative error of the CAE</h2><p>Bias is the median of "
+            "(predicted / true − 1); scatter is its robust standard deviation "
+            "(astropy <code>mad_std</code>). S/N is the matched-filter S/N of the noiseless "
+            "galaxy.</p>", _table(["parameter", "subset", "N", "bias", "robust scatter"], rows)]
 
-    if "controlled" in metrics:
-        parts.append("<h2>Controlled sets (Fig. 3)</h2><p>R² of a straight line through "
-                     "(swept value, latent): the supervised latent of the swept parameter should "
-                     "track it, the others should not.</p>")
-        rows = []
-        for parameter, m in metrics["controlled"].items():
-            for key, value in m.items():
-                if key.startswith("r2_linear_z_") and not key.endswith("_vs_log"):
-                    latent = key[len("r2_linear_z_"):]
-                    rows.append([parameter, f"z[{latent}]", value, m.get(f"{key}_vs_log"), m["n"]])
-        parts.append(_table(["swept parameter", "latent", "R² (linear)", "R² (vs log10 value)", "N"],
-                            rows))
 
-    parts.append("<h2>Latent traversals (Fig. 4)</h2><p>Change of the decoded galaxy's flux "
-                 "(sky-subtracted sum) and half-light radius (growth curve) from the first to the "
-                 "last step of the traversal, relative to the unmoved galaxy. "
-                 "Disentangled latents change their own quantity and leave the other alone.</p>")
+def _controlled_html(metrics: dict) -> list[str]:
+    if "controlled" not in metrics:
+        return []
+    rows = []
+    for parameter, m in metrics["controlled"].items():
+        for key, value in m.items():
+            if key.startswith("r2_linear_z_") and not key.endswith("_vs_log"):
+                latent = key[len("r2_linear_z_"):]
+                rows.append([parameter, f"z[{latent}]", value, m.get(f"{key}_vs_log"), m["n"]])
+    return ["<h2>Controlled sets (Fig. 3)</h2><p>R² of a straight line through "
+            "(swept value, latent): the supervised latent of the swept parameter should "
+            "track it, the others should not.</p>",
+            _table(["swept parameter", "latent", "R² (linear)", "R² (vs log10 value)", "N"], rows)]
+
+
+def _traversal_html(metrics: dict) -> list[str]:
     rows = [[f"z[{name}]", t["flux_change"], t["half_light_radius_change"]]
             for name, t in metrics["traversal"].items()]
-    parts.append(_table(["latent moved", "flux change", "half-light radius change"], rows))
+    return ["<h2>Latent traversals (Fig. 4)</h2><p>Change of the decoded galaxy's flux "
+            "(sky-subtracted sum) and half-light radius (growth curve) from the first to the "
+            "last step of the traversal, relative to the unmoved galaxy. "
+            "Disentangled latents change their own quantity and leave the other alone.</p>",
+            _table(["latent moved", "flux change", "half-light radius change"], rows)]
 
-    if "disentanglement" in metrics:
-        d = metrics["disentanglement"]
-        parts.append("<h2>Disentanglement, re-measured</h2><p>Each supervised latent of test galaxy "
-                     f"{d['galaxy']} is moved by ±1 (latent units); every decoded image is fitted "
-                     "with the classical Sérsic fit. Response: the fitted change of the moved "
-                     "parameter over the change its latent encodes (1 is ideal). Leak: the largest "
-                     "change of any other parameter, in units of that parameter's Cramér–Rao bound "
-                     "for this galaxy (≤ 1: within the noise). Own change: the moved parameter's "
-                     "largest change, in the same units. Cross-talk: leak / own change, which does "
-                     "not depend on the step (below 1/3, a step that moves the parameter by 3σ "
-                     "keeps every other within its noise).</p>")
-        rows = [[f"z[{name}]", t["response"], t.get("own_change_crb_units"), t["leak_crb_units"],
-                 t["leak_parameter"], t.get("cross_talk")]
-                for name, t in d.items() if isinstance(t, dict) and "leak_crb_units" in t]
-        parts.append(_table(["latent moved", "response", "own change [σ_CRB]", "leak [σ_CRB]",
-                             "leaking parameter", "cross-talk"], rows))
 
-    if "calibration" in metrics:
-        cal = metrics["calibration"]
-        parts.append("<h2>Calibration of the uncertainties</h2><p>Fraction of test galaxies whose "
-                     "truth lies within the reported 68% (± <code>_err</code>) and 95% "
-                     "(<code>_lo95</code> to <code>_hi95</code>) intervals, in the "
-                     f"{html.escape(cal['space'])}. Target: within ±3 points. Worst miss "
-                     f"(subsets of ≥ 30 galaxies): <b>{cal['worst_miss_points']:.1f} points</b>.</p>")
-        rows = [[name, subset, row["n"], 100 * row["68"], 100 * row["95"]]
-                for name, by_subset in cal["coverage"].items() for subset, row in by_subset.items()]
-        parts.append(_table(["parameter", "subset", "N", "68% coverage [%]", "95% coverage [%]"], rows))
+def _disentanglement_html(metrics: dict) -> list[str]:
+    if "disentanglement" not in metrics:
+        return []
+    d = metrics["disentanglement"]
+    rows = [[f"z[{name}]", t["response"], t.get("own_change_crb_units"), t["leak_crb_units"],
+             t["leak_parameter"], t.get("cross_talk")]
+            for name, t in d.items() if isinstance(t, dict) and "leak_crb_units" in t]
+    return ["<h2>Disentanglement, re-measured</h2><p>Each supervised latent of test galaxy "
+            f"{d['galaxy']} is moved by ±1 (latent units); every decoded image is fitted "
+            "with the classical Sérsic fit. Response: the fitted change of the moved "
+            "parameter over the change its latent encodes (1 is ideal). Leak: the largest "
+            "change of any other parameter, in units of that parameter's Cramér–Rao bound "
+            "for this galaxy (≤ 1: within the noise). Own change: the moved parameter's "
+            "largest change, in the same units. Cross-talk: leak / own change, which does "
+            "not depend on the step (below 1/3, a step that moves the parameter by 3σ "
+            "keeps every other within its noise).</p>",
+            _table(["latent moved", "response", "own change [σ_CRB]", "leak [σ_CRB]",
+                    "leaking parameter", "cross-talk"], rows)]
 
-    if "comparison" in metrics:
-        parts += _comparison_html(metrics)
 
-    parts.append("<h2>Figures</h2>")
-    for name, caption in (
-            ("fig2_reconstructions.png", "Fig. 2: test galaxies ordered by S/N (top), "
-                                         "reconstructions (middle), residuals (bottom); asinh stretch."),
-            ("fig3_controlled.png", "Fig. 3: supervised latents on the controlled sets."),
-            ("fig4_traversals.png", "Fig. 4: decoded images while one supervised latent moves."),
-            ("fig5_r2_comparison.png", "Fig. 5: R² of the CAE and the PCA baselines."),
-            ("predicted_vs_true.png", "CAE prediction against truth on the test split."),
-            ("methods_vs_true.png", "Each method's estimate against truth, same galaxies."),
-            ("error_vs_snr.png", "Error against S/N per method; grey: the ±1σ Cramér–Rao bound."),
-            ("time_per_galaxy.png", "Wall time per galaxy, measured in this run."),
-            ("disentanglement.png", "Each latent moved, the decoded galaxy re-fitted: change of "
-                                    "every parameter in units of its Cramér–Rao bound (grey: ±1)."),
-            ("calibration.png", "Coverage of the reported intervals per parameter and S/N bin "
-                                "(grey: nominal ±3 points).")):
-        if (fig_dir / name).exists():
-            parts.append(_img(fig_dir / name, caption))
-    parts.append(_img(loss_png, "Training and test loss per epoch."))
+def _calibration_html(metrics: dict) -> list[str]:
+    if "calibration" not in metrics:
+        return []
+    cal = metrics["calibration"]
+    rows = [[name, subset, row["n"], 100 * row["68"], 100 * row["95"]]
+            for name, by_subset in cal["coverage"].items() for subset, row in by_subset.items()]
+    return ["<h2>Calibration of the uncertainties</h2><p>Fraction of test galaxies whose "
+            "truth lies within the reported 68% (± <code>_err</code>) and 95% "
+            "(<code>_lo95</code> to <code>_hi95</code>) intervals, in the "
+            f"{html.escape(cal['space'])}. Target: within ±3 points. Worst miss "
+            f"(subsets of ≥ 30 galaxies): <b>{cal['worst_miss_points']:.1f} points</b>.</p>",
+            _table(["parameter", "subset", "N", "68% coverage [%]", "95% coverage [%]"], rows)]
 
+
+#: The report's figures, in order, with their captions.
+FIGURES = (
+    ("fig2_reconstructions.png", "Fig. 2: test galaxies ordered by S/N (top), "
+                                 "reconstructions (middle), residuals (bottom); asinh stretch."),
+    ("fig3_controlled.png", "Fig. 3: supervised latents on the controlled sets."),
+    ("fig4_traversals.png", "Fig. 4: decoded images while one supervised latent moves."),
+    ("fig5_r2_comparison.png", "Fig. 5: R² of the CAE and the PCA baselines."),
+    ("predicted_vs_true.png", "CAE prediction against truth on the test split."),
+    ("methods_vs_true.png", "Each method's estimate against truth, same galaxies."),
+    ("error_vs_snr.png", "Error against S/N per method; grey: the ±1σ Cramér–Rao bound."),
+    ("time_per_galaxy.png", "Wall time per galaxy, measured in this run."),
+    ("disentanglement.png", "Each latent moved, the decoded galaxy re-fitted: change of "
+                            "every parameter in units of its Cramér–Rao bound (grey: ±1)."),
+    ("calibration.png", "Coverage of the reported intervals per parameter and S/N bin "
+                        "(grey: nominal ±3 points)."))
+
+
+def _figures_html(fig_dir: Path, loss_png: Path) -> list[str]:
+    parts = ["<h2>Figures</h2>"]
+    parts += [_img(fig_dir / name, caption) for name, caption in FIGURES if (fig_dir / name).exists()]
+    return parts + [_img(loss_png, "Training and test loss per epoch.")]
+
+
+def _configuration_html(model_meta: dict) -> list[str]:
     config = {"train": model_meta.get("train_config"),
               "simulate": model_meta.get("dataset", {}).get("simulate")}
-    parts += ["<h2>Configuration</h2><pre>", html.escape(yaml.safe_dump(config, sort_keys=False)),
-              "</pre></body></html>"]
-    Path(path).write_text("\n".join(parts), encoding="utf-8")
+    return ["<h2>Configuration</h2><pre>", html.escape(yaml.safe_dump(config, sort_keys=False)), "</pre>"]
 
 
 def refinement_summary(metrics: dict) -> str:
