@@ -4,7 +4,7 @@ A trained model on disk is ``model.safetensors`` (the weights) + ``model.json`` 
 else). :class:`ModelCard` is that JSON as typed fields: the architecture, the pixel
 normalisation, the parameter and condition scalings, the training set (its simulation
 config, so refits use the same physics), the error model, the refinement policy and the
-provenance. The library reads models only through it, and resolves every model-dependent
+provenance. The library reads models through it, and resolves every model-dependent
 default here (:meth:`ModelCard.refine_snr_for`), so the command line, the Python API and
 ``evaluate`` behave alike. Models shipped with galcae are found by name
 (:func:`resolve_model`).
@@ -53,6 +53,26 @@ class ErrorModel:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where a model came from: its training set, its starting model and, for a shipped one,
+    the card's sentences (what it is, what it was trained on by command, where it was
+    validated, where it must not be trusted)."""
+
+    dataset: str  # the training set's path when it was trained
+    n_galaxies: int
+    params_sha256: str  # of the training set's params.parquet
+    init: dict = field(default_factory=dict)  # --init: the starting model and its epochs
+    shipped: dict = field(default_factory=dict)  # name, weights precision, card sentences
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "Provenance":
+        dataset = meta["dataset"]
+        return cls(str(dataset.get("path", "?")), int(dataset.get("n_galaxies", 0)),
+                   str(dataset.get("params_sha256", "")), dict(meta.get("init") or {}),
+                   dict(meta.get("shipped") or {}))
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """Everything about a model but its weights; see the module docstring."""
 
@@ -64,6 +84,7 @@ class ModelCard:
     training_range: dict  # name -> (lo, hi) of the training truths and conditions
     errors: ErrorModel
     refinement: Refinement
+    provenance: Provenance
     weights_sha256: str
     epochs_trained: int  # this run's, plus its --init model's for a fine-tuned one
     galcae_version: str = "?"
@@ -123,6 +144,7 @@ class ModelCard:
                              if "refine_calibration" in meta else None),
                     calibration=(VarianceCalibration.from_dict(meta["refine_calibration"])
                                  if "refine_calibration" in meta else None)),
+                provenance=Provenance.from_meta(meta),
                 weights_sha256=str(meta.get("weights_sha256", "")),
                 epochs_trained=int(meta.get("epoch", 0)) + int((meta.get("init") or {}).get("epoch") or 0),
                 galcae_version=str(meta.get("galcae_version", "?")),

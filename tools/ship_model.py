@@ -10,7 +10,8 @@
    the recalibration of refined rows' errors, on the first N galaxies of SET refined above S;
 3. evaluates on HELDOUT, a dataset the model never saw (``galcae evaluate``: R², coverage,
    efficiency vs the Cramér–Rao bound, re-measured traversals) into RUN/eval/;
-4. writes ``galcae/models/NAME/``: model.safetensors (float16), model.json, report.html.
+4. writes ``galcae/models/NAME/``: model.safetensors (float16), model.json (with the
+   model card of ``--card CARD.yaml``), report.html (the evaluation, under the card).
 """
 
 import argparse
@@ -21,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from galcae.card import ModelCard
 from galcae.checkpoint import META, load_model, save_model
+from galcae.config import read_yaml
 from galcae.dataset import Dataset
 from galcae.demo import calibration_text, comparison_table, disentanglement_text, r2_table
 from galcae.estimate.cae import measure
@@ -47,6 +50,9 @@ def main() -> None:
     parser.add_argument("--refine-calibration", type=int, default=0, metavar="N",
                         help="refine the first N galaxies of --calibration above --refine-snr and "
                              "recalibrate the fit's errors on them")
+    parser.add_argument("--card", type=Path, default=None,
+                        help="YAML with the model card's what / trained / validated / not_trusted "
+                             "sentences (by command, not by path), shown at the top of report.html")
     args = parser.parse_args()
     if args.refine_calibration and (args.calibration is None or args.refine_snr is None):
         parser.error("--refine-calibration needs --calibration and --refine-snr")
@@ -81,13 +87,16 @@ def main() -> None:
         if args.refine_calibration:  # the first N of the stamps and conditions already at hand
             n = args.refine_calibration
             ids, images, conditions = ids[:n], images[:n], {k: v[:n] for k, v in conditions.items()}
+            model.card = ModelCard.from_dict(model.meta)  # the recalibrated variance head measures
             fitted, refined = calibrate_fit_errors(
                 model.card.training_set, images, conditions, measure(model, images, conditions),
                 {n: calibration.params[n][ids] for n in model.supervised}, args.refine_snr, args.workers)
             model.meta["refine_calibration"] = fitted.to_dict()
             model.meta["refine_calibration_set"] = {"path": str(args.calibration), "n_galaxies": len(ids),
                                                     "refined": refined, "min_snr": args.refine_snr}
-    save_model(args.run, model)  # the float16-rounded weights, recalibrated
+    model.meta["shipped"] = {"name": args.name, "weights": "float16", "report": "report.html",
+                             **({"card": read_yaml(args.card)} if args.card else {})}
+    save_model(args.run, model)  # the float16-rounded weights, recalibrated; the card for the report
 
     metrics = evaluate_run(args.run, args.heldout, classical=0, bound=args.bound,
                            workers=args.workers, test_fraction=args.test_fraction,
@@ -99,8 +108,6 @@ def main() -> None:
     out = Path(__file__).resolve().parents[1] / "galcae" / "models" / args.name
     out.mkdir(parents=True, exist_ok=True)
     model.network.half()
-    model.meta["shipped"] = {"name": args.name, "weights": "float16",
-                             "evaluated_on": str(args.heldout), "report": "report.html"}
     save_model(out, model)
     shutil.copy(args.run / "eval" / "report.html", out / "report.html")
     print(f"shipped {out} ({(out / 'model.safetensors').stat().st_size / 1e6:.1f} MB weights); "

@@ -8,7 +8,7 @@ import torch
 from ..checkpoint import TrainedModel
 from ..errors import InputError
 from ..params import ellipticity_errors, ellipticity_from_shear
-from ..uncertainty import LEVELS, HeldoutScatter, VarianceCalibration, half_widths, physical_sigma
+from ..uncertainty import LEVELS, half_widths, physical_sigma
 
 
 def uncertainty_method(model: TrainedModel, samples: int) -> str:
@@ -31,10 +31,31 @@ def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = N
     ``samples`` draws of the dropout mask on the encoder features (the convolutions run
     once). ``latents=True`` adds the full latent vectors (for reconstructions).
     """
-    net = model.network.eval()
-    n_sup = len(model.supervised)
-    p = net.arch.dropout
     check_samples(model, samples)
+    z, z_var, z_all = _encode(model, images, conditions, samples, batch_size, generator, latents)
+    sigma_z, tail = _latent_errors(model, images, conditions, z, z_var, samples)
+    values = model.scaling.to_physical(z)
+    errors = physical_sigma(model.scaling, z, sigma_z)
+    wide = half_widths(sigma_z, tail)[LEVELS[1]]  # latent: log10 axes give asymmetric ends
+    lo, hi = model.scaling.to_physical(z - wide), model.scaling.to_physical(z + wide)
+    out = {}
+    for name in model.supervised:
+        out[name], out[f"{name}_err"] = values[name], errors[name]
+        out[f"{name}_lo95"], out[f"{name}_hi95"] = lo[name], hi[name]
+    if "g1" in out and "g2" in out:
+        out["ellipticity"], out["position_angle"] = ellipticity_from_shear(out["g1"], out["g2"])
+        out["ellipticity_err"], out["position_angle_err"] = ellipticity_errors(
+            out["g1"], out["g2"], out["g1_err"], out["g2_err"])
+    if latents:
+        out["latents"] = z_all
+    return out
+
+
+def _encode(model: TrainedModel, images, conditions, samples: int, batch_size, generator, latents: bool):
+    """The supervised latents' means ``(N, n_supervised)``, their variances (the head's, plus
+    the spread of MC-dropout draws; None without either) and, if asked, the full latents."""
+    net = model.network.eval()
+    n_sup, p = len(model.supervised), net.arch.dropout
     c = model.condition_input(images, conditions)
     z_mean, z_var, z_all = [], [], []
     with torch.inference_mode():
@@ -56,40 +77,30 @@ def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = N
                 var = var + torch.stack([d[1].exp() for d in draws]).mean(0)
             z_mean.append(means.mean(0).float().cpu().numpy())
             z_var.append(var.float().cpu().numpy())
-    empty = np.empty((0, n_sup), np.float32)
-    z = np.concatenate(z_mean) if z_mean else empty
-    tail = 1.0  # Gaussian 95% intervals unless the recalibration has a tail stage
-    if z_var:
-        sigma_z = np.sqrt(np.concatenate(z_var))
-        if net.arch.predict_variance:
-            calibration = VarianceCalibration.from_meta(model.meta, n_sup)
-            if calibration.needs_snr:  # the noise already measured for the conditions, if it was
-                noise = (conditions or {}).get("noise_sigma")
-                noise = None if noise is None else np.broadcast_to(np.asarray(noise, float), (len(images),))
-                sigma_z = calibration.apply(sigma_z, model.stamp_snr(images, noise))
-            else:
-                sigma_z = calibration.apply(sigma_z)
-            tail = calibration.tail(sigma_z)
-    elif samples == 1 and not net.arch.predict_variance:
-        sigma_z = HeldoutScatter.from_dict(model.meta["heldout_scatter"]).latent_sigma(z)
-    else:
-        sigma_z = empty
-    values = model.scaling.to_physical(z)
-    errors = physical_sigma(model.scaling, z, sigma_z)
-    wide = half_widths(sigma_z, tail)[LEVELS[1]]  # latent: log10 axes give asymmetric ends
-    lo, hi = model.scaling.to_physical(z - wide), model.scaling.to_physical(z + wide)
-    out = {}
-    for name in model.supervised:
-        out[name], out[f"{name}_err"] = values[name], errors[name]
-        out[f"{name}_lo95"], out[f"{name}_hi95"] = lo[name], hi[name]
-    if "g1" in out and "g2" in out:
-        out["ellipticity"], out["position_angle"] = ellipticity_from_shear(out["g1"], out["g2"])
-        out["ellipticity_err"], out["position_angle_err"] = ellipticity_errors(
-            out["g1"], out["g2"], out["g1_err"], out["g2_err"])
-    if latents:
-        out["latents"] = np.concatenate(z_all) if z_all else np.empty((0, net.arch.latent_dim))
-    return out
+    z = np.concatenate(z_mean) if z_mean else np.empty((0, n_sup), np.float32)
+    full = (np.concatenate(z_all) if z_all else np.empty((0, net.arch.latent_dim))) if latents else None
+    return z, (np.concatenate(z_var) if z_var else None), full
 
+
+def _latent_errors(model: TrainedModel, images, conditions, z: np.ndarray, z_var, samples: int):
+    """1-sigma in latent units and the factor on the Gaussian 95% half-width: the variance
+    head's recalibrated by the model card's error model, or the held-out scatter."""
+    errors = model.card.errors
+    if z_var is None:
+        if samples == 1 and errors.variance is None:
+            return errors.heldout.latent_sigma(z), 1.0
+        return np.empty((0, len(model.supervised)), np.float32), 1.0
+    sigma_z = np.sqrt(z_var)
+    if errors.variance is None:  # MC dropout alone: Gaussian intervals
+        return sigma_z, 1.0
+    calibration = errors.variance
+    if calibration.needs_snr:  # the noise already measured for the conditions, if it was
+        noise = (conditions or {}).get("noise_sigma")
+        noise = None if noise is None else np.broadcast_to(np.asarray(noise, float), (len(images),))
+        sigma_z = calibration.apply(sigma_z, model.stamp_snr(images, noise))
+    else:
+        sigma_z = calibration.apply(sigma_z)
+    return sigma_z, calibration.tail(sigma_z)
 
 
 def check_samples(model: TrainedModel, samples: int, where="the model") -> None:
@@ -97,7 +108,7 @@ def check_samples(model: TrainedModel, samples: int, where="the model") -> None:
     if samples > 1 and model.network.arch.dropout <= 0:
         raise InputError(f"--samples {samples} needs a model trained with dropout > 0 "
                          f"(galcae train ... dropout=0.1); {where} has none")
-    if samples == 1 and not model.network.arch.predict_variance and "heldout_scatter" not in model.meta:
+    if samples == 1 and not model.network.arch.predict_variance and model.card.errors.heldout is None:
         raise InputError(f"{where} has no held-out error model (trained by an older galcae); "
                          "retrain it, or use --samples K with a dropout model")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..uncertainty import LEVELS, VarianceCalibration, coverage
+from ..uncertainty import LEVELS, coverage
 from .metrics import SNR_BINS
 
 
@@ -15,7 +15,7 @@ def latent_errors(model, images: np.ndarray, conditions: dict | None
     factors of their 95% intervals."""
     n_sup = len(model.supervised)
     z, log_var = model.encode(images, conditions, log_var=True)
-    calibration = VarianceCalibration.from_meta(model.meta, n_sup)
+    calibration = model.card.errors.variance  # as galcae infer applies it
     snr = model.stamp_snr(images) if calibration.needs_snr else None
     sigma = calibration.apply(np.exp(0.5 * log_var), snr)
     return z[:, :n_sup], sigma, calibration.tail(sigma)

@@ -186,7 +186,7 @@ def held_out(run_dir: Path, model, dataset_path, test_fraction: float | None) ->
     if test_fraction is not None:
         cfg = dataclasses.replace(cfg, test_fraction=test_fraction)
     train_ids, test_ids = split_indices(dataset, cfg)
-    same_dataset = sha256_of(dataset.path / PARAMS) == model.meta["dataset"]["params_sha256"]
+    same_dataset = sha256_of(dataset.path / PARAMS) == model.card.provenance.params_sha256
     if same_dataset and test_fraction is not None:
         raise ValueError("test_fraction applies to datasets other than the training set")
     if same_dataset:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 import yaml
@@ -79,7 +80,7 @@ def _header_html(metrics: dict, model_meta: dict) -> list[str]:
               f"galcae {version}.")
     if card:
         parts = [f"<h2>Model card: <code>{html.escape(model_meta['shipped']['name'])}</code></h2>"]
-        parts += [f"<p><b>{html.escape(label)}.</b> {html.escape(card[key])}</p>" for key, label in CARD_FIELDS
+        parts += [f"<p><b>{html.escape(label)}.</b> {_code_spans(card[key])}</p>" for key, label in CARD_FIELDS
                   if card.get(key)]
         parts.append(f"<p>Evaluated here: {counts}</p>")
     else:
@@ -103,6 +104,11 @@ def _header_html(metrics: dict, model_meta: dict) -> list[str]:
 #: The fields of a shipped model's card (``model.json`` -> ``shipped.card``), in order.
 CARD_FIELDS = (("what", "What it is"), ("trained", "Trained on"), ("validated", "Validated on"),
                ("not_trusted", "Do not trust it"))
+
+
+def _code_spans(text: str) -> str:
+    """``text`` escaped for HTML, with its `backquoted` commands as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def _r2_html(metrics: dict) -> list[str]:
