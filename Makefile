@@ -13,7 +13,7 @@ install-test: $(VENV)/.installed-test
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install "$(TORCH)"
-	$(BIN)/python -m pip install -e .
+	$(BIN)/python -m pip install -e ".[all]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
@@ -24,6 +24,7 @@ demo: install
 	$(BIN)/galcae demo -o demo_output --overwrite
 
 test: install-test
+	$(BIN)/ruff check galcae tests benchmarks tools examples
 	$(BIN)/python -m pytest -q
 
 bench: install

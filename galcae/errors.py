@@ -31,5 +31,21 @@ class TrainingError(RuntimeError):
     """Training that cannot go on (a non-finite loss)."""
 
 
+class MissingExtraError(RuntimeError):
+    """A part of galcae whose optional dependencies are not installed."""
+
+
+def require(module: str, extra: str, what: str):
+    """``module`` imported, or a :class:`MissingExtraError` saying which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(f"{what} needs {module.split('.')[0]}, which is not installed: "
+                                f"pip install 'galcae[{extra}]'") from None
+
+
 #: What the command line reports as the culprit's own message.
-ERRORS = (ConfigError, DatasetError, ModelError, InputError, OutputError, ClusterError, TrainingError)
+ERRORS = (ConfigError, DatasetError, ModelError, InputError, OutputError, ClusterError, TrainingError,
+          MissingExtraError)

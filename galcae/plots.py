@@ -5,7 +5,10 @@ matplotlib's object API only: no global state, nothing drawn on import.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def save(fig, path: Path) -> Path:
@@ -16,9 +19,14 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def loss_curve(history: list[dict], path) -> Path:
-    """Training and test loss per epoch, with the three loss terms."""
-    from matplotlib.figure import Figure
+def loss_curve(history: list[dict], path) -> Path | None:
+    """Training and test loss per epoch, with the three loss terms (skipped, with a warning,
+    without matplotlib: the ``evaluate`` extra)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        log.warning("%s not drawn: matplotlib is not installed (pip install 'galcae[evaluate]')", path)
+        return None
 
     epochs = [h["epoch"] for h in history]
     fig = Figure(figsize=(9, 3.2))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from ..errors import InputError
+from ..errors import InputError, require
 from ..params import FITS_KEYWORDS
 
 log = logging.getLogger(__name__)
@@ -387,7 +387,7 @@ def plan_inputs(inputs, *, stamp_size: int, pixel_scale: float, chunk_size: int,
 def _plan_field(plan: Plan, hdul, h, path, where: str, chunk_size: int, work_dir: Path,
                 number: int, threshold: float) -> None:
     """Subtract the background, detect sources, save the field for the workers, add its chunks."""
-    import sep
+    sep = require("sep", "fields", f"{where}: detecting the sources of a field")
 
     data = read_pixels(h, where).copy()
     bad = ~np.isfinite(data)
