@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
-from .params import DERIVED, MODEL_CONDITIONS, PARAMETERS, SIMULATED
+from .params import DERIVED, DRAWN, MODEL_CONDITIONS, PARAMETERS, SIMULATED
 
 
 def _check(condition: bool, key: str, message: str) -> None:
@@ -261,8 +261,6 @@ class TrainConfig:
         _check(self.decoder in DECODERS, "decoder",
                f"'{self.decoder}' is not one of {', '.join(repr(d) for d in DECODERS)}")
         if self.decoder == "sersic":
-            from .render import DRAWN
-
             missing = [n for n in DRAWN if n not in self.supervised + self.conditions]
             _check(not missing, "decoder", f"sersic draws from {', '.join(DRAWN)}: "
                    f"add {', '.join(missing)} to supervised or conditions")

@@ -96,6 +96,8 @@ PSF_CONDITIONS = ("psf_fwhm", "psf_beta")
 RENDER_CONDITIONS = (*PSF_CONDITIONS, "sky_level")
 #: The conditions a model can take besides the image (the sky enters as the measured noise).
 MODEL_CONDITIONS = (*PSF_CONDITIONS, "noise_sigma")
+#: What the Sérsic renderer and the physical decoder draw: the galaxy and its PSF.
+DRAWN = FIT_PARAMETERS + PSF_CONDITIONS
 #: FITS header keywords that state a file's conditions.
 FITS_KEYWORDS = {"psf_fwhm": "PSFFWHM", "psf_beta": "PSFBETA"}
 

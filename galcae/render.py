@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .params import FIT_PARAMETERS, PSF_CONDITIONS
+from .params import DRAWN
 
 #: Sérsic indices GalSim can draw; the renderer clamps to them.
 SERSIC_N = (0.3, 6.19)
@@ -30,9 +30,8 @@ MOFFAT_BETA = (1.5, 8.0)
 LOG_K = (-3.0, 3.0)
 #: FWHM / sigma of a Gaussian.
 GAUSSIAN_FWHM = 2 * math.sqrt(2 * math.log(2))
-#: Every parameter :class:`SersicRenderer` takes, in its units (without ``psf_beta``: a
-#: Gaussian PSF).
-DRAWN = FIT_PARAMETERS + PSF_CONDITIONS
+#: Every parameter :class:`SersicRenderer` takes is in :data:`galcae.params.DRAWN`, in its
+#: units (without ``psf_beta``: a Gaussian PSF).
 PARAMETERS = DRAWN  # TEMPORARY alias while the tests move
 #: The coordinates of :meth:`SersicRenderer.with_derivatives`: flux, radius and n in the log.
 FITTED = ("log_flux", "log_half_light_radius", "log_sersic_n", "g1", "g2", "x", "y")
