@@ -10,7 +10,12 @@ functions below import their stage on first use.
 - ``evaluate_run(run_dir, dataset, sweeps=())``: the paper's Section 4.
 - ``load_model(path)``: a trained model, or a shipped one by name (``"survey"``);
   ``.predict(images)`` gives parameters.
-- ``infer_catalog(model, inputs, out, workers=1)``: FITS files in, a catalog out.
+- ``infer_catalog(model, inputs, out, workers=1, options=InferOptions())``: FITS files in,
+  a catalog out, refined as the model card says unless ``options`` say otherwise.
+- ``fit_catalog(inputs, out, cfg)``: the classical fit of the same inputs, into a catalog.
+- ``measure(model, images, conditions)``, ``refine(sim, images, conditions, estimates, min_snr)``:
+  the estimators behind them, on arrays: images and conditions in, a table of estimates
+  and errors out, nothing changed in place.
 """
 
 __version__ = "0.1.0"
@@ -22,6 +27,10 @@ _LAZY = {
     "evaluate_run": ("galcae.evaluate", "evaluate_run"),
     "load_model": ("galcae.checkpoint", "load_model"),
     "infer_catalog": ("galcae.catalog.infer", "infer_catalog"),
+    "InferOptions": ("galcae.catalog.infer", "InferOptions"),
+    "fit_catalog": ("galcae.catalog.fit", "fit_catalog"),
+    "measure": ("galcae.estimate.cae", "measure"),
+    "refine": ("galcae.estimate.refine", "refine"),
     "Dataset": ("galcae.dataset", "Dataset"),
 }
 
