@@ -86,18 +86,8 @@ class ModelCard:
     refinement: Refinement
     provenance: Provenance
     weights_sha256: str
-    epochs_trained: int  # this run's, plus its --init model's for a fine-tuned one
     galcae_version: str = "?"
     raw: dict = field(default_factory=dict, repr=False, compare=False)  # model.json as read
-
-    @property
-    def supervised(self) -> tuple[str, ...]:
-        return self.parameter_scaling.names
-
-    @property
-    def conditions(self) -> tuple[str, ...]:
-        """Observing conditions the model takes besides the image (none for the paper's)."""
-        return self.condition_scaling.names if self.condition_scaling is not None else ()
 
     @property
     def pixel_scale(self) -> float:
@@ -146,7 +136,6 @@ class ModelCard:
                                  if "refine_calibration" in meta else None)),
                 provenance=Provenance.from_meta(meta),
                 weights_sha256=str(meta.get("weights_sha256", "")),
-                epochs_trained=int(meta.get("epoch", 0)) + int((meta.get("init") or {}).get("epoch") or 0),
                 galcae_version=str(meta.get("galcae_version", "?")),
                 raw=meta)
         except ModelError:

@@ -21,7 +21,7 @@ import zarr
 from . import __version__
 from .config import ConfigError, SimConfig, from_dict, read_yaml, to_dict
 from .errors import DatasetError
-from .params import CONDITIONS, DERIVED, PARAMETERS
+from .params import CONDITIONS, DERIVED, OK, PARAMETERS
 
 IMAGES = "images.zarr"
 PARAMS = "params.parquet"
@@ -121,7 +121,7 @@ class Dataset:
     def _check_chunks_present(self) -> None:
         """Every chunk that holds a rendered galaxy is on disk (Zarr reads a missing chunk as
         NaN, its fill value, and skips writing a chunk that is all NaN)."""
-        usable = self.params["status"] == "ok"
+        usable = self.params["status"] == OK
         for key in np.ndindex(*self.images.cdata_shape):
             stored = self.path / IMAGES / self.images.metadata.encode_chunk_key(key)
             if not stored.exists() and usable[self._chunk_rows(key)].any():
@@ -162,7 +162,7 @@ class Dataset:
         """Refuse ``images`` (those of galaxies ``ids``) holding NaN or infinity where the
         galaxy rendered (status 'ok'; the others are NaN by design)."""
         ids = np.asarray(ids)
-        bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1) & (self.params["status"][ids] == "ok")
+        bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1) & (self.params["status"][ids] == OK)
         if bad.any():
             raise DatasetError(f"{self.path / IMAGES}: the image of galaxy {int(ids[bad][0])} "
                                f"(status 'ok') is not finite ({int(bad.sum())} such images)")
@@ -208,7 +208,7 @@ class Dataset:
     @property
     def usable(self) -> np.ndarray:
         """Indices of the galaxies that rendered (status ``ok``)."""
-        return np.flatnonzero(self.params["status"] == "ok")
+        return np.flatnonzero(self.params["status"] == OK)
 
     def load_images(self, indices=None) -> np.ndarray:
         """Images as float32 numpy, all of them or the given sorted indices."""

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..card import MODEL_DEFAULT, ModelCard, model_paths
+from ..card import MODEL_DEFAULT, model_paths
 from ..checkpoint import TrainedModel, load_model
 from ..conditions import condition_table
 from ..estimate.cae import check_samples, measure, uncertainty_method
@@ -59,10 +59,10 @@ class InferOptions:
 
 
 
-def catalog_columns(card: ModelCard, has_field: bool, refine: bool = False) -> list[Column]:
+def catalog_columns(model: TrainedModel, has_field: bool, refine: bool = False) -> list[Column]:
     """``(name, arrow type, unit, description)`` of every catalog column, in order."""
     cols = id_columns(has_field)
-    names = card.supervised
+    names = model.supervised
     for name in names:
         unit = unit_of(name)
         cols += [(name, pa.float64(), unit, f"predicted {name.replace('_', ' ')}"),
@@ -74,7 +74,7 @@ def catalog_columns(card: ModelCard, has_field: bool, refine: bool = False) -> l
                  ("ellipticity_err", pa.float64(), "", "1-sigma uncertainty of ellipticity"),
                  ("position_angle", pa.float64(), "deg", "major axis from +x, counter-clockwise"),
                  ("position_angle_err", pa.float64(), "deg", "1-sigma uncertainty of position_angle")]
-    for name in card.conditions:
+    for name in model.conditions:
         cols.append((name, pa.float64(), unit_of(name), f"observing condition used: {CONDITIONS[name].description}"))
     if refine:
         cols += [("snr", pa.float64(), "", "matched-filter S/N measured on the stamp "
@@ -232,7 +232,7 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
     refining = options.refine_snr is not None
     summary = build_catalog(
         partial(infer_chunk, str(meta_path.resolve()), sha, options), inputs, out,
-        columns_for=partial(catalog_columns, model.card, refine=refining), meta=meta,
+        columns_for=partial(catalog_columns, model, refine=refining), meta=meta,
         options={"model": sha, **asdict(options)}, stamp_size=model.card.stamp_size,
         pixel_scale=model.card.pixel_scale, workers=workers, scheduler=scheduler,
         chunk_size=chunk_size or (REFINE_CHUNK_SIZE if refining else CHUNK_SIZE), hdu=hdu,
