@@ -61,8 +61,8 @@ class Provenance:
     dataset: str  # the training set's path when it was trained
     n_galaxies: int
     params_sha256: str  # of the training set's params.parquet
-    init: dict = field(default_factory=dict)  # --init: the starting model and its epochs
-    shipped: dict = field(default_factory=dict)  # name, weights precision, card sentences
+    init: dict = field(default_factory=dict, hash=False)  # --init: the starting model and its epochs
+    shipped: dict = field(default_factory=dict, hash=False)  # name, weights precision, card sentences
 
     @classmethod
     def from_meta(cls, meta: dict) -> "Provenance":
@@ -81,7 +81,7 @@ class ModelCard:
     parameter_scaling: ParameterScaling
     condition_scaling: ParameterScaling | None
     training_set: SimConfig  # the simulation the model was trained on: stamp, pixels, PSF, noise
-    training_range: dict  # name -> (lo, hi) of the training truths and conditions
+    training_range: dict = field(hash=False)  # name -> (lo, hi) of the training truths and conditions
     errors: ErrorModel
     refinement: Refinement
     provenance: Provenance

@@ -39,8 +39,6 @@ def border_pixels(images: np.ndarray) -> np.ndarray:
     return images[:, ring]
 
 
-
-
 def condition_table(names, images: np.ndarray, given: dict) -> dict[str, np.ndarray]:
     """The ``names`` conditions of each stamp: ``given`` values (scalars broadcast, arrays per
     stamp) and, unless given, ``noise_sigma`` measured on the stamps.

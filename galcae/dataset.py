@@ -40,7 +40,6 @@ _BOOKKEEPING = {
 }
 
 
-
 def column_meta(name: str) -> tuple[str, str]:
     """``(unit, description)`` of a ``params.parquet`` column."""
     spec = {**PARAMETERS, **DERIVED, **CONDITIONS}.get(name)

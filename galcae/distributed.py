@@ -57,7 +57,6 @@ def dask_client(workers: int = 1, scheduler: str | None = None):
             yield client
 
 
-
 #: Seconds to wait for a scheduler given by address.
 CONNECT_TIMEOUT = 10
 

@@ -29,7 +29,6 @@ from .errors import OutputError
 log = logging.getLogger(__name__)
 
 
-
 # --- locks ------------------------------------------------------------------------------------
 
 

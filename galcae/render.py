@@ -32,7 +32,6 @@ LOG_K = (-3.0, 3.0)
 GAUSSIAN_FWHM = 2 * math.sqrt(2 * math.log(2))
 #: Every parameter :class:`SersicRenderer` takes is in :data:`galcae.params.DRAWN`, in its
 #: units (without ``psf_beta``: a Gaussian PSF).
-PARAMETERS = DRAWN  # TEMPORARY alias while the tests move
 #: The coordinates of :meth:`SersicRenderer.with_derivatives`: flux, radius and n in the log.
 FITTED = ("log_flux", "log_half_light_radius", "log_sersic_n", "g1", "g2", "x", "y")
 

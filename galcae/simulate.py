@@ -22,7 +22,6 @@ from .physics import make_psf, optimal_snr, pixel_variance, render_noiseless
 log = logging.getLogger(__name__)
 
 
-
 def draw_parameters(cfg: SimConfig) -> dict[str, np.ndarray]:
     """The truth table of a simulation: every parameter of :data:`SIMULATED`, plus
     ``g1``, ``g2`` and the per-galaxy noise ``seed``."""
@@ -60,18 +59,6 @@ def _condition(rng, value, n: int, log: bool, fixed: bool) -> np.ndarray:
     if log:
         return 10.0 ** rng.uniform(np.log10(lo), np.log10(hi), n)
     return rng.uniform(lo, hi, n)
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def render_chunk(cfg: SimConfig, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

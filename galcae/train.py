@@ -51,7 +51,6 @@ STATE = "state.safetensors"
 LEGACY_STATE = "state.pt"
 
 
-
 def split_indices(dataset: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train, test) ids of the rendered galaxies, a seeded random split."""
     usable = dataset.usable

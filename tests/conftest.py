@@ -1,10 +1,19 @@
-"""Shared tiny fixtures: a 32x32-pixel dataset of 64 galaxies and a one-epoch run."""
+"""Shared tiny fixtures: a 32x32-pixel dataset of 64 galaxies, runs trained on it, and the
+inputs several test files measure (a FITS cube, a field)."""
 
+import dataclasses
+import logging
+from types import SimpleNamespace
+
+import galsim
+import numpy as np
 import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
 
 from galcae.config import TrainConfig, load_stage
 from galcae.simulate import simulate_dataset
-from galcae.train import train_model
+from galcae.train import train_config_of, train_model
 
 # Small, centred galaxies on 32x32 stamps: fast to render and to train on.
 TINY = ["n_galaxies=64", "stamp_size=32", "chunk_size=16", "ranges.x=[14,18]", "ranges.y=[14,18]",
@@ -22,6 +31,30 @@ def tiny_sim(*extra):
 
 def tiny_train(**changes):
     return TrainConfig(**{"epochs": 1, "batch_size": 16, **changes})
+
+
+def write_field(path, positions, size=160, scale=0.2):
+    """A noisy field with Sérsic galaxies at ``positions`` (numpy pixel coords), a TAN WCS,
+    a VARIANCE and a MASK HDU; returns the WCS."""
+    rng = np.random.default_rng(3)
+    image = galsim.ImageF(size, size, scale=scale)
+    psf = galsim.Gaussian(fwhm=0.7)
+    for x, y in positions:
+        gal = galsim.Convolve(galsim.Sersic(n=1.0, half_light_radius=0.6, flux=20000.0), psf)
+        gal.drawImage(image, center=galsim.PositionD(x + 1, y + 1), add_to_image=True)
+    sky = 100.0
+    data = image.array + sky + rng.normal(0, np.sqrt(sky + 25.0), image.array.shape)
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.0, 2.0]
+    wcs.wcs.crpix = [size / 2, size / 2]
+    wcs.wcs.cdelt = [-scale / 3600, scale / 3600]
+    mask = np.zeros(data.shape, np.int16)
+    mask[5, 5] = 1
+    fits.HDUList([fits.PrimaryHDU(data.astype(np.float32), header=wcs.to_header()),
+                  fits.ImageHDU(np.full(data.shape, sky + 25.0, np.float32), name="VARIANCE"),
+                  fits.ImageHDU(mask, name="MASK")]).writeto(path)
+    return wcs
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +83,44 @@ def tiny_run(tiny_dataset, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "run"
     train_model(tiny_dataset.path, run_dir, tiny_train())
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def dropout_run(tiny_dataset, tmp_path_factory):
+    """A tiny model trained a few epochs with dropout, so it both predicts and gives MC errors."""
+    run_dir = tmp_path_factory.mktemp("runs") / "dropout"
+    train_model(tiny_dataset.path, run_dir, tiny_train(epochs=4, dropout=0.1))
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def sersic_run(survey_run, survey_dataset, tmp_path_factory):
+    """The survey run's encoder trained one epoch more under a new ``sersic`` decoder;
+    ``path`` and the messages ``galcae.train`` logged while it trained."""
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    logger, handler = logging.getLogger("galcae.train"), Collect()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        run = tmp_path_factory.mktemp("runs") / "sersic"
+        cfg = dataclasses.replace(train_config_of(survey_run), decoder="sersic", epochs=1)
+        train_model(survey_dataset.path, run, cfg, init=survey_run)  # the conv model's encoder, a new decoder
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return SimpleNamespace(path=run, log="\n".join(messages))
+
+
+@pytest.fixture(scope="session")
+def cube(tiny_dataset, tmp_path_factory):
+    """The tiny dataset's 64 stamps as a FITS cube in an image HDU named STAMPS."""
+    path = tmp_path_factory.mktemp("fits") / "cube.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(tiny_dataset.load_images(), name="STAMPS")]
+                 ).writeto(path)
+    return path

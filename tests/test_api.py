@@ -1,8 +1,6 @@
 import subprocess
 import sys
 
-import galcae
-
 
 def test_api_mirrors_the_cli():
     """The package exposes one function per stage, plus model loading, after any submodule import."""

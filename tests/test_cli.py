@@ -49,4 +49,9 @@ def test_usage_errors_exit_2(capsys):
     assert main(["simulate"]) == 2
     err = capsys.readouterr().err.strip()
     assert "Missing argument" in err and "galcae simulate --help" in err and "\n" not in err
+
+
+def test_help_exits_0(capsys):
+    """``galcae --help`` prints the usage and exits 0."""
     assert main(["--help"]) == 0
+    assert "Usage:" in capsys.readouterr().out

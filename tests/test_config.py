@@ -1,12 +1,20 @@
-import pickle
-
 import pytest
 
-from galcae.config import (ConfigError, Galaxy, Ranges, SimConfig, TrainConfig, apply_overrides,
-                           from_dict, load_stage, read_config_file, to_dict)
+from galcae.config import (
+    ConfigError,
+    Galaxy,
+    Ranges,
+    SimConfig,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    load_stage,
+    read_config_file,
+    to_dict,
+)
 
 
-def test_paper_preset_is_table_1():
+def test_paper_simulate_preset_is_table_1():
     """The shipped paper preset holds Table 1's ranges and the documented unstated values."""
     cfg = load_stage("simulate", "paper")
     assert cfg.ranges.flux == (500.0, 50000.0)
@@ -18,6 +26,10 @@ def test_paper_preset_is_table_1():
     assert (cfg.n_galaxies, cfg.stamp_size, cfg.pixel_scale) == (1000, 64, 0.2)
     assert (cfg.psf.profile, cfg.psf.fwhm) == ("gaussian", 0.7)
     assert (cfg.noise.sky_level, cfg.noise.gain, cfg.noise.read_noise) == (100.0, 1.0, 5.0)
+
+
+def test_paper_train_preset_is_the_papers_training():
+    """The paper preset trains 100 epochs in batches of 64 on flux and r½, holding out 1/11."""
     train = load_stage("train", "paper")
     assert (train.epochs, train.batch_size, train.supervised) == (100, 64, ("flux", "half_light_radius"))
     assert abs(train.test_fraction - 1 / 11) < 1e-6
@@ -49,24 +61,28 @@ def test_out_of_range_values_name_their_key(override, key):
         load_stage("simulate", "paper", [override])
 
 
-def test_train_values_are_validated():
+@pytest.mark.parametrize("make, message", [
+    (lambda: TrainConfig(test_fraction=1.5), "test_fraction"),
+    (lambda: load_stage("train", "paper", ["supervised=[flux,colour]"]), "supervised"),
+    (lambda: TrainConfig(nll_beta=0.5), "nll_beta.*predict_variance"),
+    (lambda: TrainConfig(nll_beta=2.0, predict_variance=True), "nll_beta"),
+    (lambda: load_stage("train", "paper", ["channels=[]"]), "channels"),
+], ids=["test_fraction", "supervised", "nll_beta_without_variance", "nll_beta_above_1", "channels"])
+def test_train_values_are_validated(make, message):
     """Training hyper-parameters outside their ranges are refused by name."""
-    with pytest.raises(ConfigError, match="test_fraction"):
-        TrainConfig(test_fraction=1.5)
-    with pytest.raises(ConfigError, match="supervised"):
-        load_stage("train", "paper", ["supervised=[flux,colour]"])
-    with pytest.raises(ConfigError, match="nll_beta.*predict_variance"):
-        TrainConfig(nll_beta=0.5)
-    with pytest.raises(ConfigError, match="nll_beta"):
-        TrainConfig(nll_beta=2.0, predict_variance=True)
-    with pytest.raises(ConfigError, match="channels"):
-        load_stage("train", "paper", ["channels=[]"])
+    with pytest.raises(ConfigError, match=message):
+        make()
 
 
 def test_overrides_parse_yaml_values_into_nested_keys():
     """``key.sub=value`` sets nested values with YAML typing."""
     data = apply_overrides({"psf": {"fwhm": 0.7}}, ["psf.fwhm=0.9", "ranges.x=[10, 20]", "seed=3"])
     assert data == {"psf": {"fwhm": 0.9}, "ranges": {"x": [10, 20]}, "seed": 3}
+
+
+def test_from_dict_builds_the_typed_config_of_overrides():
+    """The overridden plain data becomes a config with its values typed (lists as float tuples)."""
+    data = apply_overrides({"psf": {"fwhm": 0.7}}, ["psf.fwhm=0.9", "ranges.x=[10, 20]", "seed=3"])
     cfg = from_dict(SimConfig, data)
     assert cfg.psf.fwhm == 0.9 and cfg.ranges.x == (10.0, 20.0) and cfg.seed == 3
 
@@ -77,23 +93,44 @@ def test_malformed_override_is_refused():
         apply_overrides({}, ["n_galaxies"])
 
 
-def test_config_round_trips_and_pickles():
-    """Configs are immutable values: dict round trip, equality, hashing and pickling hold."""
-    cfg = load_stage("simulate", "paper", ["psf.profile=moffat", "sweep.parameter=flux"])
+def _moffat_sweep():
+    return load_stage("simulate", "paper", ["psf.profile=moffat", "sweep.parameter=flux"])
+
+
+def test_config_round_trips_through_a_dict():
+    """``from_dict(to_dict(cfg))`` gives back an equal config (pickling: test_pickling.py)."""
+    cfg = _moffat_sweep()
     assert from_dict(SimConfig, to_dict(cfg)) == cfg
-    assert pickle.loads(pickle.dumps(cfg)) == cfg
+
+
+def test_equal_configs_hash_alike():
+    """Configs are immutable values: equal ones have equal hashes."""
+    cfg = _moffat_sweep()
     assert hash(cfg) == hash(from_dict(SimConfig, to_dict(cfg)))
+
+
+def test_config_repr_evaluates_to_an_equal_config():
+    """A section's repr is Python that rebuilds it."""
     assert eval(repr(Galaxy()), {"Galaxy": Galaxy}) == Galaxy()
 
 
-def test_config_file_errors_name_the_file(tmp_path):
-    """A missing config, invalid YAML or an unknown section is refused with the file name."""
+def test_missing_config_file_names_the_file(tmp_path):
+    """A config file that does not exist is refused with its name."""
     with pytest.raises(ConfigError, match="nope.yaml"):
         read_config_file(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    """A config file that is not valid YAML is refused with its name."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("simulate: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml"):
         read_config_file(bad)
+
+
+def test_unknown_section_is_refused_by_name(tmp_path):
+    """A config file with a misspelt stage section is refused naming the section."""
+    bad = tmp_path / "bad.yaml"
     bad.write_text("simulat:\n  n_galaxies: 3\n")
     with pytest.raises(ConfigError, match="unknown section 'simulat'"):
         read_config_file(bad)
@@ -106,23 +143,60 @@ def test_a_directory_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch)
     assert "simulate" in read_config_file("survey")
 
 
-def test_augmentation_refused_only_for_the_wrapping_position_angle():
-    """Flips and rotations transform x, y, g1, g2 with the image; a position angle wraps."""
+def test_augmentation_is_refused_for_the_wrapping_position_angle():
+    """A position angle wraps under flips and rotations: augmenting with it supervised is refused."""
     with pytest.raises(ConfigError, match="augment"):
         TrainConfig(supervised=("flux", "position_angle"), log_scaled=("flux",), augment=True)
+
+
+def test_augmentation_is_accepted_for_parameters_that_transform_with_the_image():
+    """Flips and rotations transform x, y, g1, g2 with the image: augmenting is accepted."""
     assert TrainConfig(supervised=("flux", "g1", "x"), log_scaled=(), augment=True).augment
+
+
+def test_unknown_condition_is_refused_by_name():
+    """A condition the models cannot take is refused naming the key and the value."""
     with pytest.raises(ConfigError, match="'conditions'.*'seeing'"):
         TrainConfig(conditions=("seeing",))
 
 
-def test_observing_conditions_take_a_value_or_a_range():
-    cfg = load_stage("simulate", "paper", ["psf.profile=moffat", "psf.fwhm=[0.5, 1.2]",
-                                           "noise.sky_level=[50, 2000]"])
+def test_sersic_decoder_needs_all_seven_parameters_and_the_psf():
+    """The physical decoder renders a galaxy: it needs the seven parameters and the PSF supervised."""
+    with pytest.raises(ConfigError, match="decoder.*add sersic_n, g1, g2, x, y, psf_fwhm, psf_beta"):
+        TrainConfig(decoder="sersic", supervised=("flux", "half_light_radius"))
+
+
+def test_unknown_decoder_is_refused():
+    """A decoder that is neither conv nor sersic is refused naming it."""
+    with pytest.raises(ConfigError, match="decoder.*'gan' is not one of"):
+        TrainConfig(decoder="gan")
+
+
+def _varying_conditions():
+    return load_stage("simulate", "paper", ["psf.profile=moffat", "psf.fwhm=[0.5, 1.2]",
+                                            "noise.sky_level=[50, 2000]"])
+
+
+def test_observing_conditions_take_a_range():
+    """A condition given as [lo, hi] is drawn per galaxy; one given as a value stays fixed."""
+    cfg = _varying_conditions()
     assert cfg.psf.fwhm == (0.5, 1.2) and cfg.psf.beta == 3.5 and cfg.varies_conditions
-    one = cfg.for_galaxy({"psf_fwhm": 0.8, "psf_beta": 2.5, "sky_level": 70.0})
+
+
+def test_for_galaxy_fixes_the_conditions_of_one_galaxy():
+    """``for_galaxy`` gives the config of one galaxy's drawn conditions, which no longer vary."""
+    one = _varying_conditions().for_galaxy({"psf_fwhm": 0.8, "psf_beta": 2.5, "sky_level": 70.0})
     assert (one.psf.fwhm, one.psf.beta, one.noise.sky_level) == (0.8, 2.5, 70.0)
     assert not one.varies_conditions
+
+
+def test_reversed_condition_range_is_refused():
+    """A condition range whose lower end is above its upper end is refused by key."""
     with pytest.raises(ConfigError, match="'psf.fwhm'.*above upper end"):
         load_stage("simulate", "paper", ["psf.fwhm=[1.2, 0.5]"])
+
+
+def test_condition_range_outside_its_bounds_is_refused():
+    """A condition range reaching outside the physical bounds (negative sky) is refused by key."""
     with pytest.raises(ConfigError, match="'noise.sky_level'.*outside"):
         load_stage("simulate", "paper", ["noise.sky_level=[-1, 5]"])

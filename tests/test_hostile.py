@@ -21,8 +21,8 @@ from astropy.table import QTable
 from safetensors.torch import load_file, save_file
 
 from galcae import distributed
-from galcae.catalog import chunks, writers
 from galcae import train as train_module
+from galcae.catalog import chunks, writers
 from galcae.checkpoint import ModelError, load_model, load_state, save_model, save_state, sha256_of
 from galcae.cli import main
 from galcae.dataset import Dataset, DatasetError

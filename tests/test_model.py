@@ -1,31 +1,67 @@
+"""The CAE network: the paper's architecture, its configurations, its loss, its decoders."""
+
 import numpy as np
 import pytest
 import torch
 
+from galcae.checkpoint import load_model
+from galcae.conditions import stamp_noise_sigma
+from galcae.config import load_stage
 from galcae.model import CAE, Architecture, cae_loss
-from galcae.scaling import ParameterScaling, PixelNormalization
+from galcae.physics import render
 
 
-def test_architecture_is_the_papers_layer_by_layer():
-    """Encoder, latent heads and decoder have the appendix's layers and shapes."""
-    net = CAE(Architecture())
-    convs = [m for m in net.encoder if isinstance(m, torch.nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 32, (3, 3)), (32, 64, (3, 3))]
+@pytest.fixture(scope="module")
+def paper_net():
+    """The paper's network, and a batch of three 64x64 inputs."""
+    return CAE(Architecture()), torch.rand(3, 1, 64, 64)
+
+
+def _convs(layers):
+    return [m for m in layers if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_encoder_is_the_papers_two_conv_blocks(paper_net):
+    """Two 3x3 convolutions, 1 -> 32 -> 64 channels."""
+    net, _ = paper_net
+    assert ([(c.in_channels, c.out_channels, c.kernel_size) for c in _convs(net.encoder)]
+            == [(1, 32, (3, 3)), (32, 64, (3, 3))])
+
+
+def test_latent_heads_are_the_papers(paper_net):
+    """Dense heads from the 16384 features to 2 supervised and 62 residual latents."""
+    net, _ = paper_net
     assert (net.to_phys.in_features, net.to_phys.out_features) == (16384, 2)
     assert (net.to_res.in_features, net.to_res.out_features) == (16384, 62)
+
+
+def test_decoder_is_the_papers(paper_net):
+    """A dense layer from 64 latents to 16384 features, then convolutions 64 -> 64 -> 32 -> 1."""
+    net, _ = paper_net
     dense = net.decoder[0]
     assert (dense.in_features, dense.out_features) == (64, 16384)
-    dconvs = [m for m in net.decoder if isinstance(m, torch.nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels) for c in dconvs] == [(64, 64), (64, 32), (32, 1)]
-    x = torch.rand(3, 1, 64, 64)
+    assert [(c.in_channels, c.out_channels) for c in _convs(net.decoder)] == [(64, 64), (64, 32), (32, 1)]
+
+
+def test_encoding_gives_64_latents_with_non_negative_residuals(paper_net):
+    """64 latents per image; the residual latents pass a ReLU."""
+    net, x = paper_net
     z = net.encode(x)
-    assert z.shape == (3, 64) and (z[:, 2:] >= 0).all()  # residual latents pass a ReLU
-    out = net.decode(z)
+    assert z.shape == (3, 64) and (z[:, 2:] >= 0).all()
+
+
+def test_decoding_gives_images_in_0_1(paper_net):
+    """The decoder's sigmoid output is an image of the input's shape within [0, 1]."""
+    net, x = paper_net
+    out = net.decode(net.encode(x))
     assert out.shape == (3, 1, 64, 64) and (out >= 0).all() and (out <= 1).all()
-    # The encoder pools before its ReLUs for speed: the paper's Conv -> ReLU -> Pool order
-    # gives exactly the same features.
+
+
+def test_pooling_before_relu_gives_the_papers_features(paper_net):
+    """Pooling before the ReLUs (for speed) gives exactly the paper's Conv -> ReLU -> Pool features."""
+    net, x = paper_net
     h = x
-    for conv in convs:
+    for conv in _convs(net.encoder):
         h = torch.nn.functional.max_pool2d(torch.relu(conv(h)), 2)
     assert torch.equal(net.encoder(x), h.flatten(1))
 
@@ -46,30 +82,38 @@ def test_loss_is_bce_plus_weighted_mse_and_l1():
     assert parts["bce"] == pytest.approx(bce.item(), rel=1e-5)
 
 
-def test_beta_nll_weighs_each_residual_by_its_predicted_variance():
-    """nll_beta replaces MSE + detached NLL by stopgrad(sigma^(2 beta)) * NLL (Seitzer et al.
-    2022); it needs a variance head."""
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_beta_nll_weighs_each_residual_by_its_predicted_variance(beta):
+    """nll_beta replaces MSE + detached NLL by stopgrad(sigma^(2 beta)) * NLL (Seitzer et al. 2022)."""
     torch.manual_seed(0)
     net = CAE(Architecture(stamp_size=16, latent_dim=8, predict_variance=True))
     x, y = torch.rand(4, 1, 16, 16), torch.randn(4, 2)
-    for beta in (0.0, 0.5, 1.0):
-        total, parts = cae_loss(net, x, y, lambda_phys=2.0, lambda_l1=0.5, nll_beta=beta)
-        with torch.no_grad():
-            logits, z, log_var = net(x)
-            nll = 0.5 * (log_var + (z[:, :2] - y) ** 2 * torch.exp(-log_var))
-            expected = (torch.nn.functional.binary_cross_entropy_with_logits(logits, x)
-                        + 2.0 * (torch.exp(beta * log_var) * nll).mean() + 0.5 * z[:, 2:].abs().mean())
-        assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    total, parts = cae_loss(net, x, y, lambda_phys=2.0, lambda_l1=0.5, nll_beta=beta)
+    with torch.no_grad():
+        logits, z, log_var = net(x)
+        nll = 0.5 * (log_var + (z[:, :2] - y) ** 2 * torch.exp(-log_var))
+        expected = (torch.nn.functional.binary_cross_entropy_with_logits(logits, x)
+                    + 2.0 * (torch.exp(beta * log_var) * nll).mean() + 0.5 * z[:, 2:].abs().mean())
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_beta_nll_needs_a_variance_head():
+    """nll_beta on a network without a variance head is refused."""
+    x, y = torch.rand(4, 1, 16, 16), torch.randn(4, 2)
     with pytest.raises(ValueError, match="variance head"):
         cae_loss(CAE(Architecture(stamp_size=16, latent_dim=8)), x, y, 1.0, 1.0, nll_beta=0.5)
 
 
-def test_residual_dropout_renders_from_the_supervised_latents_alone():
-    """res_dropout=1 zeroes every galaxy's residual latents at the decoder's input in training
-    mode (the latent terms still see them); in eval mode, and at 0, the loss is unchanged."""
+def _small_net():
     torch.manual_seed(0)
     net = CAE(Architecture(stamp_size=16, latent_dim=8))
-    x, y = torch.rand(4, 1, 16, 16), torch.randn(4, 2)
+    return net, torch.rand(4, 1, 16, 16), torch.randn(4, 2)
+
+
+def test_residual_dropout_renders_from_the_supervised_latents_alone():
+    """res_dropout=1 in training zeroes the residual latents at the decoder's input only."""
+    # The latent terms of the loss still see them.
+    net, x, y = _small_net()
     with torch.no_grad():
         z = net.encode(x)
         bce = torch.nn.functional.binary_cross_entropy(
@@ -78,71 +122,157 @@ def test_residual_dropout_renders_from_the_supervised_latents_alone():
     net.train()
     total, parts = cae_loss(net, x, y, 2.0, 0.5, res_dropout=1.0)
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_residual_dropout_is_off_in_eval_mode():
+    """In eval mode res_dropout=1 gives the loss of res_dropout=0 in training mode."""
+    net, x, y = _small_net()
+    net.train()
     kept, _ = cae_loss(net, x, y, 2.0, 0.5, res_dropout=0.0)
     net.eval()
     evaluated, _ = cae_loss(net, x, y, 2.0, 0.5, res_dropout=1.0)
     assert evaluated.item() == pytest.approx(kept.item(), rel=1e-6)
-    assert kept.item() != pytest.approx(total.item(), rel=1e-7, abs=0)  # zeroing changed the loss
 
 
-def test_stamp_size_must_allow_two_poolings():
-    """A stamp size the two 2x2 poolings cannot halve twice is refused."""
-    with pytest.raises(ValueError, match="divisible by 4"):
-        Architecture(stamp_size=30)
-    with pytest.raises(ValueError, match="divisible by 8"):
-        Architecture(stamp_size=36, channels=(8, 16, 32))
+def test_residual_dropout_changes_the_training_loss():
+    """Zeroing the residual latents in training mode changes the loss (the check above is not vacuous)."""
+    net, x, y = _small_net()
+    net.train()
+    total, _ = cae_loss(net, x, y, 2.0, 0.5, res_dropout=1.0)
+    kept, _ = cae_loss(net, x, y, 2.0, 0.5, res_dropout=0.0)
+    assert kept.item() != pytest.approx(total.item(), rel=1e-7, abs=0)
 
 
-def test_deeper_encoder_and_hidden_head_are_configurations_of_the_same_network():
-    """Three conv blocks are mirrored by three upsampling blocks; a hidden head layer sits
-    between the features (with the conditions) and the latents; shapes stay the paper's."""
-    arch = Architecture(stamp_size=32, latent_dim=12, n_supervised=3, channels=(8, 16, 32),
-                        head_hidden=20, n_conditions=2, predict_variance=True)
-    net = CAE(arch)
-    convs = [(m.in_channels, m.out_channels) for m in net.encoder if isinstance(m, torch.nn.Conv2d)]
-    dconvs = [(m.in_channels, m.out_channels) for m in net.decoder if isinstance(m, torch.nn.Conv2d)]
+@pytest.mark.parametrize("changes, message", [
+    ({"stamp_size": 30}, "divisible by 4"),
+    ({"stamp_size": 36, "channels": (8, 16, 32)}, "divisible by 8"),
+], ids=["two_poolings", "three_poolings"])
+def test_stamp_size_must_allow_the_poolings(changes, message):
+    """A stamp size the 2x2 poolings (one per conv block) cannot halve evenly is refused."""
+    with pytest.raises(ValueError, match=message):
+        Architecture(**changes)
+
+
+DEEP = dict(stamp_size=32, latent_dim=12, n_supervised=3, channels=(8, 16, 32), head_hidden=20,
+            n_conditions=2, predict_variance=True)
+
+
+@pytest.fixture(scope="module")
+def deep_net():
+    return CAE(Architecture(**DEEP))
+
+
+def test_three_conv_blocks_are_mirrored_by_three_upsampling_blocks(deep_net):
+    """channels=(8, 16, 32): three encoder convolutions, mirrored by the decoder's."""
+    convs = [(m.in_channels, m.out_channels) for m in _convs(deep_net.encoder)]
+    dconvs = [(m.in_channels, m.out_channels) for m in _convs(deep_net.decoder)]
     assert convs == [(1, 8), (8, 16), (16, 32)]
     assert dconvs == [(32, 32), (32, 16), (16, 8), (8, 1)]
-    assert net.hidden[0].in_features == 32 * 4 * 4 + 2 and net.to_phys.in_features == 20
+
+
+def test_hidden_head_layer_sits_between_features_with_conditions_and_latents(deep_net):
+    """head_hidden adds a layer fed the features and the conditions; the latent heads read it."""
+    assert deep_net.hidden[0].in_features == 32 * 4 * 4 + 2 and deep_net.to_phys.in_features == 20
+
+
+def test_deeper_network_keeps_the_papers_output_shapes(deep_net):
+    """Logits of the input's shape, all latents, one log-variance per supervised latent."""
     x, c = torch.rand(5, 1, 32, 32), torch.randn(5, 2)
-    logits, z, log_var = net(x, c)
+    logits, z, log_var = deep_net(x, c)
     assert logits.shape == x.shape and z.shape == (5, 12) and log_var.shape == (5, 3)
-    # The conditions reach the latents through the hidden layer.
-    assert not torch.allclose(net.encode(x, c), net.encode(x, c + 1))
+
+
+def test_conditions_reach_the_latents_through_the_hidden_layer(deep_net):
+    """Other conditions, the same image: other latents."""
+    x, c = torch.rand(5, 1, 32, 32), torch.randn(5, 2)
+    assert not torch.allclose(deep_net.encode(x, c), deep_net.encode(x, c + 1))
+
+
+def test_architecture_round_trips_through_a_dict():
+    """``Architecture.from_dict(arch.to_dict())`` is the same architecture."""
+    arch = Architecture(**DEEP)
     assert Architecture.from_dict(arch.to_dict()) == arch
 
 
-def test_pixel_normalization_keeps_absolute_flux():
-    """One global stretch: a galaxy twice as bright maps to a different, brighter input,
-    and the inverse recovers ADU."""
-    norm = PixelNormalization.fit(np.array([[0.0, 3000.0]]), noise_sigma=10.0)
-    faint = np.array([[0.0, 50.0, 500.0]])
-    u_faint, u_bright = norm.forward(faint), norm.forward(2 * faint)
-    assert np.all(u_bright[0, 1:] > u_faint[0, 1:])
-    np.testing.assert_allclose(norm.inverse(u_faint), faint, atol=1e-6)
-    assert 0.0 < norm.forward(np.array([[-30.0]]))[0, 0] < norm.forward(np.array([[0.0]]))[0, 0]
-    torch_u = norm.forward(torch.as_tensor(faint))
-    np.testing.assert_allclose(torch_u.numpy(), u_faint)
+@pytest.fixture(scope="module")
+def conditioned_net():
+    torch.manual_seed(0)
+    net = CAE(Architecture(stamp_size=32, latent_dim=16, n_supervised=7, n_conditions=3,
+                           predict_variance=True)).eval()
+    return net, torch.zeros(2, 3), torch.tensor([[2.0, 0, 0], [2.0, 0, 0]])
 
 
-def test_parameter_scaling_round_trips():
-    """Standardised log targets have zero mean, unit variance and invert exactly."""
-    table = {"flux": np.array([500.0, 5000.0, 50000.0]), "x": np.array([1.0, 2.0, 3.0])}
-    scaling = ParameterScaling.fit(table, ("flux", "x"), ("flux",))
-    z = scaling.to_latent(table)
-    np.testing.assert_allclose(z.mean(0), 0, atol=1e-6)
-    np.testing.assert_allclose(z.std(0), 1, atol=1e-6)
-    back = scaling.to_physical(z)
-    np.testing.assert_allclose(back["flux"], table["flux"], rtol=1e-5)
-    assert ParameterScaling.from_dict(scaling.to_dict()) == scaling
+def test_conditions_enter_the_decoder(conditioned_net):
+    """The same latents decode to another image under other seeing."""
+    net, good, bad_seeing = conditioned_net
+    z = torch.randn(2, 16)
+    assert not torch.allclose(net.decode(z, good), net.decode(z, bad_seeing))
 
 
-def test_dihedral_augmentation_gives_eight_distinct_exact_copies():
-    """The 8 flips/rotations permute pixels (flux kept exactly) and are all different."""
-    from galcae.train import dihedral
+def test_conditions_enter_the_heads(conditioned_net):
+    """The same image gives other latents and other variances under other seeing."""
+    net, good, bad_seeing = conditioned_net
+    x = torch.rand(2, 1, 32, 32)
+    (z1, v1), (z2, v2) = net.heads(net.encoder(x), good), net.heads(net.encoder(x), bad_seeing)
+    assert not torch.allclose(z1, z2) and not torch.allclose(v1, v2) and v1.shape == (2, 7)
 
-    x = torch.rand(2, 1, 8, 8)
-    copies = [dihedral(x, k) for k in range(8)]
-    assert torch.equal(copies[0], x)
-    assert all(torch.allclose(c.sum(dim=(-2, -1)), x.sum(dim=(-2, -1))) for c in copies)
-    assert len({c.numpy().tobytes() for c in copies}) == 8
+
+def test_conditioned_decoder_refuses_to_decode_without_conditions(conditioned_net):
+    """Decoding without the conditions the network takes is refused, naming how many it needs."""
+    net, _, _ = conditioned_net
+    with pytest.raises(ValueError, match="conditioned on 3"):
+        net.decode(torch.randn(2, 16))
+
+
+# --- the physical (sersic) decoder ----------------------------------------------------------------
+
+
+def galaxy(net, z: torch.Tensor, c: torch.Tensor) -> np.ndarray:
+    """The decoder's Sérsic galaxy in ADU, without the residual."""
+    return net.renderer.galaxy(z[:, :7], c).numpy()
+
+
+@pytest.fixture(scope="module")
+def sersic(sersic_run, survey_dataset):
+    """The Sérsic-decoder model, four survey stamps, their conditions, latents and network inputs."""
+    model = load_model(sersic_run.path, device="cpu")
+    images = survey_dataset.load_images()[:4]
+    conditions = {k: survey_dataset.params[k][:4] for k in ("psf_fwhm", "psf_beta")}
+    conditions["noise_sigma"] = stamp_noise_sigma(images)
+    z = torch.as_tensor(model.encode(images, conditions))
+    c = torch.as_tensor(model.condition_input(images, conditions))
+    return model, conditions, z, c
+
+
+def _moved(z):
+    """The latents with flux up and g1 down."""
+    moved = z.clone()
+    moved[:, 0] += 0.5  # flux
+    moved[:, 3] -= 0.3  # g1
+    return moved
+
+
+def test_sersic_decoder_moves_only_the_physical_image(sersic):
+    """Moving supervised latents changes the decoded image by the renderer's change alone."""
+    # The residual light depends on the free latents only.
+    model, conditions, z, c = sersic
+    net = model.network
+    moved = _moved(z)
+    with torch.no_grad():
+        residual_light = model.decode(z.numpy(), conditions) - galaxy(net, z, c)
+        decoded = model.decode(moved.numpy(), conditions)
+        assert np.abs(decoded - galaxy(net, moved, c) - residual_light).max() < 1e-5 * decoded.max() + 0.01
+
+
+def test_sersic_decoder_without_free_latents_draws_galsims_galaxy(sersic):
+    """With the free latents at zero the decoded image is GalSim's galaxy of the latents' parameters."""
+    model, conditions, z, _ = sersic
+    moved = _moved(z)
+    moved[:, 7:] = 0  # no residual light without free latents
+    decoded = model.decode(moved.numpy(), conditions)
+    cfg = load_stage("simulate", "paper", ["stamp_size=32", "psf.profile=moffat"])
+    physical = model.scaling.to_physical(moved[:, :7].numpy())
+    for i in range(4):
+        theta = {k: float(v[i]) for k, v in physical.items()}
+        expected = render(cfg.for_galaxy({k: conditions[k][i] for k in conditions}), theta)
+        assert np.abs(decoded[i] - expected).max() < 5e-3 * expected.max() + 0.05, i

@@ -1,56 +1,43 @@
+"""Training a run: what it writes, resuming, fine-tuning, the split, augmentation."""
+
 import json
+import shutil
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
-from galcae.checkpoint import ModelError, load_model
-from galcae.config import ConfigError
-from galcae.dataset import Dataset
-from galcae.train import train_model
+from galcae.config import ConfigError, load_stage
+from galcae.physics import render
+from galcae.train import dihedral, dihedral_params, train_model
 
 from conftest import tiny_train
 
 
 def test_run_directory_holds_model_history_split_and_figure(tiny_run):
-    """A run writes weights, model.json with preprocessing and provenance, history and loss.png."""
+    """A run writes weights, model.json, training state, history, split and loss.png."""
     for name in ("model.safetensors", "model.json", "history.json", "split.json", "state.safetensors", "loss.png"):
         assert (tiny_run / name).is_file(), name
+
+
+def test_model_json_holds_preprocessing_and_provenance(tiny_run):
+    """model.json holds the architecture, the normalisation, the scaling, the config and the dataset."""
     meta = json.loads((tiny_run / "model.json").read_text())
     for key in ("architecture", "normalization", "parameter_scaling", "train_config", "dataset"):
         assert key in meta
+
+
+def test_model_json_records_the_datasets_config_and_the_epoch(tiny_run):
+    """The dataset's simulation config and the epochs trained are recorded."""
+    meta = json.loads((tiny_run / "model.json").read_text())
     assert meta["dataset"]["simulate"]["stamp_size"] == 32 and meta["epoch"] == 1
+
+
+def test_split_holds_out_one_eleventh_disjoint_from_training(tiny_run):
+    """split.json holds 1/11 of the galaxies out for testing, none of them trained on."""
     split = json.loads((tiny_run / "split.json").read_text())
     assert len(split["test"]) == round(64 / 11) and not set(split["test"]) & set(split["train"])
-
-
-def test_model_round_trips_through_save_and_load(tiny_run, tiny_dataset):
-    """A loaded model encodes and decodes exactly as the saved one did."""
-    images = tiny_dataset.load_images()[:5]
-    first, second = load_model(tiny_run), load_model(tiny_run / "model.json")
-    np.testing.assert_array_equal(first.encode(images), second.encode(images))
-    assert set(first.predict(images)) == {"flux", "half_light_radius", "latents"}
-    recon = first.reconstruct(images)
-    assert recon.shape == images.shape and np.isfinite(recon).all()
-
-
-def test_corrupt_or_mismatched_weights_are_refused(tiny_run, tmp_path):
-    """Damaged weights, a weights file from another run, or broken JSON give a ModelError."""
-    import shutil
-
-    copy = tmp_path / "copy"
-    shutil.copytree(tiny_run, copy)
-    weights = copy / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-10] ^= 0xFF
-    weights.write_bytes(bytes(data))
-    with pytest.raises(ModelError, match="does not match"):
-        load_model(copy)
-    (copy / "model.json").write_text("{not json")
-    with pytest.raises(ModelError, match="not valid JSON"):
-        load_model(copy)
-    with pytest.raises(ModelError, match="does not exist"):
-        load_model(tmp_path / "nowhere")
 
 
 def test_existing_run_is_refused(tiny_run, tiny_dataset):
@@ -60,8 +47,8 @@ def test_existing_run_is_refused(tiny_run, tiny_dataset):
 
 
 def test_resume_continues_exactly(tiny_dataset, tmp_path, monkeypatch):
-    """A run interrupted in epoch 2 and resumed ends with the weights and history of an
-    uninterrupted one."""
+    """A run interrupted in epoch 2 and resumed ends as an uninterrupted one, weights and history."""
+    # The interrupted run is also made to look saved before a config key existed.
     import galcae.train as train_module
 
     straight = train_model(tiny_dataset.path, tmp_path / "a", tiny_train(epochs=2))
@@ -96,33 +83,71 @@ def test_resume_with_another_config_is_refused(tiny_run, tiny_dataset):
         train_model(tiny_dataset.path, tiny_run, tiny_train(lambda_l1=0.5), resume=True)
 
 
-def test_fine_tuning_starts_from_the_init_model(tiny_run, tiny_dataset, tmp_path):
-    """--init takes the starting model's weights and preprocessing and records it; a network
-    of another shape, a different supervised set, or --init with --resume is refused."""
+@pytest.fixture(scope="module")
+def tuned(tiny_run, tiny_dataset, tmp_path_factory):
+    """The tiny run fine-tuned one epoch at a negligible learning rate (--init)."""
+    path = tmp_path_factory.mktemp("runs") / "tuned"
+    model = train_model(tiny_dataset.path, path, tiny_train(learning_rate=1e-8), init=tiny_run)
+    return path, model
+
+
+def test_fine_tuning_keeps_the_init_models_preprocessing(tuned, tiny_run):
+    """--init takes the starting model's pixel normalisation and parameter scaling."""
+    from galcae.checkpoint import load_model
+
     start = load_model(tiny_run)
-    # A negligible learning rate: the tuned weights must still be the starting model's.
-    tuned = train_model(tiny_dataset.path, tmp_path / "tuned",
-                        tiny_train(learning_rate=1e-8), init=tiny_run)
-    assert tuned.normalization == start.normalization and tuned.scaling == start.scaling
-    assert tuned.meta["init"]["model"] == str(tiny_run)
-    assert tuned.epochs_trained == start.epochs_trained + 1
-    for (name, p), q in zip(start.network.state_dict().items(), tuned.network.state_dict().values()):
+    _, model = tuned
+    assert model.normalization == start.normalization and model.scaling == start.scaling
+
+
+def test_fine_tuned_run_records_its_init_model(tuned, tiny_run):
+    """model.json names the model a fine-tuned run started from."""
+    _, model = tuned
+    assert model.meta["init"]["model"] == str(tiny_run)
+
+
+def test_fine_tuned_run_counts_the_init_models_epochs(tuned, tiny_run):
+    """A fine-tuned run's epochs are its own plus its init model's."""
+    from galcae.checkpoint import load_model
+
+    _, model = tuned
+    assert model.epochs_trained == load_model(tiny_run).epochs_trained + 1
+
+
+def test_fine_tuning_starts_from_the_init_models_weights(tuned, tiny_run):
+    """At a negligible learning rate the tuned weights are still the starting model's."""
+    from galcae.checkpoint import load_model
+
+    start = load_model(tiny_run)
+    _, model = tuned
+    for (name, p), q in zip(start.network.state_dict().items(), model.network.state_dict().values()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
-    with pytest.raises(ConfigError, match="--init.*channels"):
-        train_model(tiny_dataset.path, tmp_path / "x", tiny_train(channels=(8, 16)), init=tiny_run)
-    with pytest.raises(ConfigError, match="--init.*supervised"):
-        train_model(tiny_dataset.path, tmp_path / "y",
-                    tiny_train(supervised=("half_light_radius", "flux")), init=tiny_run)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"channels": (8, 16)}, "--init.*channels"),
+    ({"supervised": ("half_light_radius", "flux")}, "--init.*supervised"),
+], ids=["channels", "supervised"])
+def test_init_of_another_shape_or_supervised_set_is_refused(changes, message, tiny_run, tiny_dataset, tmp_path):
+    """--init with a network of another shape or a different supervised set is refused by key."""
+    with pytest.raises(ConfigError, match=message):
+        train_model(tiny_dataset.path, tmp_path / "x", tiny_train(**changes), init=tiny_run)
+
+
+def test_init_with_resume_is_refused(tuned, tiny_run, tiny_dataset):
+    """--init and --resume together are refused."""
+    path, _ = tuned
     with pytest.raises(ConfigError, match="--init.*--resume"):
-        train_model(tiny_dataset.path, tmp_path / "tuned", tiny_train(), init=tiny_run, resume=True)
+        train_model(tiny_dataset.path, path, tiny_train(), init=tiny_run, resume=True)
+
+
+def test_init_from_a_conv_model_starts_a_sersic_decoder_from_its_encoder(sersic_run):
+    """--init of a conv model into a sersic-decoder run says the encoder is reused, the decoder new."""
+    assert "has a conv decoder; its encoder starts a sersic one" in sersic_run.log
 
 
 def test_training_skips_galaxies_that_failed_to_render(tiny_dataset, tmp_path):
     """Galaxies with a non-ok status never enter the split."""
-    import shutil
-
-    import pyarrow.parquet as pq
-
     copy = tmp_path / "data"
     shutil.copytree(tiny_dataset.path, copy)
     table = pq.read_table(copy / "params.parquet")
@@ -134,4 +159,40 @@ def test_training_skips_galaxies_that_failed_to_render(tiny_dataset, tmp_path):
     train_model(copy, tmp_path / "run", tiny_train())
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert min(split["train"] + split["test"]) >= 10
-    assert len(Dataset.open(copy).usable) == 54
+
+
+@pytest.fixture(scope="module")
+def dihedral_copies():
+    x = torch.rand(2, 1, 8, 8)
+    return x, [dihedral(x, k) for k in range(8)]
+
+
+def test_dihedral_transform_0_is_the_identity(dihedral_copies):
+    """The first of the 8 flips/rotations leaves the images as they are."""
+    x, copies = dihedral_copies
+    assert torch.equal(copies[0], x)
+
+
+def test_dihedral_transforms_keep_the_flux(dihedral_copies):
+    """The flips/rotations permute pixels: each image's flux is kept."""
+    x, copies = dihedral_copies
+    assert all(torch.allclose(c.sum(dim=(-2, -1)), x.sum(dim=(-2, -1))) for c in copies)
+
+
+def test_dihedral_transforms_are_eight_distinct_copies(dihedral_copies):
+    """The 8 flips/rotations of an image are all different."""
+    _, copies = dihedral_copies
+    assert len({c.numpy().tobytes() for c in copies}) == 8
+
+
+def test_flipped_and_rotated_images_keep_matching_their_transformed_truth():
+    """Augmentation transforms x, y, g1, g2 exactly as the pixels move."""
+    cfg = load_stage("simulate", "paper", [])
+    theta = {"flux": 1e4, "half_light_radius": 0.8, "sersic_n": 1.5, "g1": 0.3, "g2": 0.15,
+             "x": 29.3, "y": 34.1}
+    image = render(cfg, theta)
+    for k in range(8):
+        moved = dihedral(torch.as_tensor(image)[None, None], k)[0, 0].numpy()
+        truth = dihedral_params({n: np.array([v]) for n, v in theta.items()}, k, 64)
+        expected = render(cfg, {n: float(v[0]) for n, v in truth.items()})
+        assert np.abs(moved - expected).max() < 1e-5 * image.max(), k

@@ -29,29 +29,6 @@ from .writers import FORMAT, Column, flag_counts, part_path, write_catalog
 log = logging.getLogger(__name__)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[bool], list[Column]],
                   meta: dict, options: dict, stamp_size: int, pixel_scale: float, workers: int = 1,
                   scheduler: str | None = None, chunk_size: int = 4096, hdu=None,
@@ -145,15 +122,5 @@ def _prepare_parts(parts: Path, signature: str) -> None:
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
     marker.write_text(signature)
-
-
-
-
-
-
-
-
-
-
 
 

@@ -1,4 +1,5 @@
-"""TODO"""
+"""``galcae fit``: the classical maximum-likelihood fit (:mod:`galcae.estimate.fit`) of every
+stamp of the inputs, into a catalog by the same machinery as ``galcae infer``."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from .writers import Column, catalog_path, flag_columns, id_columns, write_part
 FLAGS = {**STAMP_FLAGS, "flag_fit_failed": "the fit did not converge or failed (see status)"}
 
 
-
 def catalog_columns(has_field: bool) -> list[Column]:
     cols = id_columns(has_field)
     for name in FIT_PARAMETERS:
@@ -30,7 +30,6 @@ def catalog_columns(has_field: bool) -> list[Column]:
              ("chi2_dof", pa.float64(), "", "reduced chi-squared at the solution"),
              ("seconds", pa.float64(), "s", "wall time of this fit")]
     return cols + flag_columns(FLAGS)
-
 
 
 def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: int, first_id: int,
@@ -46,7 +45,6 @@ def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: in
     table["status"] = table["status"].astype(str)
     table["flag_fit_failed"] = table["status"] != OK
     return write_part(parts, number, table, columns)
-
 
 
 def fit_catalog(inputs, out, cfg: SimConfig, *, workers: int = 1, scheduler: str | None = None,

@@ -57,8 +57,6 @@ class InferOptions:
     refine_snr: float | str | None = MODEL_DEFAULT
 
 
-
-
 def catalog_columns(model: TrainedModel, has_field: bool, refine: bool = False) -> list[Column]:
     """``(name, arrow type, unit, description)`` of every catalog column, in order."""
     cols = id_columns(has_field)
@@ -98,10 +96,6 @@ def worker_model(meta_path: str, sha: str, device: str) -> TrainedModel:
             raise InputError(f"{meta_path} changed while the catalog was being made")
         _MODELS[key] = model
     return _MODELS[key]
-
-
-
-
 
 
 def chunk_conditions(model: TrainedModel, stamps, ready: CleanStamps, options: InferOptions) -> dict:

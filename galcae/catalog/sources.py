@@ -38,7 +38,6 @@ VARIANCE_NAMES = ("VARIANCE", "VAR")
 WEIGHT_NAMES = ("WEIGHT", "WHT", "IVAR", "INVVAR")
 
 
-
 @dataclass
 class Stamps:
     """What a chunk reads: ADU stamps of the model's size, per-row columns and flags."""
@@ -264,14 +263,24 @@ class DatasetChunk:
                       np.full(n, adapted), conditions)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FieldChunk:
     """Stamps cut around detections in a background-subtracted field saved as ``.npy``."""
 
     array: str  # .npy of the background-subtracted field, NaN where masked
     source: str
-    detections: dict = field(hash=False)  # index, x, y (numpy 0-based), ra, dec: arrays
-    conditions: dict = field(default_factory=dict, hash=False)  # from the field's header
+    detections: dict  # index, x, y (numpy 0-based), ra, dec: arrays
+    conditions: dict = field(default_factory=dict)  # from the field's header
+
+    def __eq__(self, other) -> bool:  # the dataclass's == would compare arrays to a truth value
+        if not isinstance(other, FieldChunk):
+            return NotImplemented
+        same = lambda a, b: a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)  # noqa: E731
+        return ((self.array, self.source) == (other.array, other.source)
+                and same(self.detections, other.detections) and same(self.conditions, other.conditions))
+
+    def __hash__(self) -> int:
+        return hash((self.array, self.source))
 
     def read(self, size: int, adapt: bool) -> Stamps:
         from astropy.nddata import Cutout2D, NoOverlapError

@@ -1,4 +1,5 @@
-"""TODO"""
+"""Stamps made ready to measure: unusable pixels zeroed, the sky noise measured on the raw
+border, and the per-row flags every catalog carries (rows are never dropped)."""
 
 from __future__ import annotations
 
@@ -24,27 +25,22 @@ STAMP_FLAGS = {
 }
 
 
-
 #: Pixels further below zero than this many noise sigmas cannot come from a sky-subtracted
 #: image (noise that deep has odds of 1e-23); they are blanks (SExtractor's -1e30, say) or damage.
 IMPOSSIBLE_SIGMA = 10.0
-
 
 
 #: A border median further from zero than this many noise sigmas is not a subtracted sky.
 BACKGROUND_SIGMA = 3.0
 
 
-
 #: Stamps with fewer usable pixels than this fraction are not measured.
 MIN_USABLE_FRACTION = 0.5
-
 
 
 #: Noise sigmas are floored at this fraction of the brightest pixel, so that noiseless
 #: images (simulations) are judged by their own scale.
 NOISE_FLOOR = 1e-4
-
 
 
 @dataclass
@@ -60,7 +56,6 @@ class CleanStamps:
     def measurable(self) -> np.ndarray:
         """Stamps with something to measure that is a sky-subtracted image."""
         return ~(self.flags["flag_empty"] | self.flags["flag_unmeasurable"])
-
 
 
 def clean(stamps: Stamps) -> CleanStamps:

@@ -1,4 +1,6 @@
-"""TODO"""
+"""Catalog files: one Parquet part per chunk, then the catalog (Parquet or FITS) streamed from
+them, every column with its unit and description and the run's metadata (Parquet key-value
+metadata, FITS header keywords and comments)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,7 @@ from .sources import InputError
 FORMAT = "galcae-catalog/1"
 
 
-
 OUTPUT_SUFFIXES = (".parquet", ".fits", ".fit")
-
 
 
 FIELD_COLUMNS = {
@@ -29,9 +29,7 @@ FIELD_COLUMNS = {
 }
 
 
-
 Column = tuple[str, pa.DataType, str, str]  # name, arrow type, unit, description
-
 
 
 def id_columns(has_field: bool) -> list[Column]:
@@ -45,22 +43,18 @@ def id_columns(has_field: bool) -> list[Column]:
     return cols
 
 
-
 def flag_columns(flags: dict[str, str]) -> list[Column]:
     return [(name, pa.bool_(), "", text) for name, text in flags.items()]
-
 
 
 def part_path(parts: Path, number: int) -> Path:
     return Path(parts) / f"part-{number:06d}.parquet"
 
 
-
 def atomic_save(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` then rename onto ``path``: readers never see half a file."""
     with atomic_file(path) as tmp:
         write(tmp)
-
 
 
 def write_part(parts, number: int, table: dict[str, np.ndarray], columns: list[Column]) -> int:
@@ -73,7 +67,6 @@ def write_part(parts, number: int, table: dict[str, np.ndarray], columns: list[C
     return n
 
 
-
 def catalog_path(out) -> Path:
     """The catalog path, if it has a catalog suffix (any case)."""
     out = Path(out)
@@ -82,10 +75,8 @@ def catalog_path(out) -> Path:
     return out
 
 
-
 def is_parquet(path: Path) -> bool:
     return Path(path).suffix.lower() == ".parquet"
-
 
 
 def write_catalog(out: Path, part_files: list[Path], columns: list[Column], meta: dict,
@@ -97,7 +88,6 @@ def write_catalog(out: Path, part_files: list[Path], columns: list[Column], meta
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out) as tmp:
         _write_table(tmp, is_parquet(out), part_files, columns, meta, fits_keys or {})
-
 
 
 def _write_table(tmp: Path, parquet: bool, part_files, columns, meta, fits_keys) -> None:
@@ -128,7 +118,6 @@ def _write_table(tmp: Path, parquet: bool, part_files, columns, meta, fits_keys)
         cat.write(tmp, format="fits")
 
 
-
 def _with_units(table, columns: list[Column]):
     for name, _, unit, text in columns:
         if unit:
@@ -137,11 +126,9 @@ def _with_units(table, columns: list[Column]):
     return table
 
 
-
 def _numpy_dtype(arrow_type: pa.DataType):
     """numpy dtype of an arrow column type (``str`` for strings), without importing pandas."""
     return str if arrow_type == pa.string() else pa.array([], arrow_type).to_numpy(zero_copy_only=False).dtype
-
 
 
 def _longest(part_files: list[Path], name: str) -> int:
@@ -149,7 +136,6 @@ def _longest(part_files: list[Path], name: str) -> int:
 
     return max([1] + [pc.max(pc.utf8_length(pq.read_table(p, columns=[name]).column(name))).as_py() or 1
                       for p in part_files])
-
 
 
 def flag_counts(part_files: list[Path], flags: list[str]) -> dict[str, int]:

@@ -1,4 +1,6 @@
-"""TODO"""
+"""The CAE as an estimator: finite ADU stamps and their conditions in; every supervised
+parameter with its calibrated 1-sigma error and central 95% interval out (the variance head
+recalibrated by the model card's error model, the held-out scatter, or MC dropout)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ def uncertainty_method(model: TrainedModel, samples: int) -> str:
     if samples > 1:
         return "nll+mc_dropout" if head else "mc_dropout"
     return "nll" if head else "heldout"
-
 
 
 def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = None, *,

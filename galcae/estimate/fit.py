@@ -125,11 +125,6 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
             "chi2_dof": float(2 * result.cost / dof), "seconds": time.perf_counter() - start}
 
 
-
-
-
-
-
 def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100,
                conditions: dict | None = None, measurable: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """:func:`fit_stamp` over a stack; one array per output column. ``conditions`` holds
@@ -161,7 +156,5 @@ def failed_fit(reason: str, seconds: float = 0.0) -> dict:
     """The row of a fit that could not be made."""
     return {**{name: np.nan for name in FIT_PARAMETERS}, **{f"{name}_err": np.nan for name in FIT_PARAMETERS},
             "status": f"{FAILED}: {reason}", "nfev": 0, "chi2_dof": np.nan, "seconds": seconds}
-
-
 
 

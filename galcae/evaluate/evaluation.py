@@ -47,12 +47,18 @@ def half_light_radius_of(image: np.ndarray, pixel_scale: float) -> float:
     return float(radius[order][np.searchsorted(cumulative, 0.5 * total)] * pixel_scale)
 
 
-def _sweep_section(model, path) -> tuple[dict, dict]:
-    """Latents of a controlled set against its swept parameter (Fig. 3) and their R²."""
+def controlled_set(path) -> Dataset:
+    """A controlled set (Fig. 3), opened and checked before any work is done."""
     sweep = Dataset.open(path)
-    parameter = sweep.config.sweep.parameter
-    if parameter is None:
+    if sweep.config.sweep.parameter is None:
         raise ValueError(f"{path} is not a controlled set (its config has no sweep.parameter)")
+    return sweep
+
+
+def _sweep_section(model, path, sweep: Dataset) -> tuple[dict, dict]:
+    """Latents of the controlled set ``sweep`` (opened from ``path``) against its swept
+    parameter (Fig. 3) and their R²."""
+    parameter = sweep.config.sweep.parameter
     ok = sweep.usable
     values = sweep.params[parameter][ok]
     z = model.encode(sweep.load_images(ok))
@@ -125,6 +131,7 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
     run_dir = Path(run_dir)
     model = load_model(run_dir)
     refine_snr = model.card.refine_snr_for(refine_snr)
+    sweeps = [(p, controlled_set(p)) for p in sweeps]
     dataset, test = held_out(run_dir, model, dataset_path, test_fraction)
     predicted, cae_seconds = _timed_predictions(model, test)
     pca, pca_log = _pca_baselines(model, dataset, test)
@@ -149,7 +156,7 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
         fig_dir = out / "figures"
         _reconstruction_figure(model, test, n_examples, fig_dir)
         if sweeps:
-            sections = [_sweep_section(model, p) for p in sweeps]
+            sections = [_sweep_section(model, path, sweep) for path, sweep in sweeps]
             figures.controlled_sweeps([s for s, _ in sections], fig_dir / "fig3_controlled.png")
             metrics["controlled"] = {s["parameter"]: m for s, m in sections}
         metrics.update(traversal_sections(model, dataset, test, predicted["latents"], remeasure, fig_dir))

@@ -1,0 +1,61 @@
+"""The batched torch fit against the scipy + GalSim fit: same likelihood, same optimum."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from galcae.config import load_stage
+from galcae.estimate.batchfit import fit_batch
+from galcae.estimate.fit import fit_stamp
+from galcae.params import FIT_PARAMETERS
+from galcae.physics import make_psf
+from galcae.simulate import draw_parameters, render_chunk
+
+
+@pytest.fixture(scope="module")
+def batch_fit():
+    """Three bright survey galaxies, a blank and a NaN stamp fitted in one batch from a guess
+    10% off in flux; and the GalSim fits of the three from the same guess."""
+    cfg = load_stage("simulate", "survey", ["n_galaxies=40", "seed=21"])
+    truth = draw_parameters(cfg)
+    rendered = render_chunk(cfg, truth)
+    pick = np.flatnonzero(rendered["snr"] > 40)[:3]
+    images = np.concatenate([rendered["images"][pick], np.zeros((1, 64, 64), np.float32),
+                             np.full((1, 64, 64), np.nan, np.float32)])
+    rows = np.concatenate([pick, pick[:2]])
+    guess = {k: truth[k][rows] * (1.1 if k == "flux" else 1.0) for k in FIT_PARAMETERS}
+    fitted = fit_batch(images, cfg, {k: truth[k][rows] for k in ("psf_fwhm", "psf_beta", "sky_level")}, guess)
+    references = []
+    for j, i in enumerate(pick):
+        galaxy_cfg = cfg.for_galaxy({k: truth[k][i] for k in truth})
+        references.append(fit_stamp(rendered["images"][i], galaxy_cfg, make_psf(galaxy_cfg),
+                                    guess={k: v[j] for k, v in guess.items()}))
+    return SimpleNamespace(fitted=fitted, references=references)
+
+
+def test_blank_and_nan_stamps_fail_alone(batch_fit):
+    """A blank or NaN stamp in the batch is a failed row with NaN values."""
+    fitted = batch_fit.fitted
+    assert list(fitted["status"][3:]) == ["failed: empty or non-finite stamp or guess"] * 2
+    assert np.isnan(fitted["flux"][3:]).all()
+
+
+def test_batch_fit_and_galsim_fit_both_converge(batch_fit):
+    """The real stamps beside the failed ones fit 'ok', as they do one by one with GalSim."""
+    for j, reference in enumerate(batch_fit.references):
+        assert batch_fit.fitted["status"][j] == "ok" and reference["status"] == "ok"
+
+
+def test_batch_fit_values_are_the_galsim_fits(batch_fit):
+    """The batched fit finds the GalSim fit's optimum to a tenth of its error."""
+    for j, reference in enumerate(batch_fit.references):
+        for name in FIT_PARAMETERS:
+            assert abs(batch_fit.fitted[name][j] - reference[name]) < 0.1 * reference[f"{name}_err"], name
+
+
+def test_batch_fit_errors_are_the_galsim_fits(batch_fit):
+    """The batched fit's errors are the GalSim fit's within 5%."""
+    for j, reference in enumerate(batch_fit.references):
+        for name in FIT_PARAMETERS:
+            assert batch_fit.fitted[f"{name}_err"][j] == pytest.approx(reference[f"{name}_err"], rel=0.05), name
