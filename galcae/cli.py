@@ -130,6 +130,14 @@ def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, n
                    "[default: each file's PSFFWHM keyword, or a dataset's truth].")
 @click.option("--psf-beta", type=click.FloatRange(0, min_open=True), default=None,
               help="Moffat beta of the PSF, likewise [default: the PSFBETA keyword].")
+@click.option("--psf", "psf", default=None, type=click.Path(), metavar="FILE",
+              help="PSF images at the stamps' pixel scale: a 2-D image for every stamp or an "
+                   "N x p x p cube, one per stamp in input order; a model conditioned on the "
+                   "seeing takes the Moffat FWHM and beta fitted to each.")
+@click.option("--conditions", "conditions", default=None, type=click.Path(), metavar="TABLE",
+              help="A table (.fits, .parquet or .csv) of every stamp's psf_fwhm, psf_beta and "
+                   "optionally noise_sigma, sky_level: one row per stamp in input order, or "
+                   "matched by an id or source + index column [default: each file's keywords].")
 @click.option("--samples", default=1, show_default=True, type=click.IntRange(1),
               help="MC-dropout passes for the _err columns (needs a model trained with dropout); "
                    "1 uses the model's variance head, or its held-out residual scatter.")
@@ -159,8 +167,8 @@ def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, n
                    "its scatter above S/N 100 is about twice the Cramér-Rao bound).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--overwrite", is_flag=True, help=OUTPUT_HELP)
-def infer(inputs, model_name, out, psf_fwhm, psf_beta, samples, workers, scheduler, chunk_size, hdu,
-          adapt_size, reconstruct, detect_threshold, refine_snr, no_refine, device, overwrite):
+def infer(inputs, model_name, out, psf_fwhm, psf_beta, psf, conditions, samples, workers, scheduler,
+          chunk_size, hdu, adapt_size, reconstruct, detect_threshold, refine_snr, no_refine, device, overwrite):
     """Measure every galaxy of INPUT... with a model into a catalog.
 
     MODEL: `--model survey` (shipped with galcae: seven parameters, any seeing from 0.5 to
@@ -179,7 +187,7 @@ def infer(inputs, model_name, out, psf_fwhm, psf_beta, samples, workers, schedul
     summary = infer_catalog(model_name, inputs, out, workers=workers, scheduler=scheduler,
                             chunk_size=chunk_size, options=options, hdu=hdu,
                             reconstruct_to=reconstruct, detect_threshold=detect_threshold,
-                            overwrite=overwrite, echo=click.echo)
+                            overwrite=overwrite, conditions=conditions, psf=psf, echo=click.echo)
     flagged = ", ".join(f"{k[5:]} {v}" for k, v in summary["flags"].items() if v)
     refined = summary["true_counts"].get("refined")
     click.echo(f"Wrote {summary['rows']} galaxies to {out} (errors: {summary['uncertainty']}"
@@ -196,6 +204,12 @@ def infer(inputs, model_name, out, psf_fwhm, psf_beta, samples, workers, schedul
                    "(stamp size, pixel scale, PSF, noise).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a key of that section, e.g. --set psf.fwhm=0.9; repeatable.")
+@click.option("--conditions", "conditions", default=None, type=click.Path(), metavar="TABLE",
+              help="A table of every stamp's psf_fwhm, psf_beta, sky_level or noise_sigma, as "
+                   "`galcae infer --conditions` takes it.")
+@click.option("--psf", "psf", default=None, type=click.Path(), metavar="FILE",
+              help="PSF images (pixel included), as `galcae infer --psf` takes them: the fit "
+                   "convolves the Sérsic model with the image itself.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
               help="Worker processes of a local Dask cluster (1: in-process).")
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler to use instead.")
@@ -208,8 +222,8 @@ def infer(inputs, model_name, out, psf_fwhm, psf_beta, samples, workers, schedul
 @click.option("--detect-threshold", default=3.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Detection threshold in sigma for FITS fields (sep).")
 @click.option("--overwrite", is_flag=True, help=OUTPUT_HELP)
-def fit(inputs, out, config, overrides, workers, scheduler, chunk_size, max_nfev, hdu, adapt_size,
-        detect_threshold, overwrite):
+def fit(inputs, out, config, overrides, conditions, psf, workers, scheduler, chunk_size, max_nfev, hdu,
+        adapt_size, detect_threshold, overwrite):
     """Classical maximum-likelihood Sérsic fit (GalSim + scipy) of every galaxy of INPUT...
 
     Reads the same inputs as `galcae infer` and writes the same kind of catalog, with all
@@ -221,7 +235,8 @@ def fit(inputs, out, config, overrides, workers, scheduler, chunk_size, max_nfev
     cfg = load_stage("simulate", config, list(overrides))
     summary = fit_catalog(inputs, out, cfg, workers=workers, scheduler=scheduler, chunk_size=chunk_size,
                           adapt_size=adapt_size, max_nfev=max_nfev, hdu=hdu,
-                          detect_threshold=detect_threshold, overwrite=overwrite, echo=click.echo)
+                          detect_threshold=detect_threshold, overwrite=overwrite, conditions=conditions,
+                          psf=psf, echo=click.echo)
     failed = summary["flags"]["flag_fit_failed"]
     click.echo(f"Wrote {summary['rows']} fits to {out}" + (f" ({failed} did not converge)" if failed else ""))
 

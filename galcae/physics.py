@@ -39,6 +39,18 @@ def psf_beta_or_none(profile: str, beta):
     return beta if profile == "moffat" else None
 
 
+def psf_from_image(image: np.ndarray, pixel_scale: float) -> galsim.InterpolatedImage:
+    """A PSF image (unit sum, the pixel's response included, as a star is seen) as a GalSim
+    profile; galaxies are drawn through it without the pixel added again (:func:`draw_method`)."""
+    return galsim.InterpolatedImage(galsim.Image(np.ascontiguousarray(image, np.float64), scale=pixel_scale))
+
+
+def draw_method(psf: galsim.GSObject) -> str:
+    """How GalSim draws a galaxy through ``psf``: with the pixel's response, unless the PSF is
+    an image, which holds it already."""
+    return "no_pixel" if isinstance(psf, galsim.InterpolatedImage) else "auto"
+
+
 def make_psf(cfg) -> galsim.GSObject:
     """The PSF of a :class:`~galcae.config.SimConfig` with fixed conditions (see
     :meth:`SimConfig.for_galaxy` for one galaxy's)."""
@@ -60,10 +72,11 @@ def galaxy_model(cfg, row: dict, psf: galsim.GSObject | None = None) -> galsim.G
 def render_noiseless(cfg, row: dict, psf: galsim.GSObject | None = None) -> galsim.Image:
     """The noiseless, sky-free GalSim image of one galaxy in ADU, ``stamp_size`` square."""
     half = cfg.stamp_size / 2.0
+    psf = psf if psf is not None else make_psf(cfg)
     # galcae's origin is the stamp's corner (galcae.params); GalSim offsets from the centre.
     return galaxy_model(cfg, row, psf).drawImage(
         nx=cfg.stamp_size, ny=cfg.stamp_size, scale=cfg.pixel_scale,
-        offset=(row["x"] - half, row["y"] - half))
+        offset=(row["x"] - half, row["y"] - half), method=draw_method(psf))
 
 
 def render(cfg, theta: dict, psf: galsim.GSObject | None = None) -> np.ndarray:
@@ -72,6 +85,47 @@ def render(cfg, theta: dict, psf: galsim.GSObject | None = None) -> np.ndarray:
     ellipticity, position_angle = ellipticity_from_shear(theta["g1"], theta["g2"])
     row = {**theta, "ellipticity": float(ellipticity), "position_angle": float(position_angle)}
     return render_noiseless(cfg, row, psf).array.astype(np.float64)
+
+
+#: Sub-pixels per side with which :func:`moffat_image` integrates the profile over a pixel.
+SUBPIXELS = 7
+
+
+def moffat_image(size: int, pixel_scale: float, fwhm: float, beta: float, dx: float = 0.0, dy: float = 0.0):
+    """A Moffat PSF drawn on a ``size`` x ``size`` grid with the pixel's response (the profile
+    averaged over each pixel, :data:`SUBPIXELS` squared samples), centred ``(dx, dy)`` pixels
+    from the central pixel's centre, normalised to unit sum on the grid."""
+    alpha = fwhm / (2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0)) / pixel_scale  # in pixels
+    sub = (np.arange(SUBPIXELS) + 0.5) / SUBPIXELS - 0.5
+    axis = (np.arange(size) - size // 2)[:, None] + sub[None, :]  # (pixel, sub-pixel)
+    x, y = (axis - dx).ravel(), (axis - dy).ravel()
+    profile = (1.0 + (x[None, :] ** 2 + y[:, None] ** 2) / alpha**2) ** (-beta)
+    image = profile.reshape(size, SUBPIXELS, size, SUBPIXELS).mean(axis=(1, 3))
+    return image / image.sum()
+
+
+def moffat_parameters(psf_image: np.ndarray, pixel_scale: float) -> tuple[float, float]:
+    """``(fwhm, beta)`` of the Moffat that best fits a PSF image (least squares over the
+    normalised pixels, its centre free; :func:`moffat_image`): the conditions a
+    seeing-conditioned model takes, measured from any PSF."""
+    from scipy.optimize import least_squares
+
+    image = np.asarray(psf_image, np.float64)
+    image = image / image.sum()
+    size = image.shape[-1]
+    try:
+        moments = galsim.hsm.FindAdaptiveMom(galsim.Image(image, scale=pixel_scale), strict=True)
+        fwhm = float(np.clip(2.3548 * moments.moments_sigma * pixel_scale, 0.1, 9.0))
+    except (galsim.GalSimHSMError, galsim.GalSimError, ValueError):
+        fwhm = 4.0 * pixel_scale
+    peak = image.max()
+
+    def residuals(p):  # in units of the peak, so that the tolerances mean something
+        return ((moffat_image(size, pixel_scale, *p) - image) / peak).ravel()
+
+    fit = least_squares(residuals, [fwhm, 3.0, 0.0, 0.0], bounds=([0.05, 1.2, -1.5, -1.5], [10.0, 20.0, 1.5, 1.5]),
+                        x_scale=[0.1 * fwhm, 0.5, 0.1, 0.1])
+    return float(fit.x[0]), float(fit.x[1])
 
 
 # --- the noise model --------------------------------------------------------------------------

@@ -124,3 +124,17 @@ def cube(tiny_dataset, tmp_path_factory):
     fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(tiny_dataset.load_images(), name="STAMPS")]
                  ).writeto(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def seeing_cube(tmp_path_factory):
+    """Six bright survey-like stamps, each under its own Moffat PSF: a cube whose header
+    cannot state the PSF, and the truth of every stamp."""
+    from galcae.simulate import draw_parameters, render_chunk
+
+    cfg = load_stage("simulate", "survey", ["n_galaxies=6", "seed=21", "ranges.flux=[20000, 200000]",
+                                            "ranges.half_light_radius=[0.4, 1.2]"])
+    truth = draw_parameters(cfg)
+    path = tmp_path_factory.mktemp("seeing") / "seeing.fits"
+    fits.PrimaryHDU(render_chunk(cfg, truth)["images"]).writeto(path)
+    return path, truth

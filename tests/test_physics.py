@@ -49,3 +49,21 @@ def test_stamp_snr_estimates_the_matched_filter_snr():
     bright = snr > 30
     assert bright.sum() > 10 and np.all(np.abs(estimate[bright] / snr[bright] - 1) < 0.25)
     assert np.median(np.abs(estimate[bright] / snr[bright] - 1)) < 0.05
+
+
+def test_a_galaxy_drawn_through_a_psf_image_matches_the_psf_itself():
+    """psf_from_image: a PSF image (pixel included) stands for the profile it was drawn from,
+    here an elliptical Moffat galcae has no parameters for, to a small fraction of the noise."""
+    import galsim
+
+    from galcae.physics import psf_from_image, render_noiseless
+
+    cfg = load_stage("simulate", "survey", ["psf.fwhm=0.8", "psf.beta=3", "noise.sky_level=500"])
+    true_psf = galsim.Moffat(beta=3.0, fwhm=0.8).shear(e1=0.05, e2=-0.03)
+    image = true_psf.drawImage(nx=47, ny=47, scale=0.2).array
+    row = {"flux": 1e5, "half_light_radius": 0.8, "sersic_n": 2.0, "ellipticity": 0.3,
+           "position_angle": 30.0, "x": 32.3, "y": 31.7}
+    exact = render_noiseless(cfg, row, true_psf).array
+    through_image = render_noiseless(cfg, row, psf_from_image(image / image.sum(), 0.2)).array
+    variance = exact.clip(0) + 500 + 25
+    assert np.sqrt(np.sum((exact - through_image) ** 2 / variance)) < 0.2  # S/N of this galaxy: ~170

@@ -17,6 +17,7 @@ each worker loads the model itself; the model card's dataclasses are checked her
 they hold the calibrations and configs that do travel.
 """
 
+import copy
 import functools
 import pickle
 
@@ -27,8 +28,10 @@ from astropy.table import QTable
 
 from galcae import distributed
 from galcae.catalog import chunks as chunks_module
+from galcae.catalog.conditions_table import with_conditions
 from galcae.catalog.fit import fit_catalog, fit_chunk
 from galcae.catalog.infer import InferOptions, infer_catalog, infer_chunk
+from galcae.catalog.psf import checked_psf, with_psf
 from galcae.catalog.sources import CubeChunk, DatasetChunk, FieldChunk, StampFilesChunk, plan_inputs
 from galcae.checkpoint import load_model
 from galcae.config import SimConfig, TrainConfig, load_stage
@@ -219,6 +222,39 @@ def test_a_field_chunk_equals_its_copy(plan):
     """``==`` of a field chunk and its unpickled copy (dataclass equality over array-valued dicts)."""
     chunk = next(c for c in plan.chunks if isinstance(c, FieldChunk))
     assert round_trip(chunk) == chunk
+
+
+def test_chunks_given_a_conditions_table_survive_pickling(plan, dumper):
+    """Every kind of chunk, wrapped with its rows of a conditions table, comes back equal and
+    reads the same stamps with the table's conditions."""
+    total = int(sum(plan.rows))
+    wrapped = copy.deepcopy(plan)
+    with_conditions(wrapped, {"psf_fwhm": np.linspace(0.6, 1.1, total), "psf_beta": np.full(total, 3.0)},
+                    "table.csv")
+    for number, chunk in enumerate(wrapped.chunks):
+        back = round_trip(chunk, dumper)
+        assert back == chunk and hash(back) == hash(chunk), chunk
+        stamps = back.read(32, False)
+        np.testing.assert_array_equal(stamps.conditions["psf_fwhm"], chunk.conditions["psf_fwhm"])
+        _assert_same_stamps(stamps, chunk.read(32, False), f"chunk {number}")
+
+
+def test_chunks_given_psf_images_survive_pickling(plan, dumper):
+    """Every kind of chunk, given one PSF image per stamp, comes back equal and reads the same
+    stamps, PSF images and measured seeing."""
+    import galsim
+
+    total = int(sum(plan.rows))
+    images = np.stack([galsim.Moffat(beta=3.0, fwhm=f).drawImage(nx=15, ny=15, scale=0.2).array
+                       for f in np.linspace(0.6, 1.1, total)])
+    wrapped = copy.deepcopy(plan)
+    with_psf(wrapped, checked_psf(images, "psf.fits", 32), 0.2, "psf.fits")
+    for number, chunk in enumerate(wrapped.chunks):
+        back = round_trip(chunk, dumper)
+        assert back == chunk and hash(back) == hash(chunk), chunk
+        a, b = back.read(32, False), chunk.read(32, False)
+        np.testing.assert_array_equal(a.psf, b.psf)
+        _assert_same_stamps(a, b, f"chunk {number}")
 
 
 def _assert_same_stamps(a, b, where):

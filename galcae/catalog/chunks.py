@@ -23,6 +23,8 @@ import pyarrow as pa
 from .. import __version__
 from ..distributed import dask_client, map_chunks
 from ..outputs import output_locks, refuse_existing, refuse_overlap
+from .conditions_table import read_conditions, with_conditions
+from .psf import read_psf, with_psf
 from .sources import InputError, Plan, expand_inputs, plan_inputs
 from .writers import FORMAT, Column, flag_counts, part_path, write_catalog
 
@@ -35,7 +37,8 @@ def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[b
                   detect_threshold: float = 3.0, desc: str = "measure", extra_files=lambda parts, i: (),
                   fits_keys: dict[str, str] | None = None, overwrite: bool = False,
                   also_writes: dict[str, Path | None] | None = None,
-                  after: Callable[[Path, Plan], None] | None = None, echo=log.info) -> dict:
+                  after: Callable[[Path, Plan], None] | None = None, conditions=None, psf=None,
+                  echo=log.info) -> dict:
     """Plan ``inputs``, run ``task(chunk, number, first_id, parts, columns)`` on every chunk
     not already done, and write the catalog ``out``.
 
@@ -44,17 +47,24 @@ def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[b
     ``options`` (JSON-able) and the inputs' sizes and times identify the run: parts of
     another run are discarded. ``extra_files(number)`` names files a chunk must also have
     written to count as done; ``after(parts, plan)`` runs before the parts are removed.
+    ``conditions``: a table of every stamp's observing conditions (``--conditions``, see
+    :mod:`galcae.catalog.conditions_table`); ``psf``: a file of PSF images (``--psf``, see
+    :mod:`galcae.catalog.psf`).
     """
     if chunk_size < 1:
         raise InputError(f"chunk_size {chunk_size} must be at least 1")
     outputs = {"-o": out, **(also_writes or {})}
-    refuse_overlap(outputs, expand_inputs(inputs))
+    extra_inputs = [Path(p) for p in (conditions, psf) if p is not None]
+    refuse_overlap(outputs, [*expand_inputs(inputs), *extra_inputs])
+    table = read_conditions(conditions) if conditions else None
+    psf_images = read_psf(psf, stamp_size) if psf else None
     with output_locks(*outputs.values()):
         for path in outputs.values():
             if path is not None:
                 refuse_existing(Path(path), overwrite)
         parts = out.with_name(f"{out.name}.parts")
-        _prepare_parts(parts, _signature(inputs, {**options, "chunk_size": chunk_size, "hdu": hdu,
+        signed = [*inputs, *extra_inputs]  # a changed table or PSF: parts redone
+        _prepare_parts(parts, _signature(signed, {**options, "chunk_size": chunk_size, "hdu": hdu,
                                                   "detect_threshold": detect_threshold}))
         with _discarded_if_nothing_done(parts):
             plan = plan_inputs(inputs, stamp_size=stamp_size, pixel_scale=pixel_scale,
@@ -62,6 +72,10 @@ def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[b
                                detect_threshold=detect_threshold)
             for warning in plan.warnings:
                 log.warning(warning)
+            if psf_images is not None:  # beneath the table, which takes precedence
+                with_psf(plan, psf_images, pixel_scale, psf)
+            if table is not None:
+                with_conditions(plan, table, conditions)
             if not plan.chunks:
                 raise InputError("no stamps to measure in " + (
                     "; ".join(plan.warnings) if plan.warnings else ", ".join(map(str, inputs))))

@@ -11,6 +11,7 @@ import pyarrow as pa
 from ..config import SimConfig, to_dict
 from ..estimate.fit import OK, fit_images
 from ..params import FIT_PARAMETERS, unit_of
+from ..physics import sky_level_for_sigma
 from .chunks import build_catalog
 from .stamps import STAMP_FLAGS, clean
 from .writers import Column, catalog_path, flag_columns, id_columns, write_part
@@ -39,9 +40,12 @@ def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: in
     ready = clean(stamps)
     n = len(ready.images)
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in stamps.conditions.items()}
+    if isinstance(cfg.noise.sky_level, tuple) and "sky_level" not in conditions:  # the sky of the stamp's noise
+        noise = conditions.get("noise_sigma", ready.noise_sigma)
+        conditions["sky_level"] = sky_level_for_sigma(noise, cfg.noise.gain, cfg.noise.read_noise)
     table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags,
              **fit_images(ready.images, cfg, max_nfev, conditions if cfg.varies_conditions else None,
-                          ready.measurable)}
+                          ready.measurable, psf_images=stamps.psf)}
     table["status"] = table["status"].astype(str)
     table["flag_fit_failed"] = table["status"] != OK
     return write_part(parts, number, table, columns)
@@ -49,11 +53,16 @@ def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: in
 
 def fit_catalog(inputs, out, cfg: SimConfig, *, workers: int = 1, scheduler: str | None = None,
                 chunk_size: int = 64, adapt_size: bool = False, max_nfev: int = 100, hdu=None,
-                detect_threshold: float = 3.0, overwrite: bool = False, echo=None) -> dict:
+                detect_threshold: float = 3.0, overwrite: bool = False, conditions=None, psf=None,
+                echo=None) -> dict:
     """Fit every stamp of ``inputs`` (as ``galcae infer`` reads them); write the catalog ``out``.
 
     ``cfg`` describes the images: stamp size, pixel scale, PSF and noise model (the
-    per-pixel variance of the likelihood).
+    per-pixel variance of the likelihood). Where it draws the PSF or the sky per galaxy,
+    each stamp's come from ``conditions`` (a table, as ``galcae infer --conditions``) or the
+    input's keywords, and its sky from its ``sky_level``, else from the noise it states or
+    that is measured on it (as the refinement of ``galcae infer`` does). ``psf``: PSF images
+    (:mod:`galcae.catalog.psf`), which the fit then convolves with instead of ``cfg``'s profile.
     """
     from dataclasses import asdict
 
@@ -65,5 +74,6 @@ def fit_catalog(inputs, out, cfg: SimConfig, *, workers: int = 1, scheduler: str
         meta=meta, options={"config": to_dict(cfg), "adapt_size": adapt_size, "max_nfev": max_nfev},
         stamp_size=cfg.stamp_size, pixel_scale=cfg.pixel_scale, workers=workers, scheduler=scheduler,
         chunk_size=chunk_size, hdu=hdu, detect_threshold=detect_threshold, desc="fit",
-        fits_keys={"method": "METHOD", "max_nfev": "MAXNFEV"}, overwrite=overwrite, **({"echo": echo} if echo else {}))
+        fits_keys={"method": "METHOD", "max_nfev": "MAXNFEV"}, overwrite=overwrite, conditions=conditions, psf=psf,
+        **({"echo": echo} if echo else {}))
 

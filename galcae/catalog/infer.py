@@ -99,8 +99,9 @@ def worker_model(meta_path: str, sha: str, device: str) -> TrainedModel:
 
 
 def chunk_conditions(model: TrainedModel, stamps, ready: CleanStamps, options: InferOptions) -> dict:
-    """The observing conditions of a chunk's stamps: the options, else what the input states
-    (FITS keywords, a dataset's truth); ``noise_sigma`` as measured on the raw stamps.
+    """The observing conditions of a chunk's stamps: the options, else what the inputs state
+    (a ``--conditions`` table, FITS keywords, a dataset's truth); ``noise_sigma`` as the table
+    gives it, else as measured on the raw stamps.
 
     A condition that is unknown or physically impossible (``PSFFWHM = -1``, outside the
     bounds of :data:`galcae.params.CONDITIONS`) is NaN: the stamp is flagged, not the run stopped.
@@ -110,7 +111,7 @@ def chunk_conditions(model: TrainedModel, stamps, ready: CleanStamps, options: I
     for name in ("psf_fwhm", "psf_beta"):
         if getattr(options, name) is not None:
             given[name] = getattr(options, name)
-    given["noise_sigma"] = ready.noise_sigma
+    given.setdefault("noise_sigma", ready.noise_sigma)
     table = condition_table(model.conditions, ready.images, given)
     for name, values in table.items():
         lo, hi = CONDITIONS[name].bounds
@@ -189,7 +190,7 @@ CHUNK_SIZE, REFINE_CHUNK_SIZE = 4096, 256
 def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str | None = None,
                   chunk_size: int | None = None, options: InferOptions = InferOptions(), hdu=None,
                   reconstruct_to=None, detect_threshold: float = 3.0, overwrite: bool = False,
-                  echo=log.info) -> dict:
+                  conditions=None, psf=None, echo=log.info) -> dict:
     """Measure every stamp of ``inputs`` with a trained model; write the catalog ``out``.
 
     Parameters
@@ -209,6 +210,11 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
         What changes the numbers; ``refine_snr`` defaults to the model card's policy.
     reconstruct_to : path, optional
         Also decode every stamp and write the reconstructions (``.fits`` cube or ``.zarr``).
+    conditions : path, optional
+        A table of every stamp's observing conditions (:mod:`galcae.catalog.conditions_table`).
+    psf : path, optional
+        PSF images, one for all stamps or one per stamp (:mod:`galcae.catalog.psf`); a
+        seeing-conditioned model takes the Moffat FWHM and beta fitted to each.
 
     Returns a summary: rows, chunks done now and skipped, flag counts, the output paths.
     """
@@ -232,7 +238,7 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
         chunk_size=chunk_size or (REFINE_CHUNK_SIZE if refining else CHUNK_SIZE), hdu=hdu,
         detect_threshold=detect_threshold, desc="infer", echo=echo,
         fits_keys={"model_sha256": "MODELSHA", "uncertainty": "UNCERT", "samples": "SAMPLES"},
-        overwrite=overwrite, also_writes={"--reconstruct": reconstruct_to},
+        overwrite=overwrite, also_writes={"--reconstruct": reconstruct_to}, conditions=conditions, psf=psf,
         extra_files=lambda parts, number: [recon_path(parts, number)] if options.reconstruct else [],
         after=(partial(_write_all_reconstructions, Path(reconstruct_to) if reconstruct_to else None, model)
                if options.reconstruct else None))

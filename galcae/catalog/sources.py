@@ -48,9 +48,7 @@ class Stamps:
     adapted: np.ndarray  # (n,) bool: cropped or zero-padded to the model's stamp size
     # Observing conditions the input states (psf_fwhm, psf_beta): scalars or per-stamp arrays.
     conditions: dict = field(default_factory=dict)
-
-
-#: FITS header keywords that state a stamp's PSF for conditioned models.
+    psf: np.ndarray | None = None  # PSF images, (p, p) for all or (n, p, p), unit sum
 
 
 def header_conditions(header: fits.Header, where: str) -> dict:
@@ -203,6 +201,10 @@ class CubeChunk:
     start: int
     stop: int
 
+    def row_keys(self) -> tuple[list[str], np.ndarray]:
+        """``(source, index)`` of each row, as the catalog will say."""
+        return [self.source] * (self.stop - self.start), np.arange(self.start, self.stop)
+
     def read(self, size: int, adapt: bool) -> Stamps:
         where = f"{self.source}[{self.hdu}]"
         with open_fits(self.path) as hdul:
@@ -223,6 +225,9 @@ class StampFilesChunk:
     paths: tuple[str, ...]
     sources: tuple[str, ...]
     hdus: tuple[int, ...]
+
+    def row_keys(self) -> tuple[list[str], np.ndarray]:
+        return list(self.sources), np.zeros(len(self.sources), np.int64)
 
     def read(self, size: int, adapt: bool) -> Stamps:
         n = len(self.paths)
@@ -248,6 +253,9 @@ class DatasetChunk:
     source: str
     start: int
     stop: int
+
+    def row_keys(self) -> tuple[list[str], np.ndarray]:
+        return [self.source] * (self.stop - self.start), np.arange(self.start, self.stop)
 
     def read(self, size: int, adapt: bool) -> Stamps:
         from ..dataset import Dataset
@@ -281,6 +289,10 @@ class FieldChunk:
 
     def __hash__(self) -> int:
         return hash((self.array, self.source))
+
+    def row_keys(self) -> tuple[list[str], np.ndarray]:
+        index = np.asarray(self.detections["index"], np.int64)
+        return [self.source] * len(index), index
 
     def read(self, size: int, adapt: bool) -> Stamps:
         from astropy.nddata import Cutout2D, NoOverlapError

@@ -21,7 +21,7 @@ from scipy.optimize import least_squares
 
 from ..config import ConfigError, SimConfig
 from ..params import FAILED, FIT_PARAMETERS, MAX_NFEV, OK, PARAMETERS
-from ..physics import make_psf, pixel_variance, render
+from ..physics import make_psf, pixel_variance, psf_from_image, render
 
 
 def bounds(cfg: SimConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -126,10 +126,13 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
 
 
 def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100,
-               conditions: dict | None = None, measurable: np.ndarray | None = None) -> dict[str, np.ndarray]:
+               conditions: dict | None = None, measurable: np.ndarray | None = None,
+               psf_images: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """:func:`fit_stamp` over a stack; one array per output column. ``conditions`` holds
     per-image ``psf_fwhm``, ``psf_beta``, ``sky_level`` where ``cfg`` draws them per galaxy;
-    a stamp whose conditions are impossible, or that is not ``measurable``, is a failed row."""
+    a stamp whose conditions are impossible, or that is not ``measurable``, is a failed row.
+    ``psf_images`` (one ``(p, p)`` for all or ``(N, p, p)``, unit sum, pixel included): the
+    PSF itself, instead of ``cfg``'s profile."""
     from threadpoolctl import threadpool_limits
 
     conditions = conditions or {}
@@ -147,9 +150,16 @@ def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100,
             except ConfigError as err:  # the stamp's PSFFWHM = -1, say
                 rows.append(failed_fit(str(err)))
                 continue
+            if psf_images is not None:
+                psf = _image_psf(psf_images, i, cfg.pixel_scale)
             rows.append(fit_stamp(image, galaxy_cfg, psf, max_nfev))
     keys = rows[0].keys() if rows else ()
     return {k: np.array([r[k] for r in rows], dtype=object if k == "status" else None) for k in keys}
+
+
+def _image_psf(psf_images: np.ndarray, i: int, pixel_scale: float) -> galsim.GSObject:
+    """Stamp ``i``'s PSF image as a GalSim profile (one built for all when there is one image)."""
+    return psf_from_image(psf_images if psf_images.ndim == 2 else psf_images[i], pixel_scale)
 
 
 def failed_fit(reason: str, seconds: float = 0.0) -> dict:

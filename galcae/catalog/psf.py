@@ -1,0 +1,134 @@
+"""``--psf FILE``: the PSF of the stamps as an image.
+
+A PSF image is sampled at the stamps' pixel scale, includes the pixel's response (as a star
+in the image would), is centred on its central pixel and has an odd size no larger than a
+stamp. The file holds one 2-D image (the PSF of every stamp) or an ``N x p x p`` cube (one
+per stamp, in the inputs' order), in its first image HDU or the HDU named ``PSF``. galcae
+normalises each image to unit sum, and refuses, in one line naming the file and HDU, what
+cannot be a PSF: non-finite pixels, a total that is not positive, an even or larger-than-
+stamp size, or a centroid more than a pixel off centre.
+
+For a model conditioned on the seeing, each stamp's ``psf_fwhm`` and ``psf_beta`` are
+measured from its PSF image by :func:`galcae.physics.moffat_parameters` (the Moffat profile
+that best fits the image, drawn as the simulations draw theirs): exact for a Moffat PSF,
+the closest Moffat for another. Precedence, per condition: an option > a ``--conditions``
+table > the PSF image > the input's keywords or truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..physics import moffat_parameters
+
+
+def read_psf(path, stamp_size: int) -> np.ndarray:
+    """The PSF images of ``path`` as ``(p, p)`` or ``(N, p, p)`` float64, each of unit sum."""
+    from astropy.io import fits
+
+    from .sources import image_hdu, open_fits, read_pixels
+
+    path = Path(path)
+    with open_fits(path) as hdul:
+        names = [h.name for h in hdul]
+        index, h = image_hdu(hdul, path, "PSF" if "PSF" in names else None)
+        where = f"{path}[{h.name or index}]"
+        if not isinstance(h, (fits.PrimaryHDU, fits.ImageHDU)) or h.data is None or h.data.ndim not in (2, 3):
+            raise InputError(f"{where}: a PSF is a 2-D image or an N x p x p cube")
+        psf = np.asarray(read_pixels(h, where), np.float64)
+    return checked_psf(psf, where, stamp_size)
+
+
+def checked_psf(psf: np.ndarray, where: str, stamp_size: int) -> np.ndarray:
+    """``psf`` normalised to unit sum per image, or an :class:`InputError` saying why it is no PSF."""
+    planes = psf[None] if psf.ndim == 2 else psf
+    n, ny, nx = planes.shape
+    if ny != nx or ny % 2 == 0:
+        raise InputError(f"{where}: a PSF image is square with an odd size (the centre is a pixel); "
+                         f"this one is {ny} x {nx}")
+    if ny > stamp_size:
+        raise InputError(f"{where}: the PSF image ({ny} x {nx}) is larger than a stamp ({stamp_size} x {stamp_size})")
+    bad = ~np.isfinite(planes).reshape(n, -1).all(axis=1)
+    if bad.any():
+        raise InputError(f"{where}: PSF {int(np.argmax(bad))} has non-finite pixels")
+    total = planes.sum(axis=(1, 2))
+    if not (total > 0).all():
+        raise InputError(f"{where}: PSF {int(np.argmin(total > 0))} has a total of "
+                         f"{float(total[np.argmin(total > 0)]):g}, not a positive flux")
+    planes = planes / total[:, None, None]
+    offset = _centroid_offset(planes)
+    if (offset > 1.0).any():
+        worst = int(np.argmax(offset))
+        raise InputError(f"{where}: PSF {worst} is centred {offset[worst]:.2f} pixels from its central "
+                         "pixel (more than 1); recentre it")
+    return planes[0] if psf.ndim == 2 else planes
+
+
+def _centroid_offset(planes: np.ndarray) -> np.ndarray:
+    """Distance in pixels of each image's centroid (of its positive light) from the central pixel."""
+    light = np.clip(planes, 0.0, None)
+    size = planes.shape[-1]
+    grid = np.arange(size) - size // 2
+    total = light.sum(axis=(1, 2))
+    x = (light.sum(axis=1) * grid).sum(axis=1) / total
+    y = (light.sum(axis=2) * grid).sum(axis=1) / total
+    return np.hypot(x, y)
+
+
+@dataclass(frozen=True, eq=False)
+class WithPSF:
+    """A chunk whose stamps have PSF images: one for all, or one per row of the chunk."""
+
+    chunk: object
+    psf: np.ndarray  # (p, p) or (n, p, p), unit sum
+    pixel_scale: float
+
+    def read(self, size: int, adapt: bool):
+        stamps = self.chunk.read(size, adapt)
+        n = len(stamps.images)
+        fwhm, beta = (np.broadcast_to(v, (n,)).copy() for v in psf_conditions(self.psf, self.pixel_scale))
+        stamps.conditions = {**stamps.conditions, "psf_fwhm": fwhm, "psf_beta": beta}
+        stamps.psf = self.psf
+        return stamps
+
+    def row_keys(self):
+        return self.chunk.row_keys()
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, WithPSF):
+            return NotImplemented
+        return (self.chunk == other.chunk and self.pixel_scale == other.pixel_scale
+                and np.array_equal(self.psf, other.psf))
+
+    def __hash__(self) -> int:
+        return hash(self.chunk)
+
+
+def psf_conditions(psf: np.ndarray, pixel_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """``psf_fwhm`` (arcsec) and ``psf_beta`` of each PSF image (scalars for one image)."""
+    if psf.ndim == 2:
+        return moffat_parameters(psf, pixel_scale)
+    fitted = {}
+    out = np.empty((len(psf), 2))
+    for i, plane in enumerate(psf):  # cubes often repeat a PSF: fit each distinct one once
+        key = plane.tobytes()
+        if key not in fitted:
+            fitted[key] = moffat_parameters(plane, pixel_scale)
+        out[i] = fitted[key]
+    return out[:, 0], out[:, 1]
+
+
+def with_psf(plan, psf: np.ndarray, pixel_scale: float, where) -> None:
+    """Give each chunk of ``plan`` its PSF images (in place: the plan is this run's)."""
+    total = int(sum(plan.rows))
+    if psf.ndim == 3 and len(psf) != total:
+        raise InputError(f"{where}: {len(psf)} PSF images for {total} stamps (one 2-D PSF for all, "
+                         "or one per stamp in input order)")
+    first = 0
+    for i, (chunk, n) in enumerate(zip(plan.chunks, plan.rows)):
+        plan.chunks[i] = WithPSF(chunk, psf if psf.ndim == 2 else psf[first:first + n], pixel_scale)
+        first += n

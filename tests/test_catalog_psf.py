@@ -1,0 +1,127 @@
+"""``--psf FILE``: PSF images, one for all stamps or one per stamp, checked and measured."""
+
+import galsim
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import QTable, Table
+
+from galcae.catalog.psf import checked_psf, psf_conditions, read_psf
+from galcae.cli import main
+from galcae.errors import InputError
+
+SIZE = 25  # pixels per side of the PSF images
+
+
+def moffat(fwhm: float, beta: float, offset=(0.0, 0.0)) -> np.ndarray:
+    """A Moffat PSF image as GalSim draws it (with the pixel), at the survey's 0.2″ pixels."""
+    return galsim.Moffat(beta=beta, fwhm=fwhm).drawImage(nx=SIZE, ny=SIZE, scale=0.2, offset=offset).array
+
+
+@pytest.fixture(scope="module")
+def psf_cube(seeing_cube, tmp_path_factory):
+    """One PSF image per stamp of the seeing cube, in a file's HDU named PSF."""
+    _, truth = seeing_cube
+    path = tmp_path_factory.mktemp("psf") / "psfs.fits"
+    images = np.stack([moffat(f, b) for f, b in zip(truth["psf_fwhm"], truth["psf_beta"])])
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(images, name="PSF")]).writeto(path)
+    return path
+
+
+def infer(cube, out, *extra) -> int:
+    return main(["infer", "--model", "survey", str(cube), "-o", str(out), "--no-refine", *map(str, extra)])
+
+
+def test_moffat_parameters_are_measured_from_the_image():
+    """The Moffat fitted to a GalSim Moffat image, even a little off centre, is that Moffat."""
+    for fwhm, beta, offset in ((0.6, 2.6, (0.4, 0.2)), (0.83, 3.2, (0.0, 0.0)), (1.1, 4.5, (-0.3, 0.2))):
+        measured = psf_conditions(checked_psf(moffat(fwhm, beta, offset), "psf", 64), 0.2)
+        assert measured[0] == pytest.approx(fwhm, rel=2e-3) and measured[1] == pytest.approx(beta, rel=1e-2)
+
+
+def test_a_psf_cube_gives_each_stamp_its_seeing(seeing_cube, psf_cube, tmp_path):
+    """One PSF image per stamp (the file's PSF HDU): each stamp measured with its own seeing."""
+    cube, truth = seeing_cube
+    assert infer(cube, tmp_path / "c.parquet", "--psf", psf_cube) == 0
+    cat = QTable.read(tmp_path / "c.parquet")
+    np.testing.assert_allclose(cat["psf_fwhm"].value, truth["psf_fwhm"], rtol=2e-3)
+    np.testing.assert_allclose(cat["psf_beta"], truth["psf_beta"], rtol=1e-2)
+    assert not cat["flag_conditions_out_of_range"].any()
+    assert np.all(np.abs(cat["flux"].value / truth["flux"] - 1) < 0.2)
+
+
+def test_one_psf_image_serves_every_stamp(seeing_cube, tmp_path):
+    """A 2-D PSF image is every stamp's PSF."""
+    cube, _ = seeing_cube
+    fits.PrimaryHDU(moffat(0.9, 3.5)).writeto(tmp_path / "psf.fits")
+    assert infer(cube, tmp_path / "c.parquet", "--psf", tmp_path / "psf.fits") == 0
+    cat = QTable.read(tmp_path / "c.parquet")
+    np.testing.assert_allclose(cat["psf_fwhm"].value, 0.9, rtol=2e-3)
+    assert len(set(cat["psf_fwhm"].value)) == 1
+
+
+def test_a_conditions_table_takes_precedence_over_the_psf_image(seeing_cube, psf_cube, tmp_path):
+    """Option > table > PSF image: the table's FWHM wins over the image's, the image gives beta."""
+    cube, truth = seeing_cube
+    Table({"psf_fwhm": np.full(6, 0.75)}).write(tmp_path / "t.csv", format="ascii.csv")
+    assert infer(cube, tmp_path / "c.parquet", "--psf", psf_cube, "--conditions", tmp_path / "t.csv") == 0
+    cat = QTable.read(tmp_path / "c.parquet")
+    assert np.all(cat["psf_fwhm"].value == 0.75)
+    np.testing.assert_allclose(cat["psf_beta"], truth["psf_beta"], rtol=1e-2)
+
+
+def test_a_psf_count_that_is_not_the_stamps_is_one_line(seeing_cube, tmp_path, capsys):
+    cube, _ = seeing_cube
+    fits.PrimaryHDU(np.stack([moffat(0.8, 3.0)] * 4)).writeto(tmp_path / "psf.fits")
+    assert infer(cube, tmp_path / "c.parquet", "--psf", tmp_path / "psf.fits") == 1
+    err = capsys.readouterr().err
+    assert "4 PSF images for 6 stamps" in err and err.count("\n") == 1
+
+
+def bad(image, where="psf.fits[0]"):
+    with pytest.raises(InputError) as raised:
+        checked_psf(image, where, 64)
+    return str(raised.value)
+
+
+def test_an_even_psf_is_refused():
+    assert "odd size" in bad(np.ones((24, 24)))
+
+
+def test_a_psf_larger_than_a_stamp_is_refused():
+    assert "larger than a stamp" in bad(np.pad(moffat(0.8, 3.0), 20))  # 65 x 65 for 64 x 64 stamps
+
+
+def test_a_psf_with_non_finite_pixels_is_refused():
+    image = moffat(0.8, 3.0)
+    image[3, 4] = np.nan
+    assert "non-finite pixels" in bad(image)
+
+
+def test_a_psf_without_positive_flux_is_refused():
+    assert "not a positive flux" in bad(-moffat(0.8, 3.0))
+
+
+def test_an_off_centre_psf_is_refused():
+    """A PSF more than a pixel from its central pixel would shift every galaxy."""
+    assert "from its central pixel" in bad(moffat(0.8, 3.0, offset=(1.6, 0.5)))
+
+
+def test_a_psf_file_names_its_hdu(tmp_path):
+    """Errors name the file and HDU; a file with a PSF HDU is read from it."""
+    fits.HDUList([fits.PrimaryHDU(np.ones((3, 3))), fits.ImageHDU(np.ones((4, 4)), name="PSF")]).writeto(
+        tmp_path / "p.fits")
+    with pytest.raises(InputError, match=r"p\.fits\[PSF\]: a PSF image is square with an odd size"):
+        read_psf(tmp_path / "p.fits", 64)
+
+
+def test_the_classical_fit_convolves_with_the_psf_images(seeing_cube, psf_cube, tmp_path):
+    """`galcae fit --psf`: each stamp fitted through its own PSF image, the truth within errors."""
+    cube, truth = seeing_cube
+    assert main(["fit", str(cube), "-o", str(tmp_path / "f.parquet"), "--config", "survey",
+                 "--psf", str(psf_cube)]) == 0
+    cat = QTable.read(tmp_path / "f.parquet")
+    assert not cat["flag_fit_failed"].any()
+    for name in ("flux", "half_light_radius"):
+        pulls = np.abs(np.asarray(cat[name]) - truth[name]) / np.asarray(cat[f"{name}_err"])
+        assert np.all(pulls < 4), (name, pulls)
