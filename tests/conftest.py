@@ -138,3 +138,21 @@ def seeing_cube(tmp_path_factory):
     path = tmp_path_factory.mktemp("seeing") / "seeing.fits"
     fits.PrimaryHDU(render_chunk(cfg, truth)["images"]).writeto(path)
     return path, truth
+
+
+@pytest.fixture
+def failed_renders(tiny_dataset, tmp_path):
+    """A copy of the tiny dataset whose first 10 galaxies GalSim could not render (status)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_dataset.path, copy)
+    table = pq.read_table(copy / "params.parquet")
+    status = table.column("status").to_numpy(zero_copy_only=False).copy()
+    status[:10] = "GalSimFFTSizeError: too big"
+    table = table.set_column(table.column_names.index("status"), table.schema.field("status"),
+                             [status.tolist()])
+    pq.write_table(table, copy / "params.parquet")
+    return copy

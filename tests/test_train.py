@@ -1,10 +1,8 @@
 """Training a run: what it writes, resuming, fine-tuning, the split, augmentation."""
 
 import json
-import shutil
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -146,16 +144,9 @@ def test_init_from_a_conv_model_starts_a_sersic_decoder_from_its_encoder(sersic_
     assert "has a conv decoder; its encoder starts a sersic one" in sersic_run.log
 
 
-def test_training_skips_galaxies_that_failed_to_render(tiny_dataset, tmp_path):
+def test_training_skips_galaxies_that_failed_to_render(failed_renders, tmp_path):
     """Galaxies with a non-ok status never enter the split."""
-    copy = tmp_path / "data"
-    shutil.copytree(tiny_dataset.path, copy)
-    table = pq.read_table(copy / "params.parquet")
-    status = table.column("status").to_numpy(zero_copy_only=False).copy()
-    status[:10] = "GalSimFFTSizeError: too big"
-    table = table.set_column(table.column_names.index("status"), table.schema.field("status"),
-                             [status.tolist()])
-    pq.write_table(table, copy / "params.parquet")
+    copy = failed_renders
     train_model(copy, tmp_path / "run", tiny_train())
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert min(split["train"] + split["test"]) >= 10

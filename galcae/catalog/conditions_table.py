@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..params import CONDITIONS
+from .sources import WrappedChunk, same_arrays
 
 #: Condition columns a table may hold.
 COLUMNS = ("psf_fwhm", "psf_beta", "noise_sigma", "sky_level")
@@ -102,7 +103,7 @@ def _checked_integers(path: Path, name: str, values) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class WithConditions:
+class WithConditions(WrappedChunk):
     """A chunk whose stamps' conditions come from a table (one value per row of the chunk)."""
 
     chunk: object
@@ -113,17 +114,12 @@ class WithConditions:
         stamps.conditions = {**stamps.conditions, **self.conditions}
         return stamps
 
-    def row_keys(self):
-        return self.chunk.row_keys()
-
     def __eq__(self, other) -> bool:
         if not isinstance(other, WithConditions):
             return NotImplemented
-        return (self.chunk == other.chunk and self.conditions.keys() == other.conditions.keys()
-                and all(np.array_equal(v, other.conditions[k]) for k, v in self.conditions.items()))
+        return self.chunk == other.chunk and same_arrays(self.conditions, other.conditions)
 
-    def __hash__(self) -> int:
-        return hash(self.chunk)
+    __hash__ = WrappedChunk.__hash__
 
 
 def with_conditions(plan, table: dict[str, np.ndarray], where) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..physics import moffat_parameters
+from .sources import WrappedChunk
 
 
 def read_psf(path, stamp_size: int) -> np.ndarray:
@@ -80,7 +81,7 @@ def _centroid_offset(planes: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class WithPSF:
+class WithPSF(WrappedChunk):
     """A chunk whose stamps have PSF images: one for all, or one per row of the chunk."""
 
     chunk: object
@@ -95,17 +96,13 @@ class WithPSF:
         stamps.psf = self.psf
         return stamps
 
-    def row_keys(self):
-        return self.chunk.row_keys()
-
     def __eq__(self, other) -> bool:
         if not isinstance(other, WithPSF):
             return NotImplemented
         return (self.chunk == other.chunk and self.pixel_scale == other.pixel_scale
                 and np.array_equal(self.psf, other.psf))
 
-    def __hash__(self) -> int:
-        return hash(self.chunk)
+    __hash__ = WrappedChunk.__hash__
 
 
 def psf_conditions(psf: np.ndarray, pixel_scale: float) -> tuple[np.ndarray, np.ndarray]:

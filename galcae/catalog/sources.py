@@ -280,12 +280,11 @@ class FieldChunk:
     detections: dict  # index, x, y (numpy 0-based), ra, dec: arrays
     conditions: dict = field(default_factory=dict)  # from the field's header
 
-    def __eq__(self, other) -> bool:  # the dataclass's == would compare arrays to a truth value
+    def __eq__(self, other) -> bool:
         if not isinstance(other, FieldChunk):
             return NotImplemented
-        same = lambda a, b: a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)  # noqa: E731
         return ((self.array, self.source) == (other.array, other.source)
-                and same(self.detections, other.detections) and same(self.conditions, other.conditions))
+                and same_arrays(self.detections, other.detections) and same_arrays(self.conditions, other.conditions))
 
     def __hash__(self) -> int:
         return hash((self.array, self.source))
@@ -319,6 +318,21 @@ class FieldChunk:
 
 
 # --- planning --------------------------------------------------------------------------------
+
+
+def same_arrays(a: dict, b: dict) -> bool:
+    """Whether two dicts of arrays are equal (a dataclass's ``==`` would ask an array for a truth value)."""
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+class WrappedChunk:
+    """A chunk that adds to what another chunk (its ``chunk`` field) reads: its rows are that chunk's."""
+
+    def row_keys(self):
+        return self.chunk.row_keys()
+
+    def __hash__(self) -> int:
+        return hash(self.chunk)
 
 
 def expand_inputs(inputs) -> list[Path]:
