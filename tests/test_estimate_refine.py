@@ -33,7 +33,7 @@ def test_refinement_of_a_two_parameter_model_updates_the_columns_it_has(two_para
     """A flux and r½ model is refined on every stamp, adding only the S/N and status columns."""
     # The fit starts the other five parameters from HSM moments.
     out, cae = two_parameter.out, two_parameter.cae
-    assert set(out) == set(cae) | {"snr", "refined", "refine_failed"} and out["refined"].all()
+    assert set(out) == set(cae) | {"snr", "refined", "refine_failed", "chi2_dof"} and out["refined"].all()
 
 
 def test_refinement_of_a_two_parameter_model_does_not_worsen_the_flux(two_parameter):
@@ -135,6 +135,18 @@ def test_bright_stamps_are_refined_without_failure(shipped_refinement):
 def test_refinement_measures_the_snr_of_bright_stamps(shipped_refinement):
     """The bright galaxies' measured S/N is above 100."""
     assert np.all(shipped_refinement.out["snr"][BRIGHT] > 100)
+
+
+def test_refined_rows_report_the_fits_reduced_chi2(shipped_refinement):
+    """A Sérsic galaxy under its true PSF and noise fits to chi²/dof 1 (± 0.06, 2.5 sigma for
+    4,089 degrees of freedom); unrefined rows have none."""
+    from galcae.physics import sky_sigma
+
+    t = shipped_refinement
+    noise = sky_sigma(t.truth["sky_level"], 1.0, 5.0)  # the survey preset's gain and read noise
+    done = refine(t.model.card.training_set, t.images, {**t.conditions, "noise_sigma": noise}, t.cae, min_snr=30)
+    assert np.isnan(done["chi2_dof"][0])
+    assert np.all(np.abs(done["chi2_dof"][BRIGHT] - 1) < 0.06), done["chi2_dof"]
 
 
 def test_refined_errors_are_smaller_than_the_caes(shipped_refinement):

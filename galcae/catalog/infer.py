@@ -78,7 +78,10 @@ def catalog_columns(model: TrainedModel, has_field: bool, refine: bool = False) 
         cols += [("snr", pa.float64(), "", "matched-filter S/N measured on the stamp "
                                            "(sqrt(sum(d^2/var) - N_pixels))"),
                  ("refined", pa.bool_(), "", "values and errors are the classical fit's, started "
-                                             "at the CAE's (snr >= the refine threshold)")]
+                                             "at the CAE's (snr >= the refine threshold)"),
+                 ("chi2_dof", pa.float64(), "", "reduced chi-squared of the refining fit (noise "
+                                                "model's variance; NaN where not refined): well "
+                                                "above 1, the galaxy or PSF is not the model")]
     return cols + flag_columns({**FLAGS, **(REFINE_FLAGS if refine else {})})
 
 

@@ -79,7 +79,8 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
     :func:`galcae.estimate.cae.measure` returns them). Returns those columns with the fit's
     values and errors where it succeeded (recalibrated by ``calibration``, the model card's
     :attr:`~galcae.card.Refinement.calibration`, if given), plus ``snr``, ``refined`` (the
-    fit replaced the CAE's values) and ``refine_failed`` (a fit was tried and failed).
+    fit replaced the CAE's values), ``refine_failed`` (a fit was tried and failed) and
+    ``chi2_dof`` (the refined fit's reduced χ² with the noise model's variance; NaN elsewhere).
     """
     n = len(images)
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
@@ -88,7 +89,7 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
     supervised = [name for name in FIT_PARAMETERS if name in estimates]
     out = {**estimates, **{k: np.array(estimates[k], copy=True) for k in _refinable(estimates, supervised)},
            "snr": stamp_snr(images, conditions["noise_sigma"], sim.noise.gain),
-           "refined": np.zeros(n, bool), "refine_failed": np.zeros(n, bool)}
+           "refined": np.zeros(n, bool), "refine_failed": np.zeros(n, bool), "chi2_dof": np.full(n, np.nan)}
     chosen = np.flatnonzero((out["snr"] >= min_snr)
                             & np.all([np.isfinite(estimates[name]) for name in supervised], axis=0))
     for first in range(0, len(chosen), BATCH):
@@ -119,6 +120,7 @@ def _fit_rows(out: dict, rows: np.ndarray, sim: SimConfig, images: np.ndarray, c
         [np.isfinite(fit[f"{name}_err"]) for name in FIT_PARAMETERS], axis=0)
     out["refine_failed"][rows[~done]] = True
     out["refined"][rows[done]] = True
+    out["chi2_dof"][rows[done]] = fit["chi2_dof"][done]
     for name in supervised:
         out[name][rows[done]] = fit[name][done]
         if f"{name}_err" in out:
@@ -176,7 +178,7 @@ def refine_blocks(sim: SimConfig, images: np.ndarray, conditions: dict, estimate
     results = map_ordered(_timed_refine, blocks, workers, desc="refinement",
                           unit_scale=[len(b[1]) for b in blocks])
     refined = {k: np.concatenate([r[0][k] for r in results]) for k in estimates}
-    done = {k: np.concatenate([r[0][k] for r in results]) for k in ("snr", "refined", "refine_failed")}
+    done = {k: np.concatenate([r[0][k] for r in results]) for k in ("snr", "refined", "refine_failed", "chi2_dof")}
     return refined, done, float(sum(r[1] for r in results))
 
 
