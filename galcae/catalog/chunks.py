@@ -70,16 +70,11 @@ def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[b
             plan = plan_inputs(inputs, stamp_size=stamp_size, pixel_scale=pixel_scale,
                                chunk_size=chunk_size, work_dir=parts, hdu=hdu,
                                detect_threshold=detect_threshold)
-            for warning in plan.warnings:
-                log.warning(warning)
+            _check_planned(plan, inputs)
             if psf_images is not None:  # beneath the table, which takes precedence
                 with_psf(plan, psf_images, pixel_scale, psf)
             if table is not None:
                 with_conditions(plan, table, conditions)
-            if not plan.chunks:
-                raise InputError("no stamps to measure in " + (
-                    "; ".join(plan.warnings) if plan.warnings else ", ".join(map(str, inputs))))
-
             columns = columns_for(plan.has_field)
             first_ids = np.concatenate([[0], np.cumsum(plan.rows)[:-1]]).astype(int)
             todo = [i for i in range(len(plan.chunks))
@@ -103,6 +98,15 @@ def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[b
             "catalog": str(out), "flags": {k: v for k, v in counts.items() if k.startswith("flag_")},
             "true_counts": {k: v for k, v in counts.items() if not k.startswith("flag_")},
             "warnings": plan.warnings}
+
+
+def _check_planned(plan: Plan, inputs) -> None:
+    """Log the planning's warnings; refuse inputs that hold no stamp at all."""
+    for warning in plan.warnings:
+        log.warning(warning)
+    if not plan.chunks:
+        raise InputError("no stamps to measure in " + (
+            "; ".join(plan.warnings) if plan.warnings else ", ".join(map(str, inputs))))
 
 
 @contextmanager
