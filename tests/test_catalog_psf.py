@@ -125,3 +125,79 @@ def test_the_classical_fit_convolves_with_the_psf_images(seeing_cube, psf_cube, 
     for name in ("flux", "half_light_radius"):
         pulls = np.abs(np.asarray(cat[name]) - truth[name]) / np.asarray(cat[f"{name}_err"])
         assert np.all(pulls < 4), (name, pulls)
+
+
+# --- PSF HDUs in the input files themselves ------------------------------------------------------
+
+
+def psf_planes(truth):
+    return np.stack([moffat(f, b) for f, b in zip(truth["psf_fwhm"], truth["psf_beta"])])
+
+
+def test_a_cube_with_a_psf_hdu_is_measured_with_it(seeing_cube, tmp_path):
+    """A cube file with a PSF HDU (a plane per stamp) needs no option: each stamp gets its seeing."""
+    cube, truth = seeing_cube
+    with fits.open(cube) as hdul:
+        fits.HDUList([fits.PrimaryHDU(hdul[0].data), fits.ImageHDU(psf_planes(truth), name="PSF")]).writeto(
+            tmp_path / "with_psf.fits")
+    assert infer(tmp_path / "with_psf.fits", tmp_path / "c.parquet") == 0
+    cat = QTable.read(tmp_path / "c.parquet")
+    np.testing.assert_allclose(cat["psf_fwhm"].value, truth["psf_fwhm"], rtol=2e-3)
+    assert not cat["flag_conditions_out_of_range"].any()
+
+
+def test_the_psf_hdu_is_never_measured_as_the_image(seeing_cube, tmp_path):
+    """A PSF HDU before the stamps is the PSF, not the image: the stamps are still found."""
+    cube, truth = seeing_cube
+    with fits.open(cube) as hdul:
+        fits.HDUList([fits.PrimaryHDU(psf_planes(truth)), fits.ImageHDU(hdul[0].data, name="SCI")]).writeto(
+            tmp_path / "psf_first.fits")
+    with fits.open(tmp_path / "psf_first.fits", mode="update") as hdul:
+        hdul[0].name = "PSF"
+    assert infer(tmp_path / "psf_first.fits", tmp_path / "c.parquet") == 0
+    assert len(QTable.read(tmp_path / "c.parquet")) == 6
+
+
+def test_stamp_files_with_psf_hdus(seeing_cube, tmp_path):
+    """A directory of stamp files, each with its PSF HDU: each stamp measured with its own."""
+    cube, truth = seeing_cube
+    (tmp_path / "stamps").mkdir()
+    with fits.open(cube) as hdul:
+        for i, (image, psf) in enumerate(zip(hdul[0].data, psf_planes(truth))):
+            fits.HDUList([fits.PrimaryHDU(image), fits.ImageHDU(psf, name="PSF")]).writeto(
+                tmp_path / "stamps" / f"s{i}.fits")
+    assert infer(tmp_path / "stamps", tmp_path / "c.parquet") == 0
+    np.testing.assert_allclose(QTable.read(tmp_path / "c.parquet")["psf_fwhm"].value, truth["psf_fwhm"], rtol=2e-3)
+
+
+def test_the_psf_option_overrides_the_files_psf_hdu(seeing_cube, tmp_path):
+    """--psf FILE wins over a file's own PSF HDU."""
+    cube, truth = seeing_cube
+    with fits.open(cube) as hdul:
+        fits.HDUList([fits.PrimaryHDU(hdul[0].data), fits.ImageHDU(psf_planes(truth), name="PSF")]).writeto(
+            tmp_path / "with_psf.fits")
+    fits.PrimaryHDU(moffat(0.9, 3.5)).writeto(tmp_path / "psf.fits")
+    assert infer(tmp_path / "with_psf.fits", tmp_path / "c.parquet", "--psf", tmp_path / "psf.fits") == 0
+    np.testing.assert_allclose(QTable.read(tmp_path / "c.parquet")["psf_fwhm"].value, 0.9, rtol=2e-3)
+
+
+def test_a_psf_hdu_whose_count_is_not_the_cubes_is_one_line(seeing_cube, tmp_path, capsys):
+    cube, truth = seeing_cube
+    with fits.open(cube) as hdul:
+        fits.HDUList([fits.PrimaryHDU(hdul[0].data), fits.ImageHDU(psf_planes(truth)[:4], name="PSF")]).writeto(
+            tmp_path / "short.fits")
+    assert infer(tmp_path / "short.fits", tmp_path / "c.parquet") == 1
+    err = capsys.readouterr().err
+    assert "short.fits[PSF]: 4 PSF images for the file's 6 stamps" in err and err.count("\n") == 1
+
+
+def test_stamp_files_with_and_without_psf_hdus_are_refused(seeing_cube, tmp_path, capsys):
+    """Some stamp files with a PSF HDU and some without: one line naming the first without."""
+    cube, truth = seeing_cube
+    (tmp_path / "stamps").mkdir()
+    with fits.open(cube) as hdul:
+        fits.HDUList([fits.PrimaryHDU(hdul[0].data[0]), fits.ImageHDU(moffat(0.8, 3.0), name="PSF")]).writeto(
+            tmp_path / "stamps" / "a.fits")
+        fits.PrimaryHDU(hdul[0].data[1]).writeto(tmp_path / "stamps" / "b.fits")
+    assert infer(tmp_path / "stamps", tmp_path / "c.parquet") == 1
+    assert "b.fits: no PSF HDU, where other stamp files have one" in capsys.readouterr().err

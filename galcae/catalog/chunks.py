@@ -24,7 +24,7 @@ from .. import __version__
 from ..distributed import dask_client, map_chunks
 from ..outputs import output_locks, refuse_existing, refuse_overlap
 from .conditions_table import read_conditions, with_conditions
-from .psf import read_psf, with_psf
+from .psf import read_psf, with_file_psfs, with_psf
 from .sources import InputError, Plan, expand_inputs, plan_inputs
 from .writers import FORMAT, Column, flag_counts, part_path, write_catalog
 
@@ -71,6 +71,7 @@ def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[b
                                chunk_size=chunk_size, work_dir=parts, hdu=hdu,
                                detect_threshold=detect_threshold)
             _check_planned(plan, inputs)
+            with_file_psfs(plan, stamp_size, pixel_scale)  # the files' own PSF HDUs, beneath --psf
             if psf_images is not None:  # beneath the table, which takes precedence
                 with_psf(plan, psf_images, pixel_scale, psf)
             if table is not None:

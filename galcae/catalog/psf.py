@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..physics import moffat_parameters
-from .sources import WrappedChunk
+from .sources import CubeChunk, FieldChunk, StampFilesChunk, WrappedChunk
 
 
 def read_psf(path, stamp_size: int) -> np.ndarray:
@@ -117,6 +117,65 @@ def psf_conditions(psf: np.ndarray, pixel_scale: float) -> tuple[np.ndarray, np.
             fitted[key] = moffat_parameters(plane, pixel_scale)
         out[i] = fitted[key]
     return out[:, 0], out[:, 1]
+
+
+def with_file_psfs(plan, stamp_size: int, pixel_scale: float) -> None:
+    """Give the chunks of files that hold a ``PSF`` HDU their PSF images (in place): a cube's
+    2-D PSF serves all its stamps and a 3-D one has a plane per stamp; a stamp file's or a
+    field's PSF is 2-D. A directory of stamp files has a PSF HDU in every file or in none."""
+    found = {}
+
+    def psf_of(path, image_hdu_index=None):
+        if path not in found:
+            found[path] = _file_psf(path, stamp_size, image_hdu_index)
+        return found[path]
+
+    for i, chunk in enumerate(plan.chunks):
+        if isinstance(chunk, CubeChunk):
+            psf = psf_of(chunk.path, chunk.hdu)
+            psf = psf if psf is None or psf.ndim == 2 else psf[chunk.start:chunk.stop]
+        elif isinstance(chunk, StampFilesChunk):
+            psfs = [psf_of(path) for path in chunk.paths]
+            psf = None if all(p is None for p in psfs) else _stamp_psfs(psfs, chunk.sources)
+        elif isinstance(chunk, FieldChunk):
+            psf = psf_of(chunk.source)
+            if psf is not None and psf.ndim == 3:
+                raise InputError(f"{chunk.source}[PSF]: a field's PSF is one 2-D image")
+        else:
+            psf = None
+        if psf is not None:
+            plan.chunks[i] = WithPSF(chunk, psf, pixel_scale)
+
+
+def _file_psf(path, stamp_size: int, image_hdu_index: int | None) -> np.ndarray | None:
+    """The checked images of ``path``'s ``PSF`` HDU (None without one); a cube of PSFs must
+    have a plane per stamp of the file's cube."""
+    from .sources import PSF_NAME, open_fits, read_pixels
+
+    with open_fits(path) as hdul:
+        if PSF_NAME not in [h.name.upper() for h in hdul]:
+            return None
+        h = hdul[PSF_NAME]
+        where = f"{path}[{PSF_NAME}]"
+        if not h.is_image or h.header.get("NAXIS", 0) not in (2, 3):
+            raise InputError(f"{where}: a PSF is a 2-D image or an N x p x p cube")
+        psf = checked_psf(np.asarray(read_pixels(h, where), np.float64), where, stamp_size)
+        if psf.ndim == 3:
+            n = hdul[image_hdu_index].shape[0] if image_hdu_index is not None and \
+                len(hdul[image_hdu_index].shape) == 3 else 1
+            if len(psf) != n:
+                raise InputError(f"{where}: {len(psf)} PSF images for the file's {n} stamps")
+    return psf
+
+
+def _stamp_psfs(psfs: list, sources) -> np.ndarray:
+    """One ``(n, p, p)`` stack of the stamp files' PSFs, zero-padded to the largest."""
+    missing = [s for s, p in zip(sources, psfs) if p is None]
+    if missing:
+        raise InputError(f"{missing[0]}: no PSF HDU, where other stamp files have one; "
+                         "give every stamp file a PSF HDU, or none")
+    size = max(p.shape[-1] for p in psfs)
+    return np.stack([np.pad(p, (size - p.shape[-1]) // 2) for p in psfs])
 
 
 def with_psf(plan, psf: np.ndarray, pixel_scale: float, where) -> None:

@@ -36,6 +36,9 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 MASK_NAMES = ("MASK", "BADPIX", "FLAGS")
 VARIANCE_NAMES = ("VARIANCE", "VAR")
 WEIGHT_NAMES = ("WEIGHT", "WHT", "IVAR", "INVVAR")
+PSF_NAME = "PSF"
+#: HDUs that describe the image (its PSF, mask, variance, weight) and are never measured as one.
+AUXILIARY_NAMES = (PSF_NAME, *MASK_NAMES, *VARIANCE_NAMES, *WEIGHT_NAMES)
 
 
 @dataclass
@@ -118,7 +121,7 @@ def image_hdu(hdul: fits.HDUList, path, hdu: str | int | None = None) -> tuple[i
             raise InputError(f"{path}[{hdu}]: not a 2-D image or 3-D cube of stamps")
         return index, chosen
     for index, h in enumerate(hdul):
-        if h.is_image and h.header.get("NAXIS", 0) in (2, 3):
+        if h.is_image and h.header.get("NAXIS", 0) in (2, 3) and h.name.upper() not in AUXILIARY_NAMES:
             return index, h
     raise InputError(f"{path}: no 2-D image or 3-D cube in any HDU")
 
