@@ -105,6 +105,13 @@ def test_a_malformed_table_is_refused_naming_the_column(tmp_path, columns, messa
         read_conditions(write_csv(tmp_path / "t.csv", columns))
 
 
+def test_an_empty_cell_is_refused_naming_its_row(tmp_path):
+    """A missing value in a CSV (an id, say) is not read as a number: one line naming the cell."""
+    (tmp_path / "t.csv").write_text("id,psf_fwhm\n0,0.8\n,0.9\n")
+    with pytest.raises(InputError, match="column 'id' row 1 is empty"):
+        read_conditions(tmp_path / "t.csv")
+
+
 def test_a_table_of_another_format_is_refused(tmp_path):
     (tmp_path / "t.txt").write_text("psf_fwhm\n0.8\n")
     with pytest.raises(InputError, match="is .fits, .parquet or .csv"):

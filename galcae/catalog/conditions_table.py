@@ -77,8 +77,13 @@ def _read_table(path: Path) -> dict[str, np.ndarray]:
     except Exception as err:  # noqa: BLE001 - readers raise many kinds; each becomes one line
         raise InputError(f"{path}: cannot be read as a table ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
-    return {c: np.asarray(table[c].filled(np.nan) if hasattr(table[c], "filled") and table[c].dtype.kind == "f"
-                          else table[c]) for c in table.colnames}
+    columns = {}
+    for name in table.colnames:
+        empty = np.ma.getmaskarray(table[name])  # a CSV's missing value, a FITS null
+        if empty.any():
+            raise InputError(f"{path}: column '{name}' row {int(np.argmax(empty))} is empty")
+        columns[name] = np.asarray(table[name])
+    return columns
 
 
 def _checked_values(path: Path, name: str, values) -> np.ndarray:
