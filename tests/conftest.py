@@ -156,3 +156,19 @@ def failed_renders(tiny_dataset, tmp_path):
                              [status.tolist()])
     pq.write_table(table, copy / "params.parquet")
     return copy
+
+
+def interrupt_in_second_epoch(monkeypatch):
+    """Make training raise KeyboardInterrupt in its second epoch (as Ctrl-C would, after the
+    first epoch's checkpoint); undo with ``monkeypatch.undo()``."""
+    import galcae.train as train_module
+
+    real, calls = train_module._evaluate_loss, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(train_module, "_evaluate_loss", interrupted)

@@ -28,7 +28,7 @@ from galcae.cli import main
 from galcae.dataset import Dataset, DatasetError
 from galcae.outputs import lock_path, output_lock
 
-from conftest import tiny_train
+from conftest import interrupt_in_second_epoch, tiny_train
 
 TINY_TRAIN = ["epochs=1", "batch_size=16"]  # conftest.tiny_train() on the command line
 
@@ -178,22 +178,13 @@ def test_interrupted_overwrite_keeps_the_old_run(tiny_dataset, tiny_run, tmp_pat
     is intact; --resume finishes the new run and only then replaces the old one."""
     run = copy(tiny_run, tmp_path)
     before = sha256_of(run / "model.safetensors")
-    evaluations = []
-    real = train_module._evaluate_loss
-
-    def interrupted(*args):
-        evaluations.append(1)
-        if len(evaluations) == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(train_module, "_evaluate_loss", interrupted)
+    interrupt_in_second_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_module.train_model(tiny_dataset.path, run, tiny_train(epochs=2), overwrite=True)
     assert sha256_of(run / "model.safetensors") == before
     assert json.loads((run / "model.json").read_text())["epoch"] == 1
     assert (tmp_path / ".copy.new" / "model.json").exists()  # the new run, resumable
-    monkeypatch.setattr(train_module, "_evaluate_loss", real)
+    monkeypatch.undo()
     model = train_module.train_model(tiny_dataset.path, run, tiny_train(epochs=2), resume=True)
     assert model.meta["epoch"] == 2 and json.loads((run / "model.json").read_text())["epoch"] == 2
     assert not (tmp_path / ".copy.new").exists() and not lock_path(run).exists()

@@ -10,7 +10,7 @@ from galcae.config import ConfigError, load_stage
 from galcae.physics import render
 from galcae.train import dihedral, dihedral_params, train_model
 
-from conftest import tiny_train
+from conftest import interrupt_in_second_epoch, tiny_train
 
 
 def test_run_directory_holds_model_history_split_and_figure(tiny_run):
@@ -47,21 +47,12 @@ def test_existing_run_is_refused(tiny_run, tiny_dataset):
 def test_resume_continues_exactly(tiny_dataset, tmp_path, monkeypatch):
     """A run interrupted in epoch 2 and resumed ends as an uninterrupted one, weights and history."""
     # The interrupted run is also made to look saved before a config key existed.
-    import galcae.train as train_module
 
     straight = train_model(tiny_dataset.path, tmp_path / "a", tiny_train(epochs=2))
-    real, calls = train_module._evaluate_loss, []
-
-    def crash_in_second_epoch(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(train_module, "_evaluate_loss", crash_in_second_epoch)
+    interrupt_in_second_epoch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_model(tiny_dataset.path, tmp_path / "b", tiny_train(epochs=2))
-    monkeypatch.setattr(train_module, "_evaluate_loss", real)
+    monkeypatch.undo()
     assert len(json.loads((tmp_path / "b" / "history.json").read_text())) == 1
     # A run saved before a config key existed resumes: the missing key is its default.
     meta_path = tmp_path / "b" / "model.json"
