@@ -120,8 +120,28 @@ class SersicRenderer(torch.nn.Module):
         self.register_buffer("sersic", None, persistent=False)
         self.register_buffer("moffat", None, persistent=False)
 
+    def psf_transform(self, psf: np.ndarray) -> torch.Tensor:
+        """The ``(N // 2 + 1, N)`` transform on this renderer's grid of a PSF image (``(p, p)``,
+        odd, unit sum, sampled at the pixel scale with the pixel's response, centred on its
+        central pixel), to draw through as ``p["psf_k"]`` in place of the Moffat: GalSim's
+        ``InterpolatedImage`` of it, i.e. the image's discrete-time transform times the
+        Quintic interpolant's (to 1e-5 of the peak of a galaxy drawn by GalSim through it)."""
+        import galsim
+
+        psf = np.asarray(psf, np.float64)
+        offsets = np.arange(psf.shape[-1]) - psf.shape[-1] // 2
+        kx, ky = self.kx[:, 0].double().numpy(), self.ky[0].double().numpy()
+        along_x, along_y = np.exp(-1j * np.outer(kx, offsets)), np.exp(-1j * np.outer(ky, offsets))
+        quintic = galsim.Quintic()
+        transform = (along_x * quintic.kval(np.abs(kx))[:, None]) @ psf.T @ \
+            (along_y * quintic.kval(np.abs(ky))[:, None]).T
+        complex_dtype = torch.complex128 if self.kx.dtype == torch.float64 else torch.complex64
+        return torch.as_tensor(transform, dtype=complex_dtype, device=self.kx.device)
+
     def forward(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``p``: a ``(B,)`` tensor per name of :data:`DRAWN`."""
+        """``p``: a ``(B,)`` tensor per name of :data:`DRAWN` (``psf_fwhm`` and ``psf_beta``
+        unused where ``p["psf_k"]``, ``(B, N // 2 + 1, N)``, gives each galaxy's PSF as
+        :meth:`psf_transform` makes it)."""
         return torch.cat([self._draw(self._spectra(part, derivatives=False))[:, 0]
                           for part in _chunks(p)])
 
@@ -148,23 +168,25 @@ class SersicRenderer(torch.nn.Module):
         v = g2 * self.kx + (1 - g1) * self.ky
         k2_sheared = (u ** 2 + v ** 2 + 1e-20) / det
         k = torch.sqrt(self.kx ** 2 + self.ky ** 2 + 1e-20)[None]
+        fwhm = col(p["psf_fwhm"]) / self.pixel_scale if p.get("psf_k") is None else None
         r_half = col(p["half_light_radius"]) / self.pixel_scale
-        fwhm = col(p["psf_fwhm"]) / self.pixel_scale
         n = p["sersic_n"].to(self.kx.dtype).clamp(*SERSIC_N)
         n_row = torch.log(n / SERSIC_N[0]) / math.log(SERSIC_N[1] / SERSIC_N[0])
         log_q = 0.5 * torch.log10(k2_sheared) + torch.log10(r_half)
         galaxy = _lookup(self.sersic, n_row, log_q, slopes=derivatives)
-        if p.get("psf_beta") is None:  # a Gaussian PSF
-            psf = torch.exp(-0.5 * (k * fwhm / GAUSSIAN_FWHM) ** 2)
+        if p.get("psf_k") is not None:  # a PSF image's transform: the pixel is in it
+            psf = p["psf_k"]
+        elif p.get("psf_beta") is None:  # a Gaussian PSF
+            psf = torch.exp(-0.5 * (k * fwhm / GAUSSIAN_FWHM) ** 2) * self.pixel
         else:
             beta = p["psf_beta"].to(self.kx.dtype).clamp(*MOFFAT_BETA)
             beta_row = (beta - MOFFAT_BETA[0]) / (MOFFAT_BETA[1] - MOFFAT_BETA[0])
-            psf = _lookup(self.moffat, beta_row, torch.log10(k * fwhm))
+            psf = _lookup(self.moffat, beta_row, torch.log10(k * fwhm)) * self.pixel
         # Moved by half a pixel, so that the grid's samples fall on the pixel centres; the
         # phase is separable in x and y (trigonometry on the axes, not on the whole grid).
         shift_x, shift_y = self.kx[:, :1] * (col(p["x"]) - 0.5), self.ky[:1] * (col(p["y"]) - 0.5)
         phase = torch.exp(-1j * shift_x) * torch.exp(-1j * shift_y)
-        rest = col(p["flux"]) * psf * self.pixel
+        rest = col(p["flux"]) * psf
         if not derivatives:
             return (rest * galaxy * phase)[:, None]
         galaxy, d_log_q, d_row = galaxy

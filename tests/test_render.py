@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from galcae.config import load_stage
-from galcae.params import DRAWN
+from galcae.params import DRAWN, ellipticity_from_shear
 from galcae.physics import render
 from galcae.render import SersicRenderer
 
@@ -68,3 +68,35 @@ def test_closed_form_derivatives_match_finite_differences():
             up[name], down[name] = p[name] + h, p[name] - h
         numeric = (renderer(up) - renderer(down)) / (2 * h)
         assert torch.allclose(derivatives[:, i], numeric, atol=1e-5 * numeric.abs().max()), name
+
+
+def non_moffat_psf_image(size: int = 33) -> np.ndarray:
+    """A sheared Kolmogorov through aberrated optics, drawn with the pixel, unit sum."""
+    import galsim
+
+    psf = galsim.Convolve(galsim.Kolmogorov(fwhm=0.6).shear(e1=0.06, e2=-0.04),
+                          galsim.OpticalPSF(lam_over_diam=0.08, defocus=0.3, coma1=0.2, astig2=-0.2,
+                                            obscuration=0.3))
+    image = psf.drawImage(nx=size, ny=size, scale=0.2).array.astype(np.float64)
+    return image / image.sum()
+
+
+def test_renderer_draws_through_a_psf_image_as_galsim_interpolated_image_does():
+    """Through a PSF image the torch galaxy is GalSim's, drawn through the image's
+    InterpolatedImage without a second pixel."""
+    from galcae.physics import psf_from_image, render_noiseless
+
+    psf = non_moffat_psf_image()
+    renderer = SersicRenderer(64, 0.2)
+    p = {k: v.float() for k, v in batch(GALAXIES).items()}
+    p["psf_k"] = renderer.psf_transform(psf)[None].expand(len(GALAXIES), -1, -1)
+    images = renderer(p).double().numpy()
+    cfg = load_stage("simulate", "survey")
+    for image, g in zip(images, GALAXIES):
+        ellipticity, position_angle = ellipticity_from_shear(g["g1"], g["g2"])
+        row = {**g, "ellipticity": float(ellipticity), "position_angle": float(position_angle)}
+        expected = render_noiseless(cfg, row, psf_from_image(psf, 0.2)).array
+        assert np.abs(image - expected).max() < 3e-4 * expected.max(), g
+    # The derivatives are drawn through the same PSF.
+    image, derivatives = renderer.with_derivatives(p)
+    assert torch.allclose(derivatives[:, 0], image) and torch.allclose(image, renderer(p), rtol=1e-5, atol=1e-6)

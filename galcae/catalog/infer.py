@@ -155,7 +155,8 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
 
         result = refine(model.card.training_set, ready.images[~skip],
                         {k: v[~skip] for k, v in conditions.items()}, result, options.refine_snr,
-                        calibration=model.card.refinement.calibration)
+                        calibration=model.card.refinement.calibration,
+                        psf=stamps.psf if stamps.psf is None or stamps.psf.ndim == 2 else stamps.psf[~skip])
         result["flag_refine_failed"] = result.pop("refine_failed")
 
     table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **conditions}

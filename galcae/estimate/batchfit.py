@@ -25,13 +25,17 @@ LOG_FITTED = tuple(name.removeprefix("log_") for name in FITTED if name.startswi
 
 
 def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
-              max_steps: int = 20, tolerance: float = 0.01) -> dict[str, np.ndarray]:
+              max_steps: int = 20, tolerance: float = 0.01, psf: np.ndarray | None = None
+              ) -> dict[str, np.ndarray]:
     """Fit ``(N, H, W)`` sky-subtracted ADU stamps from ``guess`` (one array per
     :data:`FIT_PARAMETERS`, e.g. the CAE's estimates; clipped into the bounds).
 
     ``conditions``: per-stamp ``psf_fwhm``, ``psf_beta`` (for ``cfg``'s Moffat PSF) and
     ``sky_level`` (ADU; with ``cfg``'s gain and read noise, the noise model), arrays or
-    scalars. Returns the fitted values, ``<name>_err`` (from the inverse of ``J^T J``; NaN
+    scalars. ``psf``: PSF images (one ``(p, p)`` for all or ``(N, p, p)``, unit sum, the
+    pixel included), which the model is then drawn through instead of the Moffat (as
+    ``galsim.InterpolatedImage`` draws them; ``psf_fwhm`` and ``psf_beta`` are not needed).
+    Returns the fitted values, ``<name>_err`` (from the inverse of ``J^T J``; NaN
     where it is singular), ``status`` (``ok`` when a step lowered chi² by less than
     ``tolerance`` or the Gauss-Newton model has less than that left to gain, ``max_nfev``
     after ``max_steps`` steps, ``failed: ...`` for a blank or
@@ -39,7 +43,7 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
     """
     n = len(images)
     with torch.no_grad():
-        problem = _Problem(images, cfg, conditions)
+        problem = _Problem(images, cfg, conditions, psf)
         start = torch.as_tensor(np.stack([np.broadcast_to(np.asarray(guess[k], float), (n,))
                                           for k in FIT_PARAMETERS], 1), dtype=torch.float32)
         usable = problem.usable & torch.isfinite(start).all(1)
@@ -57,15 +61,17 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
 class _Problem:
     """The data, noise model and renderer of a batch fit: chi² of fitted coordinates ``phi``."""
 
-    def __init__(self, images: np.ndarray, cfg: SimConfig, conditions: dict):
+    def __init__(self, images: np.ndarray, cfg: SimConfig, conditions: dict, psf: np.ndarray | None = None):
         n = len(images)
         data = torch.as_tensor(np.asarray(images, np.float32))
         self.usable = torch.isfinite(data).flatten(1).all(1) & (data.flatten(1) != 0).any(1)
         self.data = torch.where(self.usable[:, None, None], data, 0.0)
-        names = ("psf_fwhm", "sky_level") + (("psf_beta",) if cfg.psf.profile == "moffat" else ())
+        names = (("sky_level",) + (() if psf is not None else ("psf_fwhm",))
+                 + (("psf_beta",) if cfg.psf.profile == "moffat" and psf is None else ()))
         self.conditions = {k: torch.as_tensor(np.broadcast_to(np.asarray(conditions[k], float), (n,)).copy(),
                                               dtype=torch.float32) for k in names}
         self.renderer = SersicRenderer(cfg.stamp_size, cfg.pixel_scale)
+        self.psf = None if psf is None else _transforms(self.renderer, psf, n)
         self.noise = cfg.noise
         self.weight = None
 
@@ -73,6 +79,9 @@ class _Problem:
         values = _from_fitted(phi)
         params = {**{k: values[:, i] for i, k in enumerate(FIT_PARAMETERS)},
                   **{k: v[rows] for k, v in self.conditions.items()}}
+        if self.psf is not None:
+            distinct, which = self.psf
+            params["psf_k"] = distinct[which[rows]]
         return self.renderer.with_derivatives(params) if derivatives else self.renderer(params)
 
     def fix_weights(self, phi: torch.Tensor) -> None:
@@ -87,6 +96,15 @@ class _Problem:
     def jacobian(self, phi: torch.Tensor, rows: torch.Tensor):
         """``(model image, (N, pixels, 7) Jacobian of the weighted residuals' model part)``."""
         return _weighted(self.model(phi, rows, derivatives=True), self.weight[rows])
+
+
+def _transforms(renderer: SersicRenderer, psf: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(distinct, which)``: the transforms of the distinct PSF images, and each stamp's."""
+    planes = np.asarray(psf, np.float64)
+    planes = np.broadcast_to(planes, (n, *planes.shape)) if planes.ndim == 2 else planes
+    keys, which = np.unique(planes.reshape(n, -1), axis=0, return_inverse=True)
+    distinct = torch.stack([renderer.psf_transform(k.reshape(planes.shape[1:])) for k in keys])
+    return distinct, torch.as_tensor(which.reshape(-1))
 
 
 def _levenberg_marquardt(problem: _Problem, phi: torch.Tensor, chi2: torch.Tensor, limits, active: torch.Tensor,

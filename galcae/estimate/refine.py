@@ -43,10 +43,11 @@ MAX_STEPS = 20
 BATCH = 64
 
 
-def stamp_conditions(sim: SimConfig, conditions: dict, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """``psf_fwhm``, ``psf_beta`` and ``sky_level`` of the stamps ``rows``, as the fit takes
-    them: the stamps' own conditions where given (the sky level that gives their measured
-    ``noise_sigma``), else the training set's fixed values."""
+def stamp_conditions(sim: SimConfig, conditions: dict, rows: np.ndarray, psf_image: bool = False
+                     ) -> dict[str, np.ndarray]:
+    """``psf_fwhm``, ``psf_beta`` (not with a ``psf_image``) and ``sky_level`` of the stamps
+    ``rows``, as the fit takes them: the stamps' own conditions where given (the sky level
+    that gives their measured ``noise_sigma``), else the training set's fixed values."""
     def per_stamp(name: str, fixed, key: str) -> np.ndarray:
         if name in conditions:
             return np.asarray(conditions[name], float)[rows]
@@ -57,6 +58,8 @@ def stamp_conditions(sim: SimConfig, conditions: dict, rows: np.ndarray) -> dict
     noise = sim.noise
     sky = (sky_level_for_sigma(np.asarray(conditions["noise_sigma"], float)[rows], noise.gain, noise.read_noise)
            if "noise_sigma" in conditions else per_stamp("sky_level", noise.sky_level, "noise.sky_level"))
+    if psf_image:
+        return {"sky_level": sky}
     return {"psf_fwhm": per_stamp("psf_fwhm", sim.psf.fwhm, "psf.fwhm"),
             "psf_beta": per_stamp("psf_beta", sim.psf.beta, "psf.beta"), "sky_level": sky}
 
@@ -69,14 +72,17 @@ def stamp_config(sim: SimConfig, conditions: dict, i: int) -> SimConfig:
 
 def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict,
            min_snr: float, max_steps: int = MAX_STEPS,
-           calibration: VarianceCalibration | None = None) -> dict[str, np.ndarray]:
+           calibration: VarianceCalibration | None = None, psf: np.ndarray | None = None
+           ) -> dict[str, np.ndarray]:
     """Re-measure the stamps with :func:`~galcae.physics.stamp_snr` >= ``min_snr`` by the
     classical fit; ``estimates`` is not changed.
 
     ``conditions``: where the model's PSF varies, ``psf_fwhm`` and ``psf_beta`` (scalars or per
     stamp); ``noise_sigma`` per stamp, measured on the stamps unless given. ``estimates``: the
     CAE's columns (``<name>``, ``<name>_err``, ``<name>_lo95``, ``<name>_hi95``, as
-    :func:`galcae.estimate.cae.measure` returns them). Returns those columns with the fit's
+    :func:`galcae.estimate.cae.measure` returns them). ``psf``: the stamps' PSF images (one
+    ``(p, p)`` for all, or ``(N, p, p)``), which the fit draws its model through instead of
+    the Moffat of ``psf_fwhm`` and ``psf_beta``. Returns those columns with the fit's
     values and errors where it succeeded (recalibrated by ``calibration``, the model card's
     :attr:`~galcae.card.Refinement.calibration`, if given), plus ``snr``, ``refined`` (the
     fit replaced the CAE's values), ``refine_failed`` (a fit was tried and failed) and
@@ -93,7 +99,7 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
     chosen = np.flatnonzero((out["snr"] >= min_snr)
                             & np.all([np.isfinite(estimates[name]) for name in supervised], axis=0))
     for first in range(0, len(chosen), BATCH):
-        _fit_rows(out, chosen[first:first + BATCH], sim, images, conditions, supervised, max_steps)
+        _fit_rows(out, chosen[first:first + BATCH], sim, images, conditions, supervised, max_steps, psf)
     if out["refined"].any() and all(f"{name}_err" in out for name in supervised):
         _recalibrate_errors(out, supervised, calibration)
     if "ellipticity_err" in out:
@@ -109,12 +115,14 @@ def _refinable(estimates: dict, supervised: list[str]) -> list[str]:
 
 
 def _fit_rows(out: dict, rows: np.ndarray, sim: SimConfig, images: np.ndarray, conditions: dict,
-              supervised: list[str], max_steps: int) -> None:
+              supervised: list[str], max_steps: int, psf: np.ndarray | None) -> None:
     """Fit the stamps ``rows`` from ``out``'s values; write the successful fits into ``out``."""
     start = {name: out[name][rows] for name in supervised}
     if len(start) < len(FIT_PARAMETERS):  # a model that does not predict them all
         start = _with_moments(start, sim, images, conditions, rows)
-    fit = fit_batch(images[rows], sim, stamp_conditions(sim, conditions, rows), start, max_steps=max_steps)
+    psf = psf if psf is None or psf.ndim == 2 else psf[rows]
+    fit = fit_batch(images[rows], sim, stamp_conditions(sim, conditions, rows, psf is not None), start,
+                    max_steps=max_steps, psf=psf)
     # Stopped after max_steps keeps its last step; a fit without errors is no measurement.
     done = np.isin(fit["status"], (OK, STOPPED)) & np.all(
         [np.isfinite(fit[f"{name}_err"]) for name in FIT_PARAMETERS], axis=0)
@@ -164,7 +172,7 @@ def _shape_from_shear(out: dict) -> None:
 
 def refine_blocks(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict, min_snr: float,
                   workers: int = 1, block: int = 16, calibration: VarianceCalibration | None = None,
-                  max_steps: int = MAX_STEPS) -> tuple[dict, dict, float]:
+                  max_steps: int = MAX_STEPS, psf: np.ndarray | None = None) -> tuple[dict, dict, float]:
     """:func:`refine` in blocks on a local cluster of ``workers`` processes; returns the
     refined ``estimates`` columns, the ``snr``, ``refined`` and ``refine_failed`` columns, and
     the summed seconds of the blocks (the single-core cost)."""
@@ -173,7 +181,8 @@ def refine_blocks(sim: SimConfig, images: np.ndarray, conditions: dict, estimate
     n = len(images)
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
     blocks = [(sim, images[i:i + block], {k: v[i:i + block] for k, v in conditions.items()},
-               {k: v[i:i + block] for k, v in estimates.items()}, min_snr, calibration, max_steps)
+               {k: v[i:i + block] for k, v in estimates.items()}, min_snr, calibration, max_steps,
+               psf if psf is None or psf.ndim == 2 else psf[i:i + block])
               for i in range(0, n, block)]
     results = map_ordered(_timed_refine, blocks, workers, desc="refinement",
                           unit_scale=[len(b[1]) for b in blocks])
@@ -182,11 +191,11 @@ def refine_blocks(sim: SimConfig, images: np.ndarray, conditions: dict, estimate
     return refined, done, float(sum(r[1] for r in results))
 
 
-def _timed_refine(sim, images, conditions, estimates, min_snr, calibration, max_steps):
+def _timed_refine(sim, images, conditions, estimates, min_snr, calibration, max_steps, psf):
     import time
 
     start = time.perf_counter()
-    out = refine(sim, images, conditions, estimates, min_snr, max_steps, calibration)
+    out = refine(sim, images, conditions, estimates, min_snr, max_steps, calibration, psf)
     return out, time.perf_counter() - start
 
 
