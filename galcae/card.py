@@ -41,6 +41,10 @@ class Refinement:
 
     min_snr: float | None = None  # refine stamps at least this bright by default; None: never
     calibration: VarianceCalibration | None = None  # of the refined rows' errors
+    # The model-error floor of the refined rows' errors, per parameter (a fraction of the
+    # value for flux, half_light_radius and sersic_n; in the parameter's units for the
+    # others): galcae.estimate.refine, "Errors when the model does not fit".
+    model_error: dict = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,8 @@ class ModelCard:
                     min_snr=(float(meta["refine_calibration_set"]["min_snr"])
                              if "refine_calibration" in meta else None),
                     calibration=(VarianceCalibration.from_dict(meta["refine_calibration"])
-                                 if "refine_calibration" in meta else None)),
+                                 if "refine_calibration" in meta else None),
+                    model_error=_model_error(meta.get("refine_model_error"))),
                 provenance=Provenance.from_meta(meta),
                 weights_sha256=str(meta.get("weights_sha256", "")),
                 galcae_version=str(meta.get("galcae_version", "?")),
@@ -188,3 +193,18 @@ def resolve_model(name_or_path: str | Path) -> Path:
         return path
     raise ModelError(f"model '{name_or_path}' is neither a path nor a shipped model "
                      f"({', '.join(shipped_models()) or 'none installed'})")
+
+
+def _model_error(section) -> dict:
+    """``refine_model_error.floors`` of ``model.json``: ``{parameter: floor >= 0}``."""
+    from .params import FIT_PARAMETERS
+
+    if section is None:
+        return {}
+    floors = section.get("floors") if isinstance(section, dict) else None
+    if not isinstance(floors, dict) or not all(
+            name in FIT_PARAMETERS and isinstance(v, (int, float)) and 0 <= v < float("inf")
+            for name, v in floors.items()):
+        raise ValueError("refine_model_error.floors: a non-negative number per fitted parameter "
+                         f"({', '.join(FIT_PARAMETERS)})")
+    return {name: float(v) for name, v in floors.items()}

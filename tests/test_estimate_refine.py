@@ -10,7 +10,7 @@ from galcae.checkpoint import load_model
 from galcae.conditions import stamp_noise_sigma
 from galcae.config import load_stage
 from galcae.estimate.cae import measure
-from galcae.estimate.refine import calibrate_fit_errors, refine, stamp_config
+from galcae.estimate.refine import calibrate_fit_errors, refine, stamp_config, widen_for_model_error
 from galcae.physics import sky_sigma
 from galcae.simulate import draw_parameters, render_chunk
 from galcae.train import conditioning_inputs
@@ -33,7 +33,7 @@ def test_refinement_of_a_two_parameter_model_updates_the_columns_it_has(two_para
     """A flux and r½ model is refined on every stamp, adding only the S/N and status columns."""
     # The fit starts the other five parameters from HSM moments.
     out, cae = two_parameter.out, two_parameter.cae
-    assert set(out) == set(cae) | {"snr", "refined", "refine_failed", "chi2_dof"} and out["refined"].all()
+    assert set(out) == set(cae) | {"snr", "refined", "refine_failed", "chi2_dof", "poor_fit"} and out["refined"].all()
 
 
 def test_refinement_of_a_two_parameter_model_does_not_worsen_the_flux(two_parameter):
@@ -199,3 +199,38 @@ def test_recalibration_widens_the_refined_95_intervals_by_its_tail(shipped_refin
     for name in SEVEN:
         assert np.allclose(recalibrated[f"{name}_hi95"][BRIGHT] - recalibrated[name][BRIGHT],
                            2 * 1.5 * (out[f"{name}_hi95"][BRIGHT] - out[name][BRIGHT])), name
+
+
+def test_model_error_floor_adds_in_quadrature():
+    """A floor is a fraction of the value for flux, r½ and n, absolute for g1; it adds in
+    quadrature; a chi²/dof above 1 scales the fit's error by its root, below 1 not at all."""
+    err = np.array([[30.0, 0.01, 0.02], [30.0, 0.01, 0.02]])
+    values = np.array([[4000.0, 0.5, 0.1], [4000.0, 0.5, 0.1]])
+    widened = widen_for_model_error(err, values, np.array([0.9, 4.0]), ["flux", "half_light_radius", "g1"],
+                                    {"flux": 0.01, "g1": 0.03})
+    assert widened[0] == pytest.approx([np.hypot(30, 40), 0.01, np.hypot(0.02, 0.03)])
+    assert widened[1] == pytest.approx([np.hypot(60, 40), 0.02, np.hypot(0.04, 0.03)])
+
+
+def test_a_stamp_the_model_cannot_fit_is_flagged_and_its_errors_widened(shipped_refinement):
+    """A bright star beside a galaxy: the fit's chi² is far above the noise's, the row is
+    flagged poor_fit and its errors grow by sqrt(chi2_dof); clean stamps are not flagged."""
+    t = shipped_refinement
+    images = t.images.copy()
+    images[1, 10:13, 10:13] += 20 * t.conditions["noise_sigma"][1]  # a compact source off the galaxy
+    out = refine(t.model.card.training_set, images, t.conditions, t.cae, min_snr=30)
+    assert out["poor_fit"][1] and out["chi2_dof"][1] > 1.2
+    assert not t.out["poor_fit"].any()
+    assert out["flux_err"][1] > 1.05 * t.out["flux_err"][1]
+
+
+def test_the_cards_model_error_widens_refined_rows_only(shipped_refinement):
+    """The card's floors widen the refined rows' errors and 95% intervals; the CAE's rows keep theirs."""
+    t = shipped_refinement
+    out = refine(t.model.card.training_set, t.images, t.conditions, t.cae, min_snr=30,
+                 model_error={"half_light_radius": 0.05})
+    r = out["half_light_radius"][BRIGHT]
+    assert np.all(out["half_light_radius_err"][BRIGHT] >= 0.05 * r)
+    assert np.all(out["half_light_radius_hi95"][BRIGHT] - r >= 1.9 * 0.05 * r)
+    assert out["half_light_radius_err"][0] == t.cae["half_light_radius_err"][0]
+    assert np.array_equal(out["flux_err"], t.out["flux_err"])

@@ -37,7 +37,9 @@ FLAGS = {**STAMP_FLAGS,
                                          "(or unknown)"}
 #: Added when refining (``--refine-snr``).
 REFINE_FLAGS = {"flag_refine_failed": "the classical fit of a bright stamp failed; the CAE's values "
-                                      "are kept"}
+                                      "are kept",
+                "flag_poor_fit": "the refining fit's chi-squared is 5 sigma above the noise's: the galaxy, "
+                                 "PSF or noise is not the model (its errors are widened by sqrt(chi2_dof))"}
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ def catalog_columns(model: TrainedModel, has_field: bool, refine: bool = False) 
                                              "at the CAE's (snr >= the refine threshold)"),
                  ("chi2_dof", pa.float64(), "", "reduced chi-squared of the refining fit (noise "
                                                 "model's variance; NaN where not refined): well "
-                                                "above 1, the galaxy or PSF is not the model")]
+                                                "above 1, the galaxy or PSF is not the model, and "
+                                                "the errors are widened by its square root")]
     return cols + flag_columns({**FLAGS, **(REFINE_FLAGS if refine else {})})
 
 
@@ -156,8 +159,10 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
         result = refine(model.card.training_set, ready.images[~skip],
                         {k: v[~skip] for k, v in conditions.items()}, result, options.refine_snr,
                         calibration=model.card.refinement.calibration,
-                        psf=stamps.psf if stamps.psf is None or stamps.psf.ndim == 2 else stamps.psf[~skip])
+                        psf=stamps.psf if stamps.psf is None or stamps.psf.ndim == 2 else stamps.psf[~skip],
+                        model_error=model.card.refinement.model_error)
         result["flag_refine_failed"] = result.pop("refine_failed")
+        result["flag_poor_fit"] = result.pop("poor_fit")
 
     table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **conditions}
     out_of_range = ready.brightest > model.normalization.ceiling

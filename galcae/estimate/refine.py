@@ -22,6 +22,22 @@ The fit's errors (the inverse Hessian at its estimate) are not exactly
 its scatter: a model shipped with a ``refine_calibration`` (:func:`calibrate_fit_errors`,
 fitted on refined held-out simulations) rescales them as the variance head's are, per bin
 of error and of S/N, with a tail factor for the 95% interval per bin of error.
+
+Errors when the model does not fit. The Hessian's errors hold only for a single Sérsic
+galaxy seen through the given PSF with the assumed noise. Two terms widen them
+(:func:`widen_for_model_error`), after the calibration and before the 95% intervals:
+
+- the fit's reduced χ², where above 1: ``err *= sqrt(chi2_dof)`` (a misfit the data show,
+  such as a wrong PSF or noise model); and a row whose χ² exceeds the noise model's
+  expectation by :data:`POOR_FIT_SIGMA` standard deviations is flagged ``flag_poor_fit``;
+- a model-error floor per parameter from the model card
+  (:attr:`galcae.card.Refinement.model_error`), added in quadrature: a fraction of the value
+  for flux, half-light radius and n, an absolute one for the others. Galaxies that are not
+  single Sérsic profiles (bulge + disk) are fitted with a χ² barely above a Sérsic galaxy's
+  (at S/N 100-1000, a median excess of 6 over the ~600 pixels of the galaxy), so the χ²
+  cannot say which galaxies they are; yet their Sérsic half-light radius misses their true
+  one by a few per cent. The floor is what a realistic population needs on average
+  (docs/model-survey.md gives its calibration).
 """
 
 from __future__ import annotations
@@ -41,6 +57,11 @@ from .fit import initial_guess
 MAX_STEPS = 20
 #: Stamps fitted together: memory of about 2 MB per stamp for its Jacobian's transforms.
 BATCH = 64
+#: A refined fit whose χ² exceeds its degrees of freedom by this many standard deviations
+#: (``sqrt(2 dof)``) is flagged ``flag_poor_fit``: 1.11 in ``chi2_dof`` on a 64 x 64 stamp.
+POOR_FIT_SIGMA = 5.0
+#: Fitted parameters whose model-error floor is a fraction of the value.
+RELATIVE_FLOOR = ("flux", "half_light_radius", "sersic_n")
 
 
 def stamp_conditions(sim: SimConfig, conditions: dict, rows: np.ndarray, psf_image: bool = False
@@ -72,8 +93,8 @@ def stamp_config(sim: SimConfig, conditions: dict, i: int) -> SimConfig:
 
 def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict,
            min_snr: float, max_steps: int = MAX_STEPS,
-           calibration: VarianceCalibration | None = None, psf: np.ndarray | None = None
-           ) -> dict[str, np.ndarray]:
+           calibration: VarianceCalibration | None = None, psf: np.ndarray | None = None,
+           model_error: dict | None = None) -> dict[str, np.ndarray]:
     """Re-measure the stamps with :func:`~galcae.physics.stamp_snr` >= ``min_snr`` by the
     classical fit; ``estimates`` is not changed.
 
@@ -82,11 +103,13 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
     CAE's columns (``<name>``, ``<name>_err``, ``<name>_lo95``, ``<name>_hi95``, as
     :func:`galcae.estimate.cae.measure` returns them). ``psf``: the stamps' PSF images (one
     ``(p, p)`` for all, or ``(N, p, p)``), which the fit draws its model through instead of
-    the Moffat of ``psf_fwhm`` and ``psf_beta``. Returns those columns with the fit's
+    the Moffat of ``psf_fwhm`` and ``psf_beta``. ``model_error``: the card's model-error
+    floors (:attr:`galcae.card.Refinement.model_error`). Returns those columns with the fit's
     values and errors where it succeeded (recalibrated by ``calibration``, the model card's
     :attr:`~galcae.card.Refinement.calibration`, if given), plus ``snr``, ``refined`` (the
     fit replaced the CAE's values), ``refine_failed`` (a fit was tried and failed) and
-    ``chi2_dof`` (the refined fit's reduced χ² with the noise model's variance; NaN elsewhere).
+    ``chi2_dof`` (the refined fit's reduced χ² with the noise model's variance; NaN elsewhere)
+    and ``poor_fit`` (that χ² is :data:`POOR_FIT_SIGMA` above what the noise gives).
     """
     n = len(images)
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
@@ -96,12 +119,15 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
     out = {**estimates, **{k: np.array(estimates[k], copy=True) for k in _refinable(estimates, supervised)},
            "snr": stamp_snr(images, conditions["noise_sigma"], sim.noise.gain),
            "refined": np.zeros(n, bool), "refine_failed": np.zeros(n, bool), "chi2_dof": np.full(n, np.nan)}
+    dof = images[0].size - len(FIT_PARAMETERS) if n else 1
     chosen = np.flatnonzero((out["snr"] >= min_snr)
                             & np.all([np.isfinite(estimates[name]) for name in supervised], axis=0))
     for first in range(0, len(chosen), BATCH):
         _fit_rows(out, chosen[first:first + BATCH], sim, images, conditions, supervised, max_steps, psf)
+    with np.errstate(invalid="ignore"):
+        out["poor_fit"] = out["chi2_dof"] > 1 + POOR_FIT_SIGMA * np.sqrt(2 / dof)
     if out["refined"].any() and all(f"{name}_err" in out for name in supervised):
-        _recalibrate_errors(out, supervised, calibration)
+        _recalibrate_errors(out, supervised, calibration, model_error or {})
     if "ellipticity_err" in out:
         _shape_from_shear(out)
     return out
@@ -145,20 +171,34 @@ def _with_moments(start: dict, sim: SimConfig, images, conditions, rows) -> dict
     return {name: start.get(name, np.array([m[name] for m in moments])) for name in FIT_PARAMETERS}
 
 
-def _recalibrate_errors(out: dict, supervised: list[str], calibration: VarianceCalibration | None) -> None:
-    """The refined rows' errors recalibrated (if a calibration is given) and their 95% intervals."""
+def _recalibrate_errors(out: dict, supervised: list[str], calibration: VarianceCalibration | None,
+                        model_error: dict) -> None:
+    """The refined rows' errors recalibrated (if a calibration is given), widened for model
+    error, and their 95% intervals."""
     rows = out["refined"]
     err = np.stack([out[f"{name}_err"][rows] for name in supervised], 1)
     tail = 1.0  # Gaussian errors in physical units, unless recalibrated
     if calibration is not None:
         err = calibration.apply(err, out["snr"][rows])
         tail = calibration.tail(err)
+    err = widen_for_model_error(err, np.stack([out[name][rows] for name in supervised], 1),
+                                out["chi2_dof"][rows], supervised, model_error)
     wide = half_widths(err, tail)[LEVELS[1]]
     for k, name in enumerate(supervised):
         value = out[name][rows]
         out[f"{name}_err"][rows] = err[:, k]
         if f"{name}_lo95" in out:
             out[f"{name}_lo95"][rows], out[f"{name}_hi95"][rows] = value - wide[:, k], value + wide[:, k]
+
+
+def widen_for_model_error(err: np.ndarray, values: np.ndarray, chi2_dof: np.ndarray, names: list[str],
+                          floors: dict) -> np.ndarray:
+    """``(N, P)`` errors of the parameters ``names`` widened by the fit's reduced χ² (where
+    above 1) and, in quadrature, by the model-error ``floors``."""
+    err = err * np.sqrt(np.fmax(1.0, chi2_dof))[:, None]
+    floor = np.array([floors.get(name, 0.0) for name in names])
+    relative = np.array([name in RELATIVE_FLOOR for name in names])
+    return np.hypot(err, floor * np.where(relative, np.abs(values), 1.0))
 
 
 def _shape_from_shear(out: dict) -> None:
@@ -172,9 +212,11 @@ def _shape_from_shear(out: dict) -> None:
 
 def refine_blocks(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict, min_snr: float,
                   workers: int = 1, block: int = 16, calibration: VarianceCalibration | None = None,
-                  max_steps: int = MAX_STEPS, psf: np.ndarray | None = None) -> tuple[dict, dict, float]:
+                  max_steps: int = MAX_STEPS, psf: np.ndarray | None = None,
+                  model_error: dict | None = None) -> tuple[dict, dict, float]:
     """:func:`refine` in blocks on a local cluster of ``workers`` processes; returns the
-    refined ``estimates`` columns, the ``snr``, ``refined`` and ``refine_failed`` columns, and
+    refined ``estimates`` columns, the ``snr``, ``refined``, ``refine_failed``, ``chi2_dof``
+    and ``poor_fit`` columns, and
     the summed seconds of the blocks (the single-core cost)."""
     from ..distributed import map_ordered
 
@@ -182,20 +224,21 @@ def refine_blocks(sim: SimConfig, images: np.ndarray, conditions: dict, estimate
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
     blocks = [(sim, images[i:i + block], {k: v[i:i + block] for k, v in conditions.items()},
                {k: v[i:i + block] for k, v in estimates.items()}, min_snr, calibration, max_steps,
-               psf if psf is None or psf.ndim == 2 else psf[i:i + block])
+               psf if psf is None or psf.ndim == 2 else psf[i:i + block], model_error)
               for i in range(0, n, block)]
     results = map_ordered(_timed_refine, blocks, workers, desc="refinement",
                           unit_scale=[len(b[1]) for b in blocks])
     refined = {k: np.concatenate([r[0][k] for r in results]) for k in estimates}
-    done = {k: np.concatenate([r[0][k] for r in results]) for k in ("snr", "refined", "refine_failed", "chi2_dof")}
+    done = {k: np.concatenate([r[0][k] for r in results])
+            for k in ("snr", "refined", "refine_failed", "chi2_dof", "poor_fit")}
     return refined, done, float(sum(r[1] for r in results))
 
 
-def _timed_refine(sim, images, conditions, estimates, min_snr, calibration, max_steps, psf):
+def _timed_refine(sim, images, conditions, estimates, min_snr, calibration, max_steps, psf, model_error):
     import time
 
     start = time.perf_counter()
-    out = refine(sim, images, conditions, estimates, min_snr, max_steps, calibration, psf)
+    out = refine(sim, images, conditions, estimates, min_snr, max_steps, calibration, psf, model_error)
     return out, time.perf_counter() - start
 
 
