@@ -1,9 +1,11 @@
-"""GalSim's sheared Sérsic galaxy, seen through a Moffat PSF and the pixel, drawn in PyTorch:
-differentiable in every parameter and batched, for the CAE's physical decoder.
+"""GalSim's sheared Sérsic galaxy, seen through a Moffat PSF and the pixel (or through a PSF
+image), drawn in PyTorch: differentiable in every parameter and batched, for the CAE's
+physical decoder and the refinement's fit.
 
 The image is drawn in Fourier space, as GalSim draws it: the profile's transform (tabulated
 once from GalSim's own ``kValue`` of unit profiles, interpolated in ``log k`` and ``log n``
-or ``beta``) times the PSF's and the pixel's, shifted to the galaxy's centre, then an
+or ``beta``) times the PSF's and the pixel's (or a PSF image's, which holds the pixel:
+:meth:`SersicRenderer.psf_transform`), shifted to the galaxy's centre, then an
 inverse FFT sampled at the pixel centres. The FFT's grid spans four stamps, so that little
 of the light of the largest galaxies wraps around onto the stamp (with two, a 2.6″, n = 4.8
 galaxy's wrapped wings showed at 4.6 σ of its noise; with three, 1.1 σ). On 300 `survey`
