@@ -172,3 +172,14 @@ def interrupt_in_second_epoch(monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(train_module, "_evaluate_loss", interrupted)
+
+
+@pytest.fixture(scope="session")
+def aberrated_psf() -> np.ndarray:
+    """A PSF image that is not a Moffat: a sheared Kolmogorov through aberrated optics, drawn
+    with the pixel at 0.2″, 33 x 33, unit sum."""
+    psf = galsim.Convolve(galsim.Kolmogorov(fwhm=0.6).shear(e1=0.06, e2=-0.04),
+                          galsim.OpticalPSF(lam_over_diam=0.08, defocus=0.3, coma1=0.2, astig2=-0.2,
+                                            obscuration=0.3))
+    image = psf.drawImage(nx=33, ny=33, scale=0.2).array.astype(np.float64)
+    return image / image.sum()

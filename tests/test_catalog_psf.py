@@ -204,19 +204,18 @@ def test_stamp_files_with_and_without_psf_hdus_are_refused(seeing_cube, tmp_path
 
 
 @pytest.fixture(scope="module")
-def aberrated_cube(tmp_path_factory):
+def aberrated_cube(tmp_path_factory, aberrated_psf):
     """Eight bright galaxies drawn by GalSim through one aberrated, elliptical (non-Moffat)
     PSF, the cube's PSF HDU holding its image; and their truth."""
     from galcae.config import load_stage
     from galcae.params import FIT_PARAMETERS
     from galcae.physics import pixel_variance, psf_from_image, render_noiseless
     from galcae.simulate import draw_parameters
-    from tests.test_render import non_moffat_psf_image
 
     cfg = load_stage("simulate", "survey", ["n_galaxies=8", "seed=4", "ranges.flux=[30000, 200000]",
                                             "ranges.half_light_radius=[0.3, 1.0]", "noise.sky_level=400"])
     truth = draw_parameters(cfg)
-    psf = non_moffat_psf_image()
+    psf = aberrated_psf
     rng = np.random.default_rng(1)
     stamps = []
     for i in range(8):

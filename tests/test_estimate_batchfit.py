@@ -62,16 +62,15 @@ def test_batch_fit_errors_are_the_galsim_fits(batch_fit):
 
 
 @pytest.fixture(scope="module")
-def psf_image_fit():
+def psf_image_fit(aberrated_psf):
     """Three bright galaxies drawn by GalSim through a non-Moffat PSF image, fitted in one
     batch through that image, and one by one by the GalSim fit through it."""
     from galcae.physics import psf_from_image, render_noiseless
-    from tests.test_render import non_moffat_psf_image
 
     cfg = load_stage("simulate", "survey", ["n_galaxies=3", "seed=5", "ranges.flux=[20000, 60000]",
                                             "psf.fwhm=0.7", "psf.beta=3.0", "noise.sky_level=300"])
     truth = draw_parameters(cfg)
-    psf = non_moffat_psf_image()
+    psf = aberrated_psf
     rng = np.random.default_rng(3)
     images = []
     for i in range(3):
@@ -105,3 +104,22 @@ def test_batch_fit_through_a_psf_image_finds_the_truth(psf_image_fit):
         pulls = (fitted[name] - truth[name]) / fitted[f"{name}_err"]
         assert np.all(np.abs(pulls) < 4), (name, pulls)
     assert np.all(np.abs(fitted["chi2_dof"] - 1) < 0.1)
+
+
+def test_galaxy_chi2_is_one_for_noise_of_any_assumed_level():
+    """Pure noise over a galaxy's footprint gives chi2_dof 1 with the scatter it states, even
+    when the assumed noise is 10% off (the sky pixels set the unit); a misfit of the galaxy
+    shows; a footprint has at least the 9 brightest pixels."""
+    from galcae.estimate.batchfit import galaxy_chi2
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    model_snr = np.broadcast_to(30 * np.exp(-((xx - 32) ** 2 + (yy - 32) ** 2) / 50.0), (200, 64, 64))
+    noise = rng.normal(size=(200, 64, 64))
+    for scale in (1.0, 1.1, 0.9):
+        chi2, sd = galaxy_chi2(noise * scale, model_snr)
+        assert abs(np.mean(chi2) - 1) < 0.02 and np.std(chi2) == pytest.approx(sd[0], rel=0.15)
+    misfit, sd = galaxy_chi2(noise + 0.1 * model_snr, model_snr)  # a 10% misfit at the peak
+    assert np.all(misfit > 1 + 5 * sd)
+    _, few = galaxy_chi2(noise[:1], 1e-3 * model_snr[:1])  # 9 pixels: 2 degrees of freedom
+    assert few[0] == pytest.approx(1.0, abs=0.01)

@@ -213,11 +213,13 @@ def test_model_error_floor_adds_in_quadrature():
 
 
 def test_a_stamp_the_model_cannot_fit_is_flagged_and_its_errors_widened(shipped_refinement):
-    """A bright star beside a galaxy: the fit's chi² is far above the noise's, the row is
-    flagged poor_fit and its errors grow by sqrt(chi2_dof); clean stamps are not flagged."""
+    """A bright knot on a galaxy (a star-forming clump, a superposed star): the fit's chi² over
+    the galaxy is far above the noise's, the row is flagged poor_fit and its errors grow by
+    sqrt(chi2_dof); clean stamps are not flagged."""
     t = shipped_refinement
     images = t.images.copy()
-    images[1, 10:13, 10:13] += 20 * t.conditions["noise_sigma"][1]  # a compact source off the galaxy
+    x, y = int(t.truth["x"][1]), int(t.truth["y"][1])
+    images[1, y + 2:y + 4, x + 2:x + 4] += 10 * t.conditions["noise_sigma"][1]
     out = refine(t.model.card.training_set, images, t.conditions, t.cae, min_snr=30)
     assert out["poor_fit"][1] and out["chi2_dof"][1] > 1.2
     assert not t.out["poor_fit"].any()

@@ -70,23 +70,12 @@ def test_closed_form_derivatives_match_finite_differences():
         assert torch.allclose(derivatives[:, i], numeric, atol=1e-5 * numeric.abs().max()), name
 
 
-def non_moffat_psf_image(size: int = 33) -> np.ndarray:
-    """A sheared Kolmogorov through aberrated optics, drawn with the pixel, unit sum."""
-    import galsim
-
-    psf = galsim.Convolve(galsim.Kolmogorov(fwhm=0.6).shear(e1=0.06, e2=-0.04),
-                          galsim.OpticalPSF(lam_over_diam=0.08, defocus=0.3, coma1=0.2, astig2=-0.2,
-                                            obscuration=0.3))
-    image = psf.drawImage(nx=size, ny=size, scale=0.2).array.astype(np.float64)
-    return image / image.sum()
-
-
-def test_renderer_draws_through_a_psf_image_as_galsim_interpolated_image_does():
+def test_renderer_draws_through_a_psf_image_as_galsim_interpolated_image_does(aberrated_psf):
     """Through a PSF image the torch galaxy is GalSim's, drawn through the image's
     InterpolatedImage without a second pixel."""
     from galcae.physics import psf_from_image, render_noiseless
 
-    psf = non_moffat_psf_image()
+    psf = aberrated_psf
     renderer = SersicRenderer(64, 0.2)
     p = {k: v.float() for k, v in batch(GALAXIES).items()}
     p["psf_k"] = renderer.psf_transform(psf)[None].expand(len(GALAXIES), -1, -1)

@@ -27,9 +27,11 @@ Errors when the model does not fit. The Hessian's errors hold only for a single 
 galaxy seen through the given PSF with the assumed noise. Two terms widen them
 (:func:`widen_for_model_error`), after the calibration and before the 95% intervals:
 
-- the fit's reduced χ², where above 1: ``err *= sqrt(chi2_dof)`` (a misfit the data show,
-  such as a wrong PSF or noise model); and a row whose χ² exceeds the noise model's
-  expectation by :data:`POOR_FIT_SIGMA` standard deviations is flagged ``flag_poor_fit``;
+- the fit's reduced χ² over the galaxy's pixels, in units of the stamp's other pixels'
+  (:func:`galcae.estimate.batchfit.galaxy_chi2`, the catalog's ``chi2_dof``), where above
+  1: ``err *= sqrt(chi2_dof)`` (a misfit the data show, such as a wrong PSF); a row whose
+  ``chi2_dof`` exceeds 1 by :data:`POOR_FIT_SIGMA` of its standard deviations for a
+  galaxy the model fits is flagged ``flag_poor_fit``;
 - a model-error floor per parameter from the model card
   (:attr:`galcae.card.Refinement.model_error`), added in quadrature: a fraction of the value
   for flux, half-light radius and n, an absolute one for the others. Galaxies that are not
@@ -57,8 +59,8 @@ from .fit import initial_guess
 MAX_STEPS = 20
 #: Stamps fitted together: memory of about 2 MB per stamp for its Jacobian's transforms.
 BATCH = 64
-#: A refined fit whose χ² exceeds its degrees of freedom by this many standard deviations
-#: (``sqrt(2 dof)``) is flagged ``flag_poor_fit``: 1.11 in ``chi2_dof`` on a 64 x 64 stamp.
+#: A refined fit whose ``chi2_dof`` over the galaxy's pixels exceeds 1 by this many of its
+#: standard deviations is flagged ``flag_poor_fit``: above 1.43 for a galaxy of 300 pixels.
 POOR_FIT_SIGMA = 5.0
 #: Fitted parameters whose model-error floor is a fraction of the value.
 RELATIVE_FLOOR = ("flux", "half_light_radius", "sersic_n")
@@ -108,8 +110,9 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
     values and errors where it succeeded (recalibrated by ``calibration``, the model card's
     :attr:`~galcae.card.Refinement.calibration`, if given), plus ``snr``, ``refined`` (the
     fit replaced the CAE's values), ``refine_failed`` (a fit was tried and failed) and
-    ``chi2_dof`` (the refined fit's reduced χ² with the noise model's variance; NaN elsewhere)
-    and ``poor_fit`` (that χ² is :data:`POOR_FIT_SIGMA` above what the noise gives).
+    ``chi2_dof`` (the refined fit's reduced χ² over the galaxy's pixels, in units of the
+    stamp's other pixels': :func:`~galcae.estimate.batchfit.galaxy_chi2`; NaN elsewhere) and
+    ``poor_fit`` (that χ² is :data:`POOR_FIT_SIGMA` sigma above its expectation).
     """
     n = len(images)
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
@@ -118,14 +121,12 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
     supervised = [name for name in FIT_PARAMETERS if name in estimates]
     out = {**estimates, **{k: np.array(estimates[k], copy=True) for k in _refinable(estimates, supervised)},
            "snr": stamp_snr(images, conditions["noise_sigma"], sim.noise.gain),
-           "refined": np.zeros(n, bool), "refine_failed": np.zeros(n, bool), "chi2_dof": np.full(n, np.nan)}
-    dof = images[0].size - len(FIT_PARAMETERS) if n else 1
+           "refined": np.zeros(n, bool), "refine_failed": np.zeros(n, bool), "chi2_dof": np.full(n, np.nan),
+           "poor_fit": np.zeros(n, bool)}
     chosen = np.flatnonzero((out["snr"] >= min_snr)
                             & np.all([np.isfinite(estimates[name]) for name in supervised], axis=0))
     for first in range(0, len(chosen), BATCH):
         _fit_rows(out, chosen[first:first + BATCH], sim, images, conditions, supervised, max_steps, psf)
-    with np.errstate(invalid="ignore"):
-        out["poor_fit"] = out["chi2_dof"] > 1 + POOR_FIT_SIGMA * np.sqrt(2 / dof)
     if out["refined"].any() and all(f"{name}_err" in out for name in supervised):
         _recalibrate_errors(out, supervised, calibration, model_error or {})
     if "ellipticity_err" in out:
@@ -154,7 +155,8 @@ def _fit_rows(out: dict, rows: np.ndarray, sim: SimConfig, images: np.ndarray, c
         [np.isfinite(fit[f"{name}_err"]) for name in FIT_PARAMETERS], axis=0)
     out["refine_failed"][rows[~done]] = True
     out["refined"][rows[done]] = True
-    out["chi2_dof"][rows[done]] = fit["chi2_dof"][done]
+    out["chi2_dof"][rows[done]] = fit["galaxy_chi2_dof"][done]
+    out["poor_fit"][rows[done]] = fit["galaxy_chi2_dof"][done] > 1 + POOR_FIT_SIGMA * fit["galaxy_chi2_sd"][done]
     for name in supervised:
         out[name][rows[done]] = fit[name][done]
         if f"{name}_err" in out:
