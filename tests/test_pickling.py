@@ -239,21 +239,29 @@ def test_chunks_given_a_conditions_table_survive_pickling(plan, dumper):
         _assert_same_stamps(stamps, chunk.read(32, False), f"chunk {number}")
 
 
-def test_chunks_given_psf_images_survive_pickling(plan, dumper):
-    """Every kind of chunk, given one PSF image per stamp, comes back equal and reads the same
-    stamps, PSF images and measured seeing."""
+def test_chunks_given_psf_images_survive_pickling(plan, dumper, tmp_path):
+    """Every kind of chunk, given one PSF image per stamp (a cube in a file, each chunk
+    reading its own planes), comes back equal and reads the same stamps, PSF images and
+    measured seeing."""
     import galsim
+    from astropy.io import fits
 
     total = int(sum(plan.rows))
     images = np.stack([galsim.Moffat(beta=3.0, fwhm=f).drawImage(nx=15, ny=15, scale=0.2).array
                        for f in np.linspace(0.6, 1.1, total)])
+    fits.PrimaryHDU(images.astype(np.float32)).writeto(tmp_path / "psf.fits")
     wrapped = copy.deepcopy(plan)
-    with_psf(wrapped, checked_psf(images, "psf.fits", 32), 0.2, "psf.fits")
+    with_psf(wrapped, checked_psf(images, "psf.fits", 32), 0.2, tmp_path / "psf.fits", 0, 32)
+    first = 0
     for number, chunk in enumerate(wrapped.chunks):
         back = round_trip(chunk, dumper)
         assert back == chunk and hash(back) == hash(chunk), chunk
         a, b = back.read(32, False), chunk.read(32, False)
         np.testing.assert_array_equal(a.psf, b.psf)
+        n = len(a.images)
+        np.testing.assert_allclose(a.psf, images[first:first + n] / images[first:first + n].sum(
+            axis=(1, 2), keepdims=True), rtol=1e-6)
+        first += n
         _assert_same_stamps(a, b, f"chunk {number}")
 
 

@@ -57,7 +57,7 @@ def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[b
     extra_inputs = [Path(p) for p in (conditions, psf) if p is not None]
     refuse_overlap(outputs, [*expand_inputs(inputs), *extra_inputs])
     table = read_conditions(conditions) if conditions else None
-    psf_images = read_psf(psf, stamp_size) if psf else None
+    psf_images, psf_hdu = read_psf(psf, stamp_size) if psf else (None, None)
     with output_locks(*outputs.values()):
         for path in outputs.values():
             if path is not None:
@@ -73,7 +73,7 @@ def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[b
             _check_planned(plan, inputs)
             with_file_psfs(plan, stamp_size, pixel_scale)  # the files' own PSF HDUs, beneath --psf
             if psf_images is not None:  # beneath the table, which takes precedence
-                with_psf(plan, psf_images, pixel_scale, psf)
+                with_psf(plan, psf_images, pixel_scale, psf, psf_hdu, stamp_size)
             if table is not None:
                 with_conditions(plan, table, conditions)
             columns = columns_for(plan.has_field)

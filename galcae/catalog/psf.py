@@ -24,11 +24,12 @@ import numpy as np
 
 from ..errors import InputError
 from ..physics import moffat_parameters
-from .sources import CubeChunk, FieldChunk, StampFilesChunk, WrappedChunk
+from .sources import PSF_NAME, CubeChunk, FieldChunk, StampFilesChunk, WrappedChunk
 
 
-def read_psf(path, stamp_size: int) -> np.ndarray:
-    """The PSF images of ``path`` as ``(p, p)`` or ``(N, p, p)`` float64, each of unit sum."""
+def read_psf(path, stamp_size: int) -> tuple[np.ndarray, int]:
+    """The PSF images of ``path`` as ``(p, p)`` or ``(N, p, p)`` float64, each of unit sum,
+    and the index of their HDU."""
     from astropy.io import fits
 
     from .sources import image_hdu, open_fits, read_pixels
@@ -41,7 +42,7 @@ def read_psf(path, stamp_size: int) -> np.ndarray:
         if not isinstance(h, (fits.PrimaryHDU, fits.ImageHDU)) or h.data is None or h.data.ndim not in (2, 3):
             raise InputError(f"{where}: a PSF is a 2-D image or an N x p x p cube")
         psf = np.asarray(read_pixels(h, where), np.float64)
-    return checked_psf(psf, where, stamp_size)
+    return checked_psf(psf, where, stamp_size), index
 
 
 def checked_psf(psf: np.ndarray, where: str, stamp_size: int) -> np.ndarray:
@@ -80,27 +81,50 @@ def _centroid_offset(planes: np.ndarray) -> np.ndarray:
     return np.hypot(x, y)
 
 
+@dataclass(frozen=True)
+class PsfPlanes:
+    """Planes ``[start, stop)`` of a PSF cube in a file, checked when the run was planned and
+    read when their chunk is measured: a cube of PSFs (hundreds of MB for a large cube of
+    cutouts) stays out of the task graph."""
+
+    path: str
+    hdu: str | int
+    start: int
+    stop: int
+    stamp_size: int
+
+    def load(self) -> np.ndarray:
+        from .sources import open_fits, read_pixels
+
+        where = f"{self.path}[{self.hdu}]"
+        with open_fits(self.path) as hdul:
+            planes = read_pixels(hdul[self.hdu], where, slice(self.start, self.stop))
+        return checked_psf(np.asarray(planes, np.float64), where, self.stamp_size)
+
+
 @dataclass(frozen=True, eq=False)
 class WithPSF(WrappedChunk):
     """A chunk whose stamps have PSF images: one for all, or one per row of the chunk."""
 
     chunk: object
-    psf: np.ndarray  # (p, p) or (n, p, p), unit sum
+    psf: np.ndarray | PsfPlanes  # (p, p) or (n, p, p), unit sum; or where to read the n planes
     pixel_scale: float
 
     def read(self, size: int, adapt: bool):
         stamps = self.chunk.read(size, adapt)
+        psf = self.psf.load() if isinstance(self.psf, PsfPlanes) else self.psf
         n = len(stamps.images)
-        fwhm, beta = (np.broadcast_to(v, (n,)).copy() for v in psf_conditions(self.psf, self.pixel_scale))
+        fwhm, beta = (np.broadcast_to(v, (n,)).copy() for v in psf_conditions(psf, self.pixel_scale))
         stamps.conditions = {**stamps.conditions, "psf_fwhm": fwhm, "psf_beta": beta}
-        stamps.psf = self.psf
+        stamps.psf = psf
         return stamps
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, WithPSF):
             return NotImplemented
-        return (self.chunk == other.chunk and self.pixel_scale == other.pixel_scale
-                and np.array_equal(self.psf, other.psf))
+        same_psf = (self.psf == other.psf if isinstance(self.psf, PsfPlanes) or isinstance(other.psf, PsfPlanes)
+                    else np.array_equal(self.psf, other.psf))
+        return self.chunk == other.chunk and self.pixel_scale == other.pixel_scale and same_psf
 
     __hash__ = WrappedChunk.__hash__
 
@@ -133,7 +157,8 @@ def with_file_psfs(plan, stamp_size: int, pixel_scale: float) -> None:
     for i, chunk in enumerate(plan.chunks):
         if isinstance(chunk, CubeChunk):
             psf = psf_of(chunk.path, chunk.hdu)
-            psf = psf if psf is None or psf.ndim == 2 else psf[chunk.start:chunk.stop]
+            if psf is not None and psf.ndim == 3:
+                psf = PsfPlanes(str(chunk.path), PSF_NAME, chunk.start, chunk.stop, stamp_size)
         elif isinstance(chunk, StampFilesChunk):
             psfs = [psf_of(path) for path in chunk.paths]
             psf = None if all(p is None for p in psfs) else _stamp_psfs(psfs, chunk.sources)
@@ -150,7 +175,7 @@ def with_file_psfs(plan, stamp_size: int, pixel_scale: float) -> None:
 def _file_psf(path, stamp_size: int, image_hdu_index: int | None) -> np.ndarray | None:
     """The checked images of ``path``'s ``PSF`` HDU (None without one); a cube of PSFs must
     have a plane per stamp of the file's cube."""
-    from .sources import PSF_NAME, open_fits, read_pixels
+    from .sources import open_fits, read_pixels
 
     with open_fits(path) as hdul:
         if PSF_NAME not in [h.name.upper() for h in hdul]:
@@ -178,13 +203,16 @@ def _stamp_psfs(psfs: list, sources) -> np.ndarray:
     return np.stack([np.pad(p, (size - p.shape[-1]) // 2) for p in psfs])
 
 
-def with_psf(plan, psf: np.ndarray, pixel_scale: float, where) -> None:
-    """Give each chunk of ``plan`` its PSF images (in place: the plan is this run's)."""
+def with_psf(plan, psf: np.ndarray, pixel_scale: float, where, hdu: int, stamp_size: int) -> None:
+    """Give each chunk of ``plan`` its PSF images (in place: the plan is this run's): ``psf``,
+    the checked images of the file ``where`` (its HDU ``hdu``); a chunk of a cube of PSFs
+    reads its own planes."""
     total = int(sum(plan.rows))
     if psf.ndim == 3 and len(psf) != total:
         raise InputError(f"{where}: {len(psf)} PSF images for {total} stamps (one 2-D PSF for all, "
                          "or one per stamp in input order)")
     first = 0
     for i, (chunk, n) in enumerate(zip(plan.chunks, plan.rows)):
-        plan.chunks[i] = WithPSF(chunk, psf if psf.ndim == 2 else psf[first:first + n], pixel_scale)
+        plan.chunks[i] = WithPSF(chunk, psf if psf.ndim == 2 else
+                                 PsfPlanes(str(where), hdu, first, first + n, stamp_size), pixel_scale)
         first += n
