@@ -5,6 +5,7 @@ calibration of its errors, per parameter and S/N bin, each with its target and v
     python benchmarks/survey_model.py --model RUN --n 1000 --workers 2
     python benchmarks/survey_model.py --n 4000 --bound 600   # coverage on 4,000, bounds on 600
     python benchmarks/survey_model.py --refine-snr 30        # also CAE + classical fit above S/N 30
+    python benchmarks/survey_model.py --refine-snr 25 --no-model-error  # ... without the model-error floor
 
 Targets (issue 5): efficiency >= 0.7 (flux, half-light radius) and >= 0.5 (n, g1, g2) in
 every S/N bin above 10; n > 3 at least half the efficiency of n <= 3; 68% / 95% coverage
@@ -43,6 +44,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--refine-snr", type=float, default=None,
                         help="also score the CAE + classical fit of stamps with estimated S/N >= this")
+    parser.add_argument("--no-model-error", action="store_true",
+                        help="refined errors without the model card's model-error floor (as `galcae infer "
+                             "--no-model-error`)")
     parser.add_argument("--refine-steps", type=int, default=None,
                         help="Levenberg-Marquardt steps at most in that fit [default: galcae's]")
     args = parser.parse_args()
@@ -67,6 +71,8 @@ def main() -> None:
         refined, done, fit_seconds = refine_blocks(model.card.training_set, images, conditions,
                                                    predicted, args.refine_snr, args.workers,
                                                    calibration=model.card.refinement.calibration,
+                                                   model_error=(None if args.no_model_error else
+                                                                model.card.refinement.model_error),
                                                    **({} if args.refine_steps is None else
                                                       {"max_steps": args.refine_steps}))
         methods[f"CAE + fit at S/N >= {args.refine_snr:g}"] = refined

@@ -165,10 +165,14 @@ def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, n
 @click.option("--no-refine", is_flag=True,
               help="The CAE alone, no classical fit (11-15 times faster with `--model survey`; "
                    "its scatter above S/N 100 is about twice the Cramér-Rao bound).")
+@click.option("--no-model-error", is_flag=True,
+              help="Do not add the model card's model-error floor to the refined rows' errors: for "
+                   "galaxies known to be single Sérsic profiles seen through the given PSF (simulations).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--overwrite", is_flag=True, help=OUTPUT_HELP)
 def infer(inputs, model_name, out, psf_fwhm, psf_beta, psf, conditions, samples, workers, scheduler,
-          chunk_size, hdu, adapt_size, reconstruct, detect_threshold, refine_snr, no_refine, device, overwrite):
+          chunk_size, hdu, adapt_size, reconstruct, detect_threshold, refine_snr, no_refine, no_model_error,
+          device, overwrite):
     """Measure every galaxy of INPUT... with a model into a catalog.
 
     MODEL: `--model survey` (shipped with galcae: seven parameters, any seeing from 0.5 to
@@ -183,7 +187,8 @@ def infer(inputs, model_name, out, psf_fwhm, psf_beta, psf, conditions, samples,
             raise click.UsageError("give --model NAME (e.g. survey), or MODEL then INPUT...")
         model_name, inputs = inputs[0], inputs[1:]
     options = InferOptions(samples=samples, adapt_size=adapt_size, device=device, psf_fwhm=psf_fwhm,
-                           psf_beta=psf_beta, refine_snr=_refine_choice(refine_snr, no_refine))
+                           psf_beta=psf_beta, refine_snr=_refine_choice(refine_snr, no_refine),
+                           model_error=not no_model_error)
     summary = infer_catalog(model_name, inputs, out, workers=workers, scheduler=scheduler,
                             chunk_size=chunk_size, options=options, hdu=hdu,
                             reconstruct_to=reconstruct, detect_threshold=detect_threshold,

@@ -57,6 +57,8 @@ class InferOptions:
     # Classical fit, from the CAE's values, of stamps this bright; None: none; "model": the
     # model card's policy (resolved by infer_catalog before anything is planned).
     refine_snr: float | str | None = MODEL_DEFAULT
+    # Refined rows' errors get the model card's model-error floor (galcae.estimate.refine).
+    model_error: bool = True
 
 
 def catalog_columns(model: TrainedModel, has_field: bool, refine: bool = False) -> list[Column]:
@@ -160,7 +162,7 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
                         {k: v[~skip] for k, v in conditions.items()}, result, options.refine_snr,
                         calibration=model.card.refinement.calibration,
                         psf=stamps.psf if stamps.psf is None or stamps.psf.ndim == 2 else stamps.psf[~skip],
-                        model_error=model.card.refinement.model_error)
+                        model_error=model.card.refinement.model_error if options.model_error else None)
         result["flag_refine_failed"] = result.pop("refine_failed")
         result["flag_poor_fit"] = result.pop("poor_fit")
 
@@ -282,6 +284,10 @@ def catalog_meta(model: TrainedModel, meta_path: Path, options: InferOptions) ->
             "refine_snr": options.refine_snr}
     if refining:
         meta["uncertainty"] += f"; classical fit where snr >= {options.refine_snr:g}"
+        floors = model.card.refinement.model_error if options.model_error else {}
+        meta["refine_model_error"] = floors
+        if floors:
+            meta["uncertainty"] += " (errors with the model card's model-error floor)"
     return meta
 
 
