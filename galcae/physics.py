@@ -104,13 +104,23 @@ def moffat_image(size: int, pixel_scale: float, fwhm: float, beta: float, dx: fl
     return image / image.sum()
 
 
+#: The central pixels (per side) of a PSF image that :func:`moffat_parameters` fits: the
+#: same window whatever the image's size (5″ at 0.2″, four times the survey's worst
+#: seeing), so a non-Moffat PSF gets the same conditions from a 25- or a 63-pixel image,
+#: and a fit costs 16 ms, not 100 ms.
+MOFFAT_WINDOW = 25
+
+
 def moffat_parameters(psf_image: np.ndarray, pixel_scale: float) -> tuple[float, float]:
     """``(fwhm, beta)`` of the Moffat that best fits a PSF image (least squares over the
-    normalised pixels, its centre free; :func:`moffat_image`): the conditions a
-    seeing-conditioned model takes, measured from any PSF."""
+    central :data:`MOFFAT_WINDOW` pixels, each side normalised to unit sum, its centre free;
+    :func:`moffat_image`): the conditions a seeing-conditioned model takes, measured from
+    any PSF."""
     from scipy.optimize import least_squares
 
     image = np.asarray(psf_image, np.float64)
+    cut = max(0, (image.shape[-1] - MOFFAT_WINDOW) // 2)
+    image = image[cut:image.shape[-1] - cut, cut:image.shape[-1] - cut]
     image = image / image.sum()
     size = image.shape[-1]
     try:
