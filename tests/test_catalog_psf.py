@@ -250,3 +250,12 @@ def test_refinement_fits_through_the_psf_image(aberrated_cube, tmp_path):
                  "--conditions", str(tmp_path / "moffat.csv")]) == 0
     moffat_fit = Table.read(tmp_path / "moffat.parquet")
     assert np.median(np.abs(moffat_fit["g1"] - truth["g1"]) / moffat_fit["g1_err"]) > 3
+
+
+def test_a_psfs_conditions_do_not_depend_on_its_image_size():
+    """A Kolmogorov PSF cut at 25 or 63 pixels gets the same Moffat FWHM and beta."""
+    def cut(size):
+        image = galsim.Kolmogorov(fwhm=0.7).drawImage(nx=size, ny=size, scale=0.2).array
+        return psf_conditions(checked_psf(image, "psf", 64), 0.2)
+
+    assert np.allclose(cut(25), cut(63), rtol=1e-3)
