@@ -8,6 +8,8 @@
    SET`` fits the recalibration on SET instead (a larger held-out simulation: bins of
    1,000 galaxies rather than 300); with ``--refine-snr S --refine-calibration N`` also
    the recalibration of refined rows' errors, on the first N galaxies of SET refined above S;
+   ``--model-error JSON`` adds the refined errors' model-error floors (measured on realistic
+   galaxies by ``benchmarks/realistic_psf.py --fit-floors``);
 3. evaluates on HELDOUT, a dataset the model never saw (``galcae evaluate``: R², coverage,
    efficiency vs the Cramér–Rao bound, re-measured traversals) into RUN/eval/;
 4. writes ``galcae/models/NAME/``: model.safetensors (float16), model.json (with the
@@ -50,6 +52,10 @@ def main() -> None:
     parser.add_argument("--refine-calibration", type=int, default=0, metavar="N",
                         help="refine the first N galaxies of --calibration above --refine-snr and "
                              "recalibrate the fit's errors on them")
+    parser.add_argument("--model-error", type=Path, default=None, metavar="JSON",
+                        help="the refined errors' model-error floors: a JSON file holding the "
+                             "`refine_model_error` section that `benchmarks/realistic_psf.py --fit-floors` "
+                             "prints (with a `calibrated_on` sentence added)")
     parser.add_argument("--card", type=Path, default=None,
                         help="YAML with the model card's what / trained / validated / not_trusted "
                              "sentences (by command, not by path), shown at the top of report.html")
@@ -73,7 +79,7 @@ def main() -> None:
     model.meta.update(error_model(model, images, targets,
                                   {n: dataset.params[n][train] for n in model.supervised},
                                   conditions, train_conditions))
-    for stale in ("refine_calibration", "refine_calibration_set"):  # fitted again below, or not at all
+    for stale in ("refine_calibration", "refine_calibration_set", "refine_model_error"):  # set again below, or not
         model.meta.pop(stale, None)
     if args.calibration is not None:
         calibration = Dataset.open(args.calibration)
@@ -94,6 +100,8 @@ def main() -> None:
             model.meta["refine_calibration"] = fitted.to_dict()
             model.meta["refine_calibration_set"] = {"path": str(args.calibration), "n_galaxies": len(ids),
                                                     "refined": refined, "min_snr": args.refine_snr}
+    if args.model_error is not None:
+        model.meta["refine_model_error"] = json.loads(args.model_error.read_text())["refine_model_error"]
     model.meta["shipped"] = {"name": args.name, "weights": "float16", "report": "report.html",
                              **({"card": read_yaml(args.card)} if args.card else {})}
     save_model(args.run, model)  # the float16-rounded weights, recalibrated; the card for the report
