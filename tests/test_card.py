@@ -77,3 +77,20 @@ def test_a_model_json_without_a_section_is_refused(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="no 'normalization' section"):
         read_card(tmp_path / "model.json")
+
+
+@pytest.mark.parametrize("floors", [{"flux": -0.01}, {"colour": 0.01}, {"flux": "1%"}, [0.01]])
+def test_a_model_error_floor_that_is_not_one_is_refused(tmp_path, floors):
+    """A model-error floor that is negative, not a number, or of no fitted parameter: one line."""
+    _, meta = model_paths("survey")
+    data = json.loads(meta.read_text())
+    data["refine_model_error"] = {"floors": floors}
+    (tmp_path / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=r"model\.json: .*refine_model_error\.floors"):
+        read_card(tmp_path / "model.json")
+
+
+def test_the_shipped_card_has_model_error_floors_with_their_provenance():
+    card = read_card(model_paths("survey")[1])
+    assert set(card.refinement.model_error) == {"flux", "half_light_radius"}
+    assert "realistic_psf.py" in card.raw["refine_model_error"]["calibrated_on"]

@@ -259,3 +259,28 @@ def test_a_psfs_conditions_do_not_depend_on_its_image_size():
         return psf_conditions(checked_psf(image, "psf", 64), 0.2)
 
     assert np.allclose(cut(25), cut(63), rtol=1e-3)
+
+
+def test_the_survey_models_model_error_floor_and_its_switch(aberrated_cube, tmp_path):
+    """By default the refined rows' errors carry the survey card's model-error floor (r½: at
+    least its 1.84%), and the catalog says so; --no-model-error leaves the fit's errors."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from galcae.card import model_paths, read_card
+
+    floors = read_card(model_paths("survey")[1]).refinement.model_error
+    assert floors["half_light_radius"] > 0
+    cube, _, _ = aberrated_cube
+    assert main(["infer", "--model", "survey", str(cube), "-o", str(tmp_path / "floor.parquet")]) == 0
+    assert main(["infer", "--model", "survey", str(cube), "-o", str(tmp_path / "bare.parquet"),
+                 "--no-model-error"]) == 0
+    floor, bare = Table.read(tmp_path / "floor.parquet"), Table.read(tmp_path / "bare.parquet")
+    r = floor["half_light_radius"]
+    assert np.all(floor["half_light_radius_err"] >= floors["half_light_radius"] * r * (1 - 1e-9))
+    assert np.all(bare["half_light_radius_err"] < floor["half_light_radius_err"])
+    assert np.allclose(floor["half_light_radius_err"] ** 2,
+                       bare["half_light_radius_err"] ** 2 + (floors["half_light_radius"] * r) ** 2)
+    meta = {p: json.loads(pq.read_schema(tmp_path / p).metadata[b"galcae"]) for p in ("floor.parquet", "bare.parquet")}
+    assert meta["floor.parquet"]["refine_model_error"] == floors and meta["bare.parquet"]["refine_model_error"] == {}
