@@ -112,7 +112,7 @@ def test_a_psf_file_names_its_hdu(tmp_path):
     fits.HDUList([fits.PrimaryHDU(np.ones((3, 3))), fits.ImageHDU(np.ones((4, 4)), name="PSF")]).writeto(
         tmp_path / "p.fits")
     with pytest.raises(InputError, match=r"p\.fits\[PSF\]: a PSF image is square with an odd size"):
-        read_psf(tmp_path / "p.fits", 64)
+        read_psf(tmp_path / "p.fits", 64, 0.2)
 
 
 def test_the_classical_fit_convolves_with_the_psf_images(seeing_cube, psf_cube, tmp_path):
@@ -284,3 +284,30 @@ def test_the_survey_models_model_error_floor_and_its_switch(aberrated_cube, tmp_
                        bare["half_light_radius_err"] ** 2 + (floors["half_light_radius"] * r) ** 2)
     meta = {p: json.loads(pq.read_schema(tmp_path / p).metadata[b"galcae"]) for p in ("floor.parquet", "bare.parquet")}
     assert meta["floor.parquet"]["refine_model_error"] == floors and meta["bare.parquet"]["refine_model_error"] == {}
+
+
+@pytest.mark.parametrize("header, says", [({"PIXSCALE": 0.1}, "oversampled 2 times"),
+                                          ({"PSF_SAMP": 0.5}, "oversampled 2 times"),
+                                          ({"SECPIX": 0.27}, "0.27 arcsec (SECPIX)"),
+                                          ({"PIXSCALE": "fine"}, "is not a pixel scale")])
+def test_a_psf_of_another_pixel_scale_is_one_line(seeing_cube, tmp_path, capsys, header, says):
+    """A PSF image whose header states another pixel scale (or an oversampling) than the
+    stamps' is refused naming the file, HDU and keyword, as --psf and as a PSF HDU."""
+    cube, _ = seeing_cube
+    hdu = fits.ImageHDU(moffat(0.8, 3.0), name="PSF")
+    hdu.header.update(header)
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp_path / "psf.fits")
+    assert infer(cube, tmp_path / "c.parquet", "--psf", tmp_path / "psf.fits") == 1
+    err = capsys.readouterr().err
+    assert "psf.fits[PSF]: " in err and says in err and "Traceback" not in err
+    fits.HDUList([fits.PrimaryHDU(fits.getdata(cube)), hdu]).writeto(tmp_path / "own.fits")
+    assert infer(tmp_path / "own.fits", tmp_path / "d.parquet") == 1
+    assert says in capsys.readouterr().err
+
+
+def test_a_psf_at_the_stamps_scale_is_taken(seeing_cube, tmp_path):
+    cube, _ = seeing_cube
+    hdu = fits.PrimaryHDU(moffat(0.8, 3.0))
+    hdu.header["PIXSCALE"] = 0.2
+    hdu.writeto(tmp_path / "psf.fits")
+    assert infer(cube, tmp_path / "c.parquet", "--psf", tmp_path / "psf.fits") == 0

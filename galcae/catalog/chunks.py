@@ -57,7 +57,7 @@ def build_catalog(task: Callable, inputs, out: Path, *, columns_for: Callable[[b
     extra_inputs = [Path(p) for p in (conditions, psf) if p is not None]
     refuse_overlap(outputs, [*expand_inputs(inputs), *extra_inputs])
     table = read_conditions(conditions) if conditions else None
-    psf_images, psf_hdu = read_psf(psf, stamp_size) if psf else (None, None)
+    psf_images, psf_hdu = read_psf(psf, stamp_size, pixel_scale) if psf else (None, None)
     with output_locks(*outputs.values()):
         for path in outputs.values():
             if path is not None:

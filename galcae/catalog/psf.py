@@ -27,7 +27,7 @@ from ..physics import moffat_parameters
 from .sources import PSF_NAME, CubeChunk, FieldChunk, StampFilesChunk, WrappedChunk
 
 
-def read_psf(path, stamp_size: int) -> tuple[np.ndarray, int]:
+def read_psf(path, stamp_size: int, pixel_scale: float) -> tuple[np.ndarray, int]:
     """The PSF images of ``path`` as ``(p, p)`` or ``(N, p, p)`` float64, each of unit sum,
     and the index of their HDU."""
     from astropy.io import fits
@@ -41,8 +41,38 @@ def read_psf(path, stamp_size: int) -> tuple[np.ndarray, int]:
         where = f"{path}[{h.name or index}]"
         if not isinstance(h, (fits.PrimaryHDU, fits.ImageHDU)) or h.data is None or h.data.ndim not in (2, 3):
             raise InputError(f"{where}: a PSF is a 2-D image or an N x p x p cube")
+        check_psf_scale(h.header, where, pixel_scale)
         psf = np.asarray(read_pixels(h, where), np.float64)
     return checked_psf(psf, where, stamp_size), index
+
+
+#: Keywords that state a PSF image's pixel scale in arcsec (a celestial WCS also does).
+SCALE_KEYWORDS = ("PIXSCALE", "PIXSCAL1", "SECPIX", "PSFSCALE")
+
+
+def check_psf_scale(header, where: str, pixel_scale: float) -> None:
+    """Refuse a PSF image whose header states another pixel scale than the stamps' (its
+    celestial WCS, a :data:`SCALE_KEYWORDS` keyword in arcsec, or PSFEx's ``PSF_SAMP`` in
+    image pixels), by more than 2 %: galcae takes PSF images at the stamps' pixel scale."""
+    from .sources import check_pixel_scale
+
+    check_pixel_scale(header, where, pixel_scale)
+    stated = [(key, header[key]) for key in SCALE_KEYWORDS if key in header]
+    if "PSF_SAMP" in header:
+        stated.append(("PSF_SAMP", header["PSF_SAMP"] * pixel_scale if _is_number(header["PSF_SAMP"])
+                       else header["PSF_SAMP"]))
+    for key, scale in stated:
+        if not _is_number(scale) or scale <= 0:
+            raise InputError(f"{where}: keyword {key} = {scale!r} is not a pixel scale")
+        if abs(scale / pixel_scale - 1.0) > 0.02:
+            finer = pixel_scale / scale
+            how = (f"oversampled {finer:.0f} times; " if finer > 1.5 and abs(finer - round(finer)) < 0.02 else "")
+            raise InputError(f"{where}: PSF pixel scale {scale:.4g} arcsec ({key}) is not the stamps' "
+                             f"{pixel_scale:.4g} arcsec ({how}resample it to the stamps' pixels)")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def checked_psf(psf: np.ndarray, where: str, stamp_size: int) -> np.ndarray:
@@ -151,7 +181,7 @@ def with_file_psfs(plan, stamp_size: int, pixel_scale: float) -> None:
 
     def psf_of(path, image_hdu_index=None):
         if path not in found:
-            found[path] = _file_psf(path, stamp_size, image_hdu_index)
+            found[path] = _file_psf(path, stamp_size, pixel_scale, image_hdu_index)
         return found[path]
 
     for i, chunk in enumerate(plan.chunks):
@@ -172,7 +202,7 @@ def with_file_psfs(plan, stamp_size: int, pixel_scale: float) -> None:
             plan.chunks[i] = WithPSF(chunk, psf, pixel_scale)
 
 
-def _file_psf(path, stamp_size: int, image_hdu_index: int | None) -> np.ndarray | None:
+def _file_psf(path, stamp_size: int, pixel_scale: float, image_hdu_index: int | None) -> np.ndarray | None:
     """The checked images of ``path``'s ``PSF`` HDU (None without one); a cube of PSFs must
     have a plane per stamp of the file's cube."""
     from .sources import open_fits, read_pixels
@@ -184,6 +214,7 @@ def _file_psf(path, stamp_size: int, image_hdu_index: int | None) -> np.ndarray 
         where = f"{path}[{PSF_NAME}]"
         if not h.is_image or h.header.get("NAXIS", 0) not in (2, 3):
             raise InputError(f"{where}: a PSF is a 2-D image or an N x p x p cube")
+        check_psf_scale(h.header, where, pixel_scale)
         psf = checked_psf(np.asarray(read_pixels(h, where), np.float64), where, stamp_size)
         if psf.ndim == 3:
             n = hdul[image_hdu_index].shape[0] if image_hdu_index is not None and \
