@@ -127,7 +127,7 @@ class SersicRenderer(torch.nn.Module):
         odd, unit sum, sampled at the pixel scale with the pixel's response, centred on its
         central pixel), to draw through as ``p["psf_k"]`` in place of the Moffat: GalSim's
         ``InterpolatedImage`` of it, i.e. the image's discrete-time transform times the
-        Quintic interpolant's (to 1e-5 of the peak of a galaxy drawn by GalSim through it)."""
+        Quintic interpolant's (within 1e-4 of the peak of a galaxy GalSim draws through it)."""
         import galsim
 
         psf = np.asarray(psf, np.float64)

@@ -58,8 +58,7 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
         chi2 = problem.chi2(phi, torch.arange(n))
         converged = _levenberg_marquardt(problem, phi, chi2, (lower, upper), torch.arange(n)[usable],
                                          max_steps, tolerance)
-        phi_err = _hessian_errors(problem, phi)
-        model = problem.model(phi, torch.arange(n))
+        phi_err, model = _hessian_errors(problem, phi)
         residual, model_snr = (problem.data - model) * problem.weight, model * problem.weight
     out = _table(phi, phi_err, chi2, converged, usable.numpy(), problem.data[0].numel())
     out["galaxy_chi2_dof"], out["galaxy_chi2_sd"] = galaxy_chi2(residual.numpy(), model_snr.numpy())
@@ -71,6 +70,8 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
 #: this many noise sigma (at least :data:`MIN_GALAXY_PIXELS` of them, the brightest).
 GALAXY_SIGMA = 0.5
 MIN_GALAXY_PIXELS = 9
+#: The median of chi² with one degree of freedom, and chi²(1)'s density there.
+CHI2_1_MEDIAN, CHI2_1_DENSITY_AT_MEDIAN = 0.4549, 0.4711
 
 
 def galaxy_chi2(residual: np.ndarray, model_snr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,12 +94,9 @@ def galaxy_chi2(residual: np.ndarray, model_snr: np.ndarray) -> tuple[np.ndarray
     dof = np.fmax(galaxy.sum(axis=1) - len(FIT_PARAMETERS), 1)
     sky_pixels = np.fmax((~galaxy).sum(axis=1), 1)
     chi2_dof = np.where(galaxy, chi, 0.0).sum(axis=1) / np.fmax(sky_level, 1e-12) / dof
-    # Variance of a sample median: 1 / (4 n f(m)^2), f(m) = 0.471 the chi²(1) density at it.
-    return chi2_dof, np.sqrt(2 / dof + 1 / (4 * 0.471 ** 2 * CHI2_1_MEDIAN ** 2) / sky_pixels)
-
-
-#: The median of chi² with one degree of freedom.
-CHI2_1_MEDIAN = 0.4549
+    # The variance of a sample median is 1 / (4 n f(m)^2), f(m) the density at the median.
+    median_variance = 1 / (4 * (CHI2_1_DENSITY_AT_MEDIAN * CHI2_1_MEDIAN) ** 2)
+    return chi2_dof, np.sqrt(2 / dof + median_variance / sky_pixels)
 
 
 class _Problem:
@@ -186,13 +184,14 @@ def _levenberg_marquardt(problem: _Problem, phi: torch.Tensor, chi2: torch.Tenso
     return converged
 
 
-def _hessian_errors(problem: _Problem, phi: torch.Tensor) -> torch.Tensor:
-    """1-sigma of the fitted coordinates from the inverse of ``J^T J`` (NaN where singular)."""
-    jac = problem.jacobian(phi, torch.arange(len(phi)))[1]
+def _hessian_errors(problem: _Problem, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-sigma of the fitted coordinates from the inverse of ``J^T J`` (NaN where singular),
+    and the model images at ``phi``."""
+    image, jac = problem.jacobian(phi, torch.arange(len(phi)))
     cov, singular = torch.linalg.inv_ex((jac.transpose(1, 2) @ jac).double())
     diagonal = torch.diagonal(cov, dim1=1, dim2=2)
     # A parameter the stamp does not constrain (e.g. a flux driven to zero) has no error.
-    return torch.where((singular[:, None] == 0) & (diagonal > 0), diagonal.clamp_min(0).sqrt(), torch.nan)
+    return torch.where((singular[:, None] == 0) & (diagonal > 0), diagonal.clamp_min(0).sqrt(), torch.nan), image
 
 
 def _table(phi, phi_err, chi2, converged, usable: np.ndarray, n_pixels: int) -> dict[str, np.ndarray]:

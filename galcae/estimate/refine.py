@@ -35,10 +35,10 @@ galaxy seen through the given PSF with the assumed noise. Two terms widen them
 - a model-error floor per parameter from the model card
   (:attr:`galcae.card.Refinement.model_error`), added in quadrature: a fraction of the value
   for flux, half-light radius and n, an absolute one for the others. Galaxies that are not
-  single Sérsic profiles (bulge + disk) are fitted with a χ² barely above a Sérsic galaxy's
-  (at S/N 100-1000, a median excess of 6 over the ~600 pixels of the galaxy), so the χ²
-  cannot say which galaxies they are; yet their Sérsic half-light radius misses their true
-  one by a few per cent. The floor is what a realistic population needs on average
+  single Sérsic profiles (bulge + disk) fit with a χ² barely above a Sérsic galaxy's
+  (above S/N 100, a median ``chi2_dof`` of 1.05 against 1.01), so the χ² cannot say which
+  galaxies they are; yet their single-Sérsic flux and half-light radius miss the truth by
+  a few times the Hessian's error. The floor is what such galaxies need on average
   (docs/model-survey.md gives its calibration).
 """
 
