@@ -143,7 +143,7 @@ class SersicRenderer(torch.nn.Module):
     def forward(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
         """``p``: a ``(B,)`` tensor per name of :data:`DRAWN` (``psf_fwhm`` and ``psf_beta``
         unused where ``p["psf_k"]``, ``(B, N // 2 + 1, N)``, gives each galaxy's PSF as
-        :meth:`psf_transform` makes it)."""
+        :meth:`psf_transform` or :meth:`psf_spectrum` makes it)."""
         return torch.cat([self._draw(self._spectra(part, derivatives=False))[:, 0]
                           for part in _chunks(p)])
 
@@ -154,13 +154,30 @@ class SersicRenderer(torch.nn.Module):
         drawn = torch.cat([self._draw(self._spectra(part, derivatives=True)) for part in _chunks(p)])
         return drawn[:, 0], drawn  # d / d log flux is the image itself
 
-    def _spectra(self, p: dict[str, torch.Tensor], derivatives: bool) -> torch.Tensor:
-        """``(B, 1 or 7, N // 2 + 1, N)``: the image's transform, then its derivatives'
-        (transposed: kx along rows)."""
+    def _load_tables(self) -> None:
         if self.sersic is None:
             sersic, moffat = transform_tables()
             self.sersic, self.moffat = (torch.as_tensor(t, dtype=self.kx.dtype, device=self.kx.device)
                                         for t in (sersic, moffat))
+
+    def psf_spectrum(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, N // 2 + 1, N)``: the transform of the Moffat of ``p["psf_fwhm"]`` and
+        ``p["psf_beta"]`` (a Gaussian without ``psf_beta``) times the pixel's. A fit, whose
+        PSF does not change from step to step, computes it once and passes it as
+        ``p["psf_k"]``."""
+        self._load_tables()
+        fwhm = p["psf_fwhm"].to(self.kx.dtype)[:, None, None] / self.pixel_scale
+        k = torch.sqrt(self.kx ** 2 + self.ky ** 2 + 1e-20)[None]
+        if p.get("psf_beta") is None:  # a Gaussian PSF
+            return torch.exp(-0.5 * (k * fwhm / GAUSSIAN_FWHM) ** 2) * self.pixel
+        beta = p["psf_beta"].to(self.kx.dtype).clamp(*MOFFAT_BETA)
+        beta_row = (beta - MOFFAT_BETA[0]) / (MOFFAT_BETA[1] - MOFFAT_BETA[0])
+        return _lookup(self.moffat, beta_row, torch.log10(k * fwhm)) * self.pixel
+
+    def _spectra(self, p: dict[str, torch.Tensor], derivatives: bool) -> torch.Tensor:
+        """``(B, 1 or 7, N // 2 + 1, N)``: the image's transform, then its derivatives'
+        (transposed: kx along rows)."""
+        self._load_tables()
         col = lambda v: v.to(self.kx.dtype)[:, None, None]  # noqa: E731 - (B,) -> (B, 1, 1)
         g1, g2 = col(p["g1"]), col(p["g2"])
         # GalSim's shear: f(A^-1 x), A = [[1 + g1, g2], [g2, 1 - g1]] / sqrt(1 - g^2), whose
@@ -169,21 +186,13 @@ class SersicRenderer(torch.nn.Module):
         u = (1 + g1) * self.kx + g2 * self.ky
         v = g2 * self.kx + (1 - g1) * self.ky
         k2_sheared = (u ** 2 + v ** 2 + 1e-20) / det
-        k = torch.sqrt(self.kx ** 2 + self.ky ** 2 + 1e-20)[None]
-        fwhm = col(p["psf_fwhm"]) / self.pixel_scale if p.get("psf_k") is None else None
         r_half = col(p["half_light_radius"]) / self.pixel_scale
         n = p["sersic_n"].to(self.kx.dtype).clamp(*SERSIC_N)
         n_row = torch.log(n / SERSIC_N[0]) / math.log(SERSIC_N[1] / SERSIC_N[0])
         log_q = 0.5 * torch.log10(k2_sheared) + torch.log10(r_half)
         galaxy = _lookup(self.sersic, n_row, log_q, slopes=derivatives)
-        if p.get("psf_k") is not None:  # a PSF image's transform: the pixel is in it
-            psf = p["psf_k"]
-        elif p.get("psf_beta") is None:  # a Gaussian PSF
-            psf = torch.exp(-0.5 * (k * fwhm / GAUSSIAN_FWHM) ** 2) * self.pixel
-        else:
-            beta = p["psf_beta"].to(self.kx.dtype).clamp(*MOFFAT_BETA)
-            beta_row = (beta - MOFFAT_BETA[0]) / (MOFFAT_BETA[1] - MOFFAT_BETA[0])
-            psf = _lookup(self.moffat, beta_row, torch.log10(k * fwhm)) * self.pixel
+        # A PSF image's transform (which holds the pixel) or the Moffat's, computed once by a fit.
+        psf = p["psf_k"] if p.get("psf_k") is not None else self.psf_spectrum(p)
         # Moved by half a pixel, so that the grid's samples fall on the pixel centres; the
         # phase is separable in x and y (trigonometry on the axes, not on the whole grid).
         shift_x, shift_y = self.kx[:, :1] * (col(p["x"]) - 0.5), self.ky[:1] * (col(p["y"]) - 0.5)

@@ -109,25 +109,27 @@ class _Problem:
         self.data = torch.where(self.usable[:, None, None], data, 0.0)
         names = (("sky_level",) + (() if psf is not None else ("psf_fwhm",))
                  + (("psf_beta",) if cfg.psf.profile == "moffat" and psf is None else ()))
-        self.conditions = {k: torch.as_tensor(np.broadcast_to(np.asarray(conditions[k], float), (n,)).copy(),
-                                              dtype=torch.float32) for k in names}
+        given = {k: torch.as_tensor(np.broadcast_to(np.asarray(conditions[k], float), (n,)).copy(),
+                                    dtype=torch.float32) for k in names}
+        self.sky_level = given["sky_level"]
         self.renderer = SersicRenderer(cfg.stamp_size, cfg.pixel_scale)
-        self.psf = None if psf is None else _transforms(self.renderer, psf, n)
+        # Each stamp's PSF transform, made once: the PSF image's, or the Moffat's (not looked
+        # up again at every step).
+        self.psf = (_transforms(self.renderer, psf, n) if psf is not None
+                    else (self.renderer.psf_spectrum(given), torch.arange(n)))
         self.noise = cfg.noise
         self.weight = None
 
     def model(self, phi: torch.Tensor, rows: torch.Tensor, derivatives: bool = False):
         values = _from_fitted(phi)
-        params = {**{k: values[:, i] for i, k in enumerate(FIT_PARAMETERS)},
-                  **{k: v[rows] for k, v in self.conditions.items()}}
-        if self.psf is not None:
-            distinct, which = self.psf
-            params["psf_k"] = distinct[which[rows]]
+        params = {k: values[:, i] for i, k in enumerate(FIT_PARAMETERS)}
+        distinct, which = self.psf
+        params["psf_k"] = distinct[which[rows]]
         return self.renderer.with_derivatives(params) if derivatives else self.renderer(params)
 
     def fix_weights(self, phi: torch.Tensor) -> None:
         """The variance at the starting model, as the scipy fit: a fixed weight per pixel."""
-        variance = pixel_variance(self.model(phi, torch.arange(len(phi))), self.conditions["sky_level"][:, None, None],
+        variance = pixel_variance(self.model(phi, torch.arange(len(phi))), self.sky_level[:, None, None],
                                   self.noise.gain, self.noise.read_noise)
         self.weight = variance.rsqrt()
 
