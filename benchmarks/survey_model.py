@@ -80,8 +80,8 @@ def main() -> None:
         print(f"Refined {n_refined} of {len(images)} galaxies ({int(done['refine_failed'].sum())} "
               f"fits failed, CAE kept). Time on one core: CAE {1e3 * cae_seconds / len(images):.2f} ms "
               f"per galaxy; fit {fit_seconds / max(n_refined, 1):.3f} s per refined galaxy (summed over "
-              f"{args.workers} single-threaded worker(s) sharing the cores, each paying ~5 s for its "
-              f"renderer's tables first); CAE + fit "
+              f"{args.workers} single-threaded worker(s) sharing the cores, each reading its renderer's "
+              f"tables from the cache, or computing them in 5 s the first time); CAE + fit "
               f"{1e3 * (cae_seconds + fit_seconds) / len(images):.1f} ms per galaxy, "
               f"{(cae_seconds + fit_seconds) / cae_seconds:.0f}x the CAE's time.\n")
     bounded = slice(0, args.bound)  # the bound costs renders per galaxy; coverage needs none

@@ -42,9 +42,19 @@ FITTED = ("log_flux", "log_half_light_radius", "log_sersic_n", "g1", "g2", "x", 
 def transform_tables(n_shape: int = 120, n_k: int = 480) -> tuple[np.ndarray, np.ndarray]:
     """``(sersic, moffat)``: GalSim's Fourier transforms of the unit-flux Sérsic of half-light
     radius 1 on a grid of ``log n`` x ``log k``, and of the Moffat of FWHM 1 on a grid of
-    ``beta`` x ``log k``. About 5 s, once per process."""
+    ``beta`` x ``log k``. About 5 s to compute; kept on disk (:func:`tables_cache`, one file
+    per GalSim version and grid), so that every later process, such as each worker of a
+    refining catalog, reads them in milliseconds."""
     import galsim
 
+    cache = tables_cache(f"transform-tables-galsim{galsim.__version__}-{n_shape}x{n_k}.npz")
+    if cache is not None and cache.exists():
+        try:
+            with np.load(cache) as saved:
+                if saved["sersic"].shape == saved["moffat"].shape == (n_shape, n_k):
+                    return saved["sersic"], saved["moffat"]
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is computed again
     k = np.logspace(*LOG_K, n_k)
     sersic = np.empty((n_shape, n_k))
     for i, n in enumerate(np.geomspace(*SERSIC_N, n_shape)):
@@ -54,7 +64,38 @@ def transform_tables(n_shape: int = 120, n_k: int = 480) -> tuple[np.ndarray, np
     for i, beta in enumerate(np.linspace(*MOFFAT_BETA, n_shape)):
         profile = galsim.Moffat(beta=beta, fwhm=1.0)
         moffat[i] = [profile.kValue(kx, 0.0).real for kx in k]
-    return sersic.astype(np.float32), moffat.astype(np.float32)
+    tables = sersic.astype(np.float32), moffat.astype(np.float32)
+    if cache is not None:
+        _save_quietly(cache, tables)
+    return tables
+
+
+def tables_cache(name: str):
+    """``$GALCAE_CACHE`` (else ``$XDG_CACHE_HOME/galcae``, else ``~/.cache/galcae``) / ``name``;
+    None where ``GALCAE_CACHE`` is empty (no cache)."""
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("GALCAE_CACHE")
+    if root == "":
+        return None
+    if root is None:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "galcae"
+    return Path(root) / name
+
+
+def _save_quietly(path, tables) -> None:
+    """Write the tables atomically; a cache that cannot be written is no error."""
+    import os
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+            np.savez(tmp, sersic=tables[0], moffat=tables[1])
+        os.replace(tmp.name, path)
+    except OSError:
+        pass
 
 
 def _lookup(table: torch.Tensor, row: torch.Tensor, log_k: torch.Tensor, slopes: bool = False):

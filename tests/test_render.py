@@ -89,3 +89,23 @@ def test_renderer_draws_through_a_psf_image_as_galsim_interpolated_image_does(ab
     # The derivatives are drawn through the same PSF.
     image, derivatives = renderer.with_derivatives(p)
     assert torch.allclose(derivatives[:, 0], image) and torch.allclose(image, renderer(p), rtol=1e-5, atol=1e-6)
+
+
+def test_transform_tables_are_cached_on_disk(tmp_path, monkeypatch):
+    """The tables are computed once, written to the cache, and read back equal; a damaged
+    cache file is computed again; GALCAE_CACHE='' turns the cache off."""
+    from galcae import render
+
+    monkeypatch.setenv("GALCAE_CACHE", str(tmp_path))
+    render.transform_tables.cache_clear()
+    first = render.transform_tables(8, 16)
+    (cached,) = tmp_path.glob("transform-tables-*-8x16.npz")
+    render.transform_tables.cache_clear()
+    again = render.transform_tables(8, 16)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    cached.write_bytes(b"not an npz")
+    render.transform_tables.cache_clear()
+    assert all(np.array_equal(a, b) for a, b in zip(first, render.transform_tables(8, 16)))
+    monkeypatch.setenv("GALCAE_CACHE", "")
+    assert render.tables_cache("x") is None
+    render.transform_tables.cache_clear()
