@@ -159,7 +159,7 @@ def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, n
 @click.option("--refine-snr", type=click.FloatRange(0), default=None, metavar="S/N",
               help="Re-measure stamps whose S/N (measured on the stamp) is at least this with "
                    "the classical fit (batched, in PyTorch), started at the CAE's values: at the "
-                   "Cramér-Rao bound where the CAE is not, for about 45 ms per refined stamp on a core "
+                   "Cramér-Rao bound where the CAE is not, for about 20-25 ms per refined stamp on a core "
                    "[default: the S/N the model's refined errors were calibrated above, 25 for "
                    "`--model survey`; no refinement for a model without that calibration].")
 @click.option("--no-refine", is_flag=True,
