@@ -44,6 +44,10 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
     non-finite stamp or guess), ``chi2_dof`` (over the whole stamp, as the scipy fit's) and
     the misfit where the galaxy is (:func:`galaxy_chi2`): ``galaxy_chi2_dof`` and its
     expected scatter ``galaxy_chi2_sd``, one array each.
+
+    Each stamp is drawn on the smallest FFT grid of :data:`GRIDS` that its galaxy's extent
+    allows (:func:`smallest_grids`, at the guess); one the fit made larger than its grid
+    allows is fitted again on the full grid, from there.
     """
     n = len(images)
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
@@ -61,7 +65,8 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
         _put(out, np.flatnonzero(pads == pad), n, part(np.flatnonzero(pads == pad), guess, int(pad)))
     # A galaxy that the fit made larger than its grid allows is fitted again on the full grid.
     fitted = {k: out[k] for k in FIT_PARAMETERS}
-    redo = np.flatnonzero((pads < FULL_GRID) & (smallest_grids(cfg, conditions, fitted, image_psf) > pads))
+    measured = np.all([np.isfinite(v) for v in fitted.values()], axis=0)  # failed rows stay failed
+    redo = np.flatnonzero(measured & (pads < FULL_GRID) & (smallest_grids(cfg, conditions, fitted, image_psf) > pads))
     if len(redo):
         _put(out, redo, n, part(redo, fitted, FULL_GRID))
     return out
