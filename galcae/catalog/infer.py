@@ -38,8 +38,9 @@ FLAGS = {**STAMP_FLAGS,
 #: Added when refining (``--refine-snr``).
 REFINE_FLAGS = {"flag_refine_failed": "the classical fit of a bright stamp failed; the CAE's values "
                                       "are kept",
-                "flag_poor_fit": "the refining fit's chi-squared is 5 sigma above the noise's: the galaxy, "
-                                 "PSF or noise is not the model (its errors are widened by sqrt(chi2_dof))"}
+                "flag_poor_fit": "the refining fit's chi2_dof over the galaxy is 5 of its standard deviations "
+                                 "above 1: the galaxy or PSF is not the model (its errors are widened by "
+                                 "sqrt(chi2_dof))"}
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,11 @@ def catalog_columns(model: TrainedModel, has_field: bool, refine: bool = False) 
                                            "(sqrt(sum(d^2/var) - N_pixels))"),
                  ("refined", pa.bool_(), "", "values and errors are the classical fit's, started "
                                              "at the CAE's (snr >= the refine threshold)"),
-                 ("chi2_dof", pa.float64(), "", "reduced chi-squared of the refining fit (noise "
-                                                "model's variance; NaN where not refined): well "
-                                                "above 1, the galaxy or PSF is not the model, and "
-                                                "the errors are widened by its square root")]
+                 ("chi2_dof", pa.float64(), "", "reduced chi-squared of the refining fit over the "
+                                                "galaxy's pixels, in units of the stamp's other "
+                                                "pixels' (NaN where not refined): well above 1, the "
+                                                "galaxy or PSF is not the model, and the errors are "
+                                                "widened by its square root")]
     return cols + flag_columns({**FLAGS, **(REFINE_FLAGS if refine else {})})
 
 
