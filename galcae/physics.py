@@ -45,6 +45,12 @@ def psf_from_image(image: np.ndarray, pixel_scale: float) -> galsim.Interpolated
     return galsim.InterpolatedImage(galsim.Image(np.ascontiguousarray(image, np.float64), scale=pixel_scale))
 
 
+def psf_rows(psf: np.ndarray | None, rows) -> np.ndarray | None:
+    """The PSF images of the stamps ``rows`` (an index, mask or slice) of PSF images given as
+    one ``(p, p)`` image for every stamp (kept as it is), ``(N, p, p)``, or None."""
+    return psf if psf is None or np.ndim(psf) == 2 else psf[rows]
+
+
 def draw_method(psf: galsim.GSObject) -> str:
     """How GalSim draws a galaxy through ``psf``: with the pixel's response, unless the PSF is
     an image, which holds it already."""

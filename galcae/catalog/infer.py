@@ -22,6 +22,7 @@ from ..conditions import condition_table
 from ..estimate.cae import check_samples, measure, uncertainty_method
 from ..outputs import atomic_file
 from ..params import CONDITIONS, unit_of
+from ..physics import psf_rows
 from .chunks import build_catalog
 from .sources import InputError
 from .stamps import STAMP_FLAGS, CleanStamps, clean
@@ -163,7 +164,7 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
         result = refine(model.card.training_set, ready.images[~skip],
                         {k: v[~skip] for k, v in conditions.items()}, result, options.refine_snr,
                         calibration=model.card.refinement.calibration,
-                        psf=stamps.psf if stamps.psf is None or stamps.psf.ndim == 2 else stamps.psf[~skip],
+                        psf=psf_rows(stamps.psf, ~skip),
                         model_error=model.card.refinement.model_error if options.model_error else None)
         result["flag_refine_failed"] = result.pop("refine_failed")
         result["flag_poor_fit"] = result.pop("poor_fit")

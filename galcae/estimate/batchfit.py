@@ -18,7 +18,7 @@ import torch
 
 from ..config import SimConfig
 from ..params import FAILED, FIT_PARAMETERS, MAX_NFEV, OK
-from ..physics import pixel_variance
+from ..physics import pixel_variance, psf_rows
 from ..render import FITTED, SersicRenderer
 from .fit import bounds
 
@@ -56,7 +56,7 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
     def part(rows: np.ndarray, start: dict, pad: int) -> dict:
         return _fit(images[rows], cfg, {k: v[rows] for k, v in conditions.items()},
                     {k: v[rows] for k, v in start.items()}, max_steps, tolerance,
-                    psf if psf is None or np.ndim(psf) == 2 else psf[rows], pad)
+                    psf_rows(psf, rows), pad)
 
     image_psf = psf is not None
     pads = smallest_grids(cfg, conditions, guess, image_psf)

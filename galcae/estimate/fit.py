@@ -21,7 +21,7 @@ from scipy.optimize import least_squares
 
 from ..config import ConfigError, SimConfig
 from ..params import FAILED, FIT_PARAMETERS, MAX_NFEV, OK, PARAMETERS
-from ..physics import make_psf, pixel_variance, psf_from_image, render
+from ..physics import make_psf, pixel_variance, psf_from_image, psf_rows, render
 
 
 def bounds(cfg: SimConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +159,7 @@ def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100,
 
 def _image_psf(psf_images: np.ndarray, i: int, pixel_scale: float) -> galsim.GSObject:
     """Stamp ``i``'s PSF image as a GalSim profile (one built for all when there is one image)."""
-    return psf_from_image(psf_images if psf_images.ndim == 2 else psf_images[i], pixel_scale)
+    return psf_from_image(psf_rows(psf_images, i), pixel_scale)
 
 
 def failed_fit(reason: str, seconds: float = 0.0) -> dict:

@@ -50,7 +50,7 @@ from ..conditions import stamp_noise_sigma
 from ..config import ConfigError, SimConfig
 from ..params import FIT_PARAMETERS, OK, ellipticity_errors, ellipticity_from_shear
 from ..params import MAX_NFEV as STOPPED
-from ..physics import make_psf, sky_level_for_sigma, stamp_snr
+from ..physics import make_psf, psf_rows, sky_level_for_sigma, stamp_snr
 from ..uncertainty import LEVELS, VarianceCalibration, half_widths
 from .batchfit import fit_batch
 from .fit import initial_guess
@@ -147,7 +147,7 @@ def _fit_rows(out: dict, rows: np.ndarray, sim: SimConfig, images: np.ndarray, c
     start = {name: out[name][rows] for name in supervised}
     if len(start) < len(FIT_PARAMETERS):  # a model that does not predict them all
         start = _with_moments(start, sim, images, conditions, rows)
-    psf = psf if psf is None or psf.ndim == 2 else psf[rows]
+    psf = psf_rows(psf, rows)
     fit = fit_batch(images[rows], sim, stamp_conditions(sim, conditions, rows, psf is not None), start,
                     max_steps=max_steps, psf=psf)
     # Stopped after max_steps keeps its last step; a fit without errors is no measurement.
@@ -226,7 +226,7 @@ def refine_blocks(sim: SimConfig, images: np.ndarray, conditions: dict, estimate
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
     blocks = [(sim, images[i:i + block], {k: v[i:i + block] for k, v in conditions.items()},
                {k: v[i:i + block] for k, v in estimates.items()}, min_snr, calibration, max_steps,
-               psf if psf is None or psf.ndim == 2 else psf[i:i + block], model_error)
+               psf_rows(psf, slice(i, i + block)), model_error)
               for i in range(0, n, block)]
     results = map_ordered(_timed_refine, blocks, workers, desc="refinement",
                           unit_scale=[len(b[1]) for b in blocks])
