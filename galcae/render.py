@@ -99,43 +99,68 @@ def _save_quietly(path, tables) -> None:
         pass
 
 
-def _lookup(table: torch.Tensor, row: torch.Tensor, log_k: torch.Tensor, slopes: bool = False):
+def _lookup(table: torch.Tensor, row: torch.Tensor, log_k: torch.Tensor) -> torch.Tensor:
     """Linear interpolation of ``table`` (rows x log-k columns) at each galaxy's ``row`` in
     [0, 1] of the row axis, ``(B,)``, then at its ``log_k`` ``(B, H, W)``, clamped at the
-    table's edges. With ``slopes``, also the interpolant's derivatives along ``log_k`` and
-    ``row``."""
-    n_rows, n_k = table.shape
+    table's edges."""
+    at = (log_k - LOG_K[0]) * ((table.shape[1] - 1) / (LOG_K[1] - LOG_K[0]))
+    return _interpolate(_profiles(table, row), at.flatten(1))[0][0].reshape(log_k.shape)
+
+
+def _profiles(table: torch.Tensor, row: torch.Tensor, slopes: bool = False) -> torch.Tensor:
+    """Each galaxy's own profile along ``log k``: ``table`` interpolated at its ``row`` in
+    [0, 1], ``(B, n_k + 2, 2)`` (value, difference to the next column), or with ``slopes``
+    ``(B, n_k + 2, 4)`` (and the same of its derivative along ``row``: one-sided on the
+    table's first and last rows, where a fit may end on n's bound, zero beyond). Padded by
+    the end values at both ends, so that beyond the table the profile is flat (and its
+    slope zero) with no masks: column ``m + 1`` holds the table's ``m``."""
+    n_rows = table.shape[0]
     at_row = row.clamp(0, 1) * (n_rows - 1)
     i = at_row.detach().floor().clamp(max=n_rows - 2).long()
     w = (at_row - i)[:, None]
-    rows = table[i] * (1 - w) + table[i + 1] * w  # (B, n_k): the galaxy's own profile
-    k_per_column = (n_k - 1) / (LOG_K[1] - LOG_K[0])
-    at = ((log_k - LOG_K[0]) * k_per_column).clamp(0, n_k - 1).flatten(1)
-    j = at.detach().floor().clamp(max=n_k - 2).long()
-    low, high = rows.gather(1, j), rows.gather(1, j + 1)
-    value = (low + (high - low) * (at - j)).reshape(log_k.shape)
-    if not slopes:
-        return value
-    inside = ((log_k > LOG_K[0]) & (log_k < LOG_K[1])).flatten(1)
-    d_log_k = torch.where(inside, (high - low) * k_per_column, 0.0).reshape(log_k.shape)
-    across = table[i + 1] - table[i]  # d rows / d w
-    d_low, d_high = across.gather(1, j), across.gather(1, j + 1)
-    # One-sided on the table's first and last rows (a fit may end on n's bound), zero beyond.
-    inside_row = ((row >= 0) & (row <= 1)).to(value.dtype)[:, None, None] * (n_rows - 1)
-    d_row = (d_low + (d_high - d_low) * (at - j)).reshape(log_k.shape) * inside_row
-    return value, d_log_k, d_row
+    low, high = table[i], table[i + 1]
+    parts = [low + (high - low) * w]
+    if slopes:
+        inside = ((row >= 0) & (row <= 1)).to(table.dtype)[:, None] * (n_rows - 1)
+        parts.append((high - low) * inside)
+    packed = []
+    for part in parts:
+        padded = torch.cat([part[:, :1], part, part[:, -1:]], 1)
+        packed += [padded, torch.diff(padded, dim=1, append=padded[:, -1:])]
+    return torch.stack(packed, -1)
 
 
-#: Galaxies drawn together: each needs seven ``4 stamp x 4 stamp`` transforms for its
-#: derivatives (2 MB), and a few galaxies at a time stay in the CPU's cache (at 64 at once,
-#: a rendering took 2-3 times as long per galaxy).
-CHUNK = 8
+def _interpolate(profiles: torch.Tensor, at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The :func:`_profiles` at ``at`` (``(B, G)``, in table columns from the table's first):
+    ``[value, d / d row (with slopes)]``, each ``(B, G)``, and d value / d column."""
+    n_columns, width = profiles.shape[1], profiles.shape[2]
+    at = (at + 1).clamp(0, n_columns - 1)
+    j = at.detach().floor().clamp_(max=n_columns - 2)
+    index = j.long()
+    if torch.is_grad_enabled() and profiles.requires_grad:
+        found = torch.stack([profiles[..., c].gather(1, index) for c in range(width)], -1)
+    else:  # each pixel's whole record in one gather, read as one wide number (7x faster)
+        wide = {2: torch.float64, 4: torch.complex128}[width] if profiles.dtype == torch.float32 else None
+        found = (profiles.contiguous().view(wide)[..., 0].gather(1, index).view(profiles.dtype)
+                 .reshape(*index.shape, width) if wide else
+                 torch.stack([profiles[..., c].gather(1, index) for c in range(width)], -1))
+    frac = at - j
+    values = [torch.addcmul(found[..., c], found[..., c + 1], frac) for c in range(0, width, 2)]
+    return values, found[..., 1]
 
 
-def _chunks(p: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    n = len(p["flux"])
-    return [{k: (v[i:i + CHUNK] if torch.is_tensor(v) and v.ndim else v) for k, v in p.items()}
-            for i in range(0, n, CHUNK)] or [p]
+#: Grid points drawn together: each galaxy needs seven transforms on its grid for its
+#: derivatives, and a few megabytes at a time stay in the CPU's cache (on 256 survey
+#: galaxies, a quarter of this or eight times it took 1.2-1.5 times as long per galaxy).
+#: Smaller grids take more galaxies at a time: fewer, larger operations.
+CHUNK_POINTS = 2 * 129 * 256
+
+
+def _chunks(p: dict[str, torch.Tensor], points: int) -> list[dict[str, torch.Tensor]]:
+    """``p`` in parts of at most :data:`CHUNK_POINTS` grid points (``points`` per galaxy)."""
+    n, size = len(p["flux"]), max(1, CHUNK_POINTS // points)
+    return [{k: (v[i:i + size] if torch.is_tensor(v) and v.ndim else v) for k, v in p.items()}
+            for i in range(0, n, size)] or [p]
 
 
 class SersicRenderer(torch.nn.Module):
@@ -146,10 +171,10 @@ class SersicRenderer(torch.nn.Module):
     corner. Sizes are in arcsec, as in the simulation.
     """
 
-    def __init__(self, stamp_size: int, pixel_scale: float, oversample: int = 1, pad: int = 4):
+    def __init__(self, stamp_size: int, pixel_scale: float, oversample: int = 1, pad: float = 4):
         super().__init__()
         self.size, self.pixel_scale, self.oversample = stamp_size, pixel_scale, oversample
-        n = stamp_size * pad * oversample
+        n = math.ceil(stamp_size * pad) * oversample  # pad: the grid's side in stamps, at least 1
         ky = 2 * math.pi * torch.fft.fftfreq(n, d=1.0 / oversample)
         kx = 2 * math.pi * torch.fft.rfftfreq(n, d=1.0 / oversample)
         self.grid = n
@@ -160,6 +185,9 @@ class SersicRenderer(torch.nn.Module):
         self.register_buffer("ky", ky[None, :].expand(len(kx), -1).contiguous(), persistent=False)
         pixel = torch.sinc(self.kx / (2 * math.pi)) * torch.sinc(self.ky / (2 * math.pi))
         self.register_buffer("pixel", pixel, persistent=False)
+        # kx^2, ky^2 and kx ky, flattened: what a shear's |A k|^2 combines (see _spectra).
+        basis = torch.stack([self.kx ** 2, self.ky ** 2, self.kx * self.ky]).flatten(1)
+        self.register_buffer("shear_basis", basis, persistent=False)
         # The tables come on first use (5 s): a model that only encodes never pays for them.
         self.register_buffer("sersic", None, persistent=False)
         self.register_buffer("moffat", None, persistent=False)
@@ -187,13 +215,16 @@ class SersicRenderer(torch.nn.Module):
         unused where ``p["psf_k"]``, ``(B, N // 2 + 1, N)``, gives each galaxy's PSF as
         :meth:`psf_transform` or :meth:`psf_spectrum` makes it)."""
         return torch.cat([self._draw(self._spectra(part, derivatives=False))[:, 0]
-                          for part in _chunks(p)])
+                          for part in _chunks(p, self.kx.numel())])
 
     def with_derivatives(self, p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The images and their ``(B, 7, H, W)`` derivatives with respect to :data:`FITTED`
         (log flux, log radius, log n, g1, g2, x, y), in closed form in Fourier space: for
-        about three times a rendering's time, where forward-mode autograd takes seven."""
-        drawn = torch.cat([self._draw(self._spectra(part, derivatives=True)) for part in _chunks(p)])
+        about three times a rendering's time, where forward-mode autograd takes seven. Not
+        differentiable itself (its outputs are the derivatives)."""
+        with torch.no_grad():
+            drawn = torch.cat([self._draw(self._spectra(part, derivatives=True))
+                               for part in _chunks(p, self.kx.numel())])
         return drawn[:, 0], drawn  # d / d log flux is the image itself
 
     def _load_tables(self) -> None:
@@ -218,44 +249,64 @@ class SersicRenderer(torch.nn.Module):
 
     def _spectra(self, p: dict[str, torch.Tensor], derivatives: bool) -> torch.Tensor:
         """``(B, 1 or 7, N // 2 + 1, N)``: the image's transform, then its derivatives'
-        (transposed: kx along rows)."""
+        (transposed: kx along rows). Each is a real factor (the profile, its slopes) times one
+        complex factor per galaxy (flux, PSF and shift), multiplied once into the output."""
         self._load_tables()
-        col = lambda v: v.to(self.kx.dtype)[:, None, None]  # noqa: E731 - (B,) -> (B, 1, 1)
-        g1, g2 = col(p["g1"]), col(p["g2"])
-        # GalSim's shear: f(A^-1 x), A = [[1 + g1, g2], [g2, 1 - g1]] / sqrt(1 - g^2), whose
-        # transform is f^(A k) (A is symmetric with determinant 1).
+        dtype, batch = self.kx.dtype, len(p["flux"])
+        g1, g2 = (p[k].to(dtype) for k in ("g1", "g2"))
+        # GalSim's shear: f(A^-1 x), A = M / sqrt(det), M = [[1 + g1, g2], [g2, 1 - g1]],
+        # det = 1 - g^2, whose transform is f^(A k) (A is symmetric with determinant 1).
+        # |M k|^2 and the numerators of its log's derivatives in g1 and g2 are each a
+        # combination of kx^2, ky^2 and kx ky: one matrix product for the batch.
         det = (1 - g1 ** 2 - g2 ** 2).clamp_min(1e-2)
-        u = (1 + g1) * self.kx + g2 * self.ky
-        v = g2 * self.kx + (1 - g1) * self.ky
-        k2_sheared = (u ** 2 + v ** 2 + 1e-20) / det
-        r_half = col(p["half_light_radius"]) / self.pixel_scale
-        n = p["sersic_n"].to(self.kx.dtype).clamp(*SERSIC_N)
+        weights = [torch.stack([(1 + g1) ** 2 + g2 ** 2, (1 - g1) ** 2 + g2 ** 2, 4 * g2], -1)]
+        if derivatives:  # (u kx - v ky) and (u ky + v kx), u, v = M k
+            weights += [torch.stack([1 + g1, g1 - 1, torch.zeros_like(g1)], -1),
+                        torch.stack([g2, g2, torch.full_like(g2, 2.0)], -1)]
+        combined = torch.stack(weights, 1) @ self.shear_basis  # (B, 1 or 3, G)
+        k2 = combined[:, 0] + 1e-20
+        # The table's column at q = r_half |A k|, in log10 q: linear in log |M k|^2.
+        per_column = (self.sersic.shape[1] - 1) / (LOG_K[1] - LOG_K[0])
+        r_half = p["half_light_radius"].to(dtype) / self.pixel_scale
+        offset = per_column * (torch.log10(r_half) - 0.5 * torch.log10(det) - LOG_K[0])
+        at = torch.log(k2) * (0.5 * per_column / math.log(10)) + offset[:, None]
+        n = p["sersic_n"].to(dtype).clamp(*SERSIC_N)
         n_row = torch.log(n / SERSIC_N[0]) / math.log(SERSIC_N[1] / SERSIC_N[0])
-        log_q = 0.5 * torch.log10(k2_sheared) + torch.log10(r_half)
-        galaxy = _lookup(self.sersic, n_row, log_q, slopes=derivatives)
+        values, slope = _interpolate(_profiles(self.sersic, n_row, slopes=derivatives), at)
         # A PSF image's transform (which holds the pixel) or the Moffat's, computed once by a fit.
         psf = p["psf_k"] if p.get("psf_k") is not None else self.psf_spectrum(p)
         # Moved by half a pixel, so that the grid's samples fall on the pixel centres; the
         # phase is separable in x and y (trigonometry on the axes, not on the whole grid).
-        shift_x, shift_y = self.kx[:, :1] * (col(p["x"]) - 0.5), self.ky[:1] * (col(p["y"]) - 0.5)
-        phase = torch.exp(-1j * shift_x) * torch.exp(-1j * shift_y)
-        rest = col(p["flux"]) * psf
+        col = lambda v: v.to(dtype)[:, None, None]  # noqa: E731 - (B,) -> (B, 1, 1)
+        along_x = col(p["flux"]) * torch.exp(-1j * self.kx[:, :1] * (col(p["x"]) - 0.5))
+        factor = (along_x * torch.exp(-1j * self.ky[:1] * (col(p["y"]) - 0.5)) * psf).reshape(batch, -1)
+        shape = (batch, -1, *self.kx.shape)
         if not derivatives:
-            return (rest * galaxy * phase)[:, None]
-        galaxy, d_log_q, d_row = galaxy
-        image = rest * galaxy * phase
-        rest = rest * phase
-        # d ln(q) / d g, q = r_half |A k| (half that of ln |A k|^2); over ln 10 below for log10(q)
-        d_g1 = (u * self.kx - v * self.ky) / (u ** 2 + v ** 2 + 1e-20) + g1 / det
-        d_g2 = (u * self.ky + v * self.kx) / (u ** 2 + v ** 2 + 1e-20) + g2 / det
-        per_ln = 1 / math.log(10)
-        radial = rest * (d_log_q * per_ln)  # d / d log r_half; real factors first, one complex product
-        parts = [image,  # the image, which is also d / d log flux
-                 radial,
-                 rest * (d_row / math.log(SERSIC_N[1] / SERSIC_N[0])),  # d / d log n
-                 radial * d_g1, radial * d_g2,
-                 image * (-1j * self.kx), image * (-1j * self.ky)]  # d / d x, d / d y
-        return torch.stack(parts, dim=1)
+            return (factor * values[0]).reshape(shape)
+        return self._derivative_spectra(values, slope, combined, k2, (g1, g2, det), factor).reshape(shape)
+
+    def _derivative_spectra(self, values, slope, combined, k2, shear, factor) -> torch.Tensor:
+        """``(B, 7, G)`` transforms of the image and its derivatives along :data:`FITTED` from
+        the profile's ``values`` (value, d / d row), its ``slope`` along the table's columns,
+        the shear's combinations and the complex ``factor`` ``(B, G)``."""
+        g1, g2, det = shear
+        batch, size = slope.shape
+        per_column = (self.sersic.shape[1] - 1) / (LOG_K[1] - LOG_K[0])
+        real = slope.new_empty(batch, len(FITTED), size)
+        value = values[0]
+        real[:, 0] = value  # the image, which is also d / d log flux
+        # d / d log r_half: the column moves by per_column / ln 10 per unit log r_half.
+        radial = torch.mul(slope, per_column / math.log(10), out=real[:, 1])
+        torch.mul(values[1], 1 / math.log(SERSIC_N[1] / SERSIC_N[0]), out=real[:, 2])  # d / d log n
+        # d ln q / d g = (u kx - v ky) / |M k|^2 + g1 / det (g2: (u ky + v kx), g2), times d / d ln q.
+        inverse = k2.reciprocal()
+        for i, g in ((1, g1), (2, g2)):
+            torch.mul(torch.addcmul(g[:, None] / det[:, None], combined[:, i], inverse), radial, out=real[:, 2 + i])
+        torch.mul(value, self.kx.flatten(), out=real[:, 5])  # d / d x and d / d y: times -i k
+        torch.mul(value, self.ky.flatten(), out=real[:, 6])
+        out = real * factor[:, None]  # one complex product for all seven (into slices: 3x slower)
+        out[:, 5:] *= -1j
+        return out
 
     def _draw(self, spectra: torch.Tensor) -> torch.Tensor:
         # irfft2 in two passes, keeping only the stamp's rows after the first: the second

@@ -125,12 +125,14 @@ def test_galaxy_chi2_is_one_for_noise_of_any_assumed_level():
     assert few[0] == pytest.approx(1.0, abs=0.01)
 
 
-@pytest.mark.parametrize("r_half, n, g, beta", [(1.0, 4.0, 0.0, 2.5), (2.0, 2.5, 0.6, 2.0), (3.0, 5.0, 0.3, 5.0),
-                                                (1.5, 1.0, 0.6, 3.0)])
-def test_wrap_error_bounds_what_a_small_grid_changes(r_half, n, g, beta):
+@pytest.mark.parametrize("r_half, n, g, beta, x", [(1.0, 4.0, 0.0, 2.5, 32.0), (2.0, 2.5, 0.6, 2.0, 32.0),
+                                                   (3.0, 5.0, 0.3, 5.0, 32.0), (1.5, 1.0, 0.6, 3.0, 32.0),
+                                                   (1.0, 4.0, 0.0, 2.5, 18.0), (0.5, 1.5, 0.3, 2.0, 45.0)])
+def test_wrap_error_bounds_what_a_small_grid_changes(r_half, n, g, beta, x):
     """For galaxies above 1″ (where a grid's wrap-around, not the renderer's interpolation,
-    makes the difference) the estimate bounds the drawn difference between a 2- or
-    3-stamp grid and a 6-stamp one, in units of the noise, for a bright galaxy on a dark sky."""
+    makes the difference) the estimate bounds the drawn difference between each smaller grid
+    and a 6-stamp one, in units of the noise, for a bright galaxy on a dark sky, centred or
+    off centre."""
     import torch
 
     from galcae.estimate.batchfit import wrap_errors
@@ -138,13 +140,13 @@ def test_wrap_error_bounds_what_a_small_grid_changes(r_half, n, g, beta):
     from galcae.render import SersicRenderer
 
     cfg = load_stage("simulate", "survey")
-    row = dict(flux=3e5, half_light_radius=r_half, sersic_n=n, g1=g, g2=0.0, x=32.0, y=32.0, psf_fwhm=1.2,
+    row = dict(flux=3e5, half_light_radius=r_half, sersic_n=n, g1=g, g2=0.0, x=x, y=32.0, psf_fwhm=1.2,
                psf_beta=beta)
     p = {k: torch.tensor([v], dtype=torch.float64) for k, v in row.items()}
     reference = SersicRenderer(64, 0.2, pad=6).double()(p)[0].numpy()
     variance = pixel_variance(reference, 100.0, 1.0, 5.0)
     conditions = {"psf_fwhm": np.array([1.2]), "psf_beta": np.array([beta]), "sky_level": np.array([100.0])}
-    for pad in (2, 3):
+    for pad in (1, 1.25, 1.5, 2, 2.5, 3):
         drawn = SersicRenderer(64, 0.2, pad=pad).double()(p)[0].numpy()
         difference = np.sqrt(((drawn - reference) ** 2 / variance).sum())
         bound = wrap_errors(cfg, conditions, {k: np.array([v]) for k, v in row.items()}, False, pad)[0]
@@ -152,8 +154,8 @@ def test_wrap_error_bounds_what_a_small_grid_changes(r_half, n, g, beta):
 
 
 def test_the_grid_follows_the_galaxys_extent():
-    """A typical bright survey galaxy is fitted on a 2-stamp grid, a large, cuspy one on a dark
-    sky on the full grid (the GalSim comparisons above run through this choice)."""
+    """A typical bright survey galaxy is fitted on a grid of 1.25 stamps, a large, cuspy one on
+    a dark sky on the full grid (the GalSim comparisons above run through this choice)."""
     from galcae.estimate.batchfit import smallest_grids
 
     cfg = load_stage("simulate", "survey")
@@ -161,4 +163,4 @@ def test_the_grid_follows_the_galaxys_extent():
               "sersic_n": np.array([1.5, 4.0]), "g1": np.array([0.2, 0.0]), "g2": np.array([0.0, 0.1])}
     conditions = {"psf_fwhm": np.array([0.8, 0.8]), "psf_beta": np.array([3.0, 3.0]),
                   "sky_level": np.array([300.0, 100.0])}
-    assert list(smallest_grids(cfg, conditions, values, False)) == [2, 4]
+    assert list(smallest_grids(cfg, conditions, values, False)) == [1.25, 4]

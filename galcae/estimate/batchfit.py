@@ -12,6 +12,7 @@ step is projected into the bounds.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
     guess = {k: np.broadcast_to(np.asarray(guess[k], float), (n,)) for k in FIT_PARAMETERS}
 
-    def part(rows: np.ndarray, start: dict, pad: int) -> dict:
+    def part(rows: np.ndarray, start: dict, pad: float) -> dict:
         return _fit(images[rows], cfg, {k: v[rows] for k, v in conditions.items()},
                     {k: v[rows] for k, v in start.items()}, max_steps, tolerance,
                     psf_rows(psf, rows), pad)
@@ -62,7 +63,7 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
     pads = smallest_grids(cfg, conditions, guess, image_psf)
     out = {}
     for pad in np.unique(pads):
-        _put(out, np.flatnonzero(pads == pad), n, part(np.flatnonzero(pads == pad), guess, int(pad)))
+        _put(out, np.flatnonzero(pads == pad), n, part(np.flatnonzero(pads == pad), guess, float(pad)))
     # A galaxy that the fit made larger than its grid allows is fitted again on the full grid.
     fitted = {k: out[k] for k in FIT_PARAMETERS}
     measured = np.all([np.isfinite(v) for v in fitted.values()], axis=0)  # failed rows stay failed
@@ -75,38 +76,45 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
 #: The FFT grids the fit draws on, in stamps per side: the smallest whose wrap-around keeps
 #: a stamp's model within :data:`WRAP_TOLERANCE` of the full grid's (the renderer's
 #: default, 4), in units of its noise (``sqrt(sum(diff² / variance))``, as
-#: :func:`wrap_errors` bounds it). Most survey galaxies fit on two stamps, at a quarter of
-#: the arithmetic; a 1″, n = 4 galaxy of 3e5 ADU on a dark sky needs three.
-GRIDS, FULL_GRID = (2, 3, 4), 4
+#: :func:`wrap_errors` bounds it). The arithmetic goes as the grid's area: a compact survey
+#: galaxy fits on one stamp, at a sixteenth of the full grid's; a 1″, n = 4 galaxy of
+#: 3e5 ADU on a dark sky needs three.
+GRIDS, FULL_GRID = (1, 1.25, 1.5, 2, 2.5, 3, 4), 4
 WRAP_TOLERANCE = 0.1
 
 
 def smallest_grids(cfg: SimConfig, conditions: dict, values: dict, image_psf: bool) -> np.ndarray:
     """Each stamp's smallest grid of :data:`GRIDS` within :data:`WRAP_TOLERANCE` at ``values``
     (the full grid where a value is not finite)."""
-    pads = np.full(len(values["flux"]), FULL_GRID)
+    pads = np.full(len(values["flux"]), float(FULL_GRID))
     for pad in sorted(GRIDS[:-1], reverse=True):
         with np.errstate(invalid="ignore"):
             pads[wrap_errors(cfg, conditions, values, image_psf, pad) <= WRAP_TOLERANCE] = pad
     return pads
 
 
-def wrap_errors(cfg: SimConfig, conditions: dict, values: dict, image_psf: bool, pad: int) -> np.ndarray:
+def wrap_errors(cfg: SimConfig, conditions: dict, values: dict, image_psf: bool, pad: float) -> np.ndarray:
     """A bound on what drawing each stamp on a grid of ``pad`` stamps (instead of a much larger
     one) adds to its model, in units of its noise: the light the grid wraps onto the stamp
-    comes from at least ``d = (pad - 1/2) stamp - 4`` pixels from the galaxy, where the
-    Sérsic (along its major axis) plus, for a Moffat, the PSF's wing are at most ``I(d)`` per
-    pixel; eight images of it on ``stamp²`` pixels give ``stamp sqrt(8) I(d) / sigma_sky``.
-    Above 1″ it bounds the drawn difference (0.97 of it at worst over n 1-5, |g| 0-0.6,
-    β 2-5); for smaller galaxies the difference is the renderer's own interpolation, the
-    same on every grid. A PSF image has no light beyond a stamp's half width."""
+    comes from at least ``d = (pad - 1/2) stamp - offset - 1`` pixels from the galaxy
+    (``offset``: its centre's from the stamp's along x or y, the larger; 3 where ``values``
+    has no ``x`` and ``y``), where the Sérsic (along its major axis) plus, for a Moffat, the
+    PSF's wing are at most ``I(d)`` per pixel; eight images of it on ``stamp²`` pixels give
+    ``stamp sqrt(8) I(d) / sigma_sky``. Above 1″ it bounds the drawn difference (0.97 of it
+    at worst over n 1-5, |g| 0-0.6, β 2-5); for smaller galaxies the difference is the
+    renderer's own interpolation, the same on every grid. A PSF image (at most a stamp wide)
+    must not wrap onto the stamp itself: infinite where ``d`` is under half a stamp."""
     from scipy.special import gamma, gammaincinv
 
     from ..physics import sky_sigma
 
     size, scale = cfg.stamp_size, cfg.pixel_scale
-    d = ((pad - 0.5) * size - 4) * scale
     flux, r_half, n = (np.asarray(values[k], float) for k in ("flux", "half_light_radius", "sersic_n"))
+    offset = (np.maximum(np.abs(np.asarray(values["x"], float) - size / 2),
+                         np.abs(np.asarray(values["y"], float) - size / 2))
+              if "x" in values and "y" in values else np.full(flux.shape, 3.0))
+    d_pixels = (pad - 0.5) * size - offset - 1
+    d = d_pixels * scale
     g = np.minimum(np.hypot(values["g1"], values["g2"]), 0.95)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         b = gammaincinv(2 * n, 0.5)
@@ -117,8 +125,10 @@ def wrap_errors(cfg: SimConfig, conditions: dict, values: dict, image_psf: bool,
             fwhm, beta = (np.asarray(conditions[k], float) for k in ("psf_fwhm", "psf_beta"))
             alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
             wing = wing + flux * (beta - 1) / (np.pi * alpha ** 2) * (1 + (d / alpha) ** 2) ** (-beta)
+        if image_psf:
+            wing = np.where(d_pixels >= size / 2, wing, np.inf)
         sigma = sky_sigma(np.asarray(conditions["sky_level"], float), cfg.noise.gain, cfg.noise.read_noise)
-        return np.where(np.isfinite(wing), size * np.sqrt(8) * wing * scale ** 2 / sigma, np.inf)
+        return np.where(np.isfinite(wing) & (d_pixels > 0), size * np.sqrt(8) * wing * scale ** 2 / sigma, np.inf)
 
 
 def _put(out: dict, rows: np.ndarray, n: int, part: dict) -> None:
@@ -130,7 +140,7 @@ def _put(out: dict, rows: np.ndarray, n: int, part: dict) -> None:
 
 
 def _fit(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict, max_steps: int, tolerance: float,
-         psf: np.ndarray | None, pad: int) -> dict[str, np.ndarray]:
+         psf: np.ndarray | None, pad: float) -> dict[str, np.ndarray]:
     """:func:`fit_batch` of stamps drawn on a grid of ``pad`` stamps per side."""
     n = len(images)
     with torch.no_grad():
@@ -141,11 +151,11 @@ def _fit(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict, max_
         lower, upper = (_to_fitted(torch.as_tensor(b, dtype=torch.float32).clamp(-1e30, 1e30)[None])[0]
                         for b in bounds(cfg))
         phi = _to_fitted(torch.where(torch.isfinite(start), start, 1.0)).clamp(lower + 1e-6, upper - 1e-6)
-        problem.fix_weights(phi)
-        chi2 = problem.chi2(phi, torch.arange(n))
-        converged = _levenberg_marquardt(problem, phi, chi2, (lower, upper), torch.arange(n)[usable],
+        state = problem.start(phi)
+        converged = _levenberg_marquardt(problem, phi, state, (lower, upper), torch.arange(n)[usable],
                                          max_steps, tolerance)
-        phi_err, model = _hessian_errors(problem, phi)
+        phi_err = _errors(state.hessian)
+        chi2, model = state.chi2, state.model
         residual, model_snr = (problem.data - model) * problem.weight, model * problem.weight
     out = _table(phi, phi_err, chi2, converged, usable.numpy(), problem.data[0].numel())
     out["galaxy_chi2_dof"], out["galaxy_chi2_sd"] = galaxy_chi2(residual.numpy(), model_snr.numpy())
@@ -190,7 +200,7 @@ class _Problem:
     """The data, noise model and renderer of a batch fit: chi² of fitted coordinates ``phi``."""
 
     def __init__(self, images: np.ndarray, cfg: SimConfig, conditions: dict, psf: np.ndarray | None = None,
-                 pad: int = 4):
+                 pad: float = 4):
         n = len(images)
         data = torch.as_tensor(np.asarray(images, np.float32))
         self.usable = torch.isfinite(data).flatten(1).all(1) & (data.flatten(1) != 0).any(1)
@@ -215,18 +225,42 @@ class _Problem:
         params["psf_k"] = distinct[which[rows]]
         return self.renderer.with_derivatives(params) if derivatives else self.renderer(params)
 
-    def fix_weights(self, phi: torch.Tensor) -> None:
-        """The variance at the starting model, as the scipy fit: a fixed weight per pixel."""
-        variance = pixel_variance(self.model(phi, torch.arange(len(phi))), self.sky_level[:, None, None],
-                                  self.noise.gain, self.noise.read_noise)
+    def start(self, phi: torch.Tensor) -> "_State":
+        """Draw every stamp at ``phi`` with its derivatives: the weights (the variance at the
+        starting model, fixed per pixel, as the scipy fit's) and the fit's first state."""
+        rows = torch.arange(len(phi))
+        image, derivatives = self.model(phi, rows, derivatives=True)
+        variance = pixel_variance(image, self.sky_level[:, None, None], self.noise.gain, self.noise.read_noise)
         self.weight = variance.rsqrt()
+        state = _State(image, self.chi2(image, rows), torch.empty(len(phi), len(FITTED), len(FITTED)),
+                       torch.empty(len(phi), len(FITTED)))
+        self.normal_equations(state, rows, image, derivatives)
+        return state
 
-    def chi2(self, phi: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return ((self.data[rows] - self.model(phi, rows)) * self.weight[rows]).square().flatten(1).sum(1)
+    def chi2(self, image: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return ((self.data[rows] - image) * self.weight[rows]).square().flatten(1).sum(1)
 
-    def jacobian(self, phi: torch.Tensor, rows: torch.Tensor):
-        """``(model image, (N, pixels, 7) Jacobian of the weighted residuals' model part)``."""
-        return _weighted(self.model(phi, rows, derivatives=True), self.weight[rows])
+    def normal_equations(self, state: "_State", rows: torch.Tensor, image: torch.Tensor,
+                         derivatives: torch.Tensor) -> None:
+        """``state``'s ``J^T J`` and ``J^T r`` of the stamps ``rows`` from their model ``image``
+        and its ``derivatives`` (J: of the weighted residuals' model part)."""
+        weight = self.weight[rows]
+        jac = (derivatives * weight[:, None]).flatten(2)  # (N, 7, pixels)
+        residual = ((self.data[rows] - image) * weight).flatten(1)
+        state.hessian[rows] = jac @ jac.transpose(1, 2)
+        state.gradient[rows] = (jac @ residual[:, :, None])[:, :, 0]
+
+
+@dataclass
+class _State:
+    """Where a batch fit stands: each stamp's model image and chi² at its current values, and
+    the normal equations (``J^T J``, ``J^T r``) where they were last drawn: at the current
+    values, or, for a stamp found at a Gauss-Newton minimum, before its last (tiny) step."""
+
+    model: torch.Tensor
+    chi2: torch.Tensor
+    hessian: torch.Tensor
+    gradient: torch.Tensor
 
 
 def _transforms(renderer: SersicRenderer, psf: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,20 +272,19 @@ def _transforms(renderer: SersicRenderer, psf: np.ndarray, n: int) -> tuple[torc
     return distinct, torch.as_tensor(which.reshape(-1))
 
 
-def _levenberg_marquardt(problem: _Problem, phi: torch.Tensor, chi2: torch.Tensor, limits, active: torch.Tensor,
+def _levenberg_marquardt(problem: _Problem, phi: torch.Tensor, state: _State, limits, active: torch.Tensor,
                          max_steps: int, tolerance: float) -> torch.Tensor:
-    """Damped Gauss-Newton steps of the ``active`` stamps, ``phi`` and ``chi2`` updated in
-    place; returns which stamps converged (only the stamps still moving are drawn again)."""
+    """Damped Gauss-Newton steps of the ``active`` stamps, ``phi`` and ``state`` updated in
+    place; returns which stamps converged. A step is drawn without derivatives; they are drawn
+    again only where it was accepted (a rejected step's stamp retries from the same normal
+    equations with more damping)."""
     lower, upper = limits
     damping = torch.full((len(phi),), 1e-3)
     converged = torch.zeros(len(phi), dtype=torch.bool)
     for _ in range(max_steps):
         if not len(active):
             break
-        image, jac = problem.jacobian(phi[active], active)
-        residual = ((problem.data[active] - image) * problem.weight[active]).flatten(1)
-        hessian = jac.transpose(1, 2) @ jac
-        gradient = (jac.transpose(1, 2) @ residual[:, :, None])[:, :, 0]
+        hessian, gradient = state.hessian[active], state.gradient[active]
         # The Gauss-Newton decrement g^T H^-1 g: the chi² still to gain, by the model's own
         # quadratic. Below ``tolerance`` the stamp is converged, whether or not the step
         # below is accepted (float32 chi² of a few thousand cannot resolve the last 0.01).
@@ -261,27 +294,33 @@ def _levenberg_marquardt(problem: _Problem, phi: torch.Tensor, chi2: torch.Tenso
         step = torch.linalg.solve(hessian + damping[active, None, None] * diagonal,
                                   gradient[:, :, None])[:, :, 0]
         trial = (phi[active] + step).clamp(lower, upper)
-        trial_chi2 = problem.chi2(trial, active)
-        better = trial_chi2 < chi2[active]
-        gain = chi2[active] - trial_chi2
+        image = problem.model(trial, active)
+        trial_chi2 = problem.chi2(image, active)
+        better = trial_chi2 < state.chi2[active]
+        gain = state.chi2[active] - trial_chi2
         phi[active] = torch.where(better[:, None], trial, phi[active])
-        chi2[active] = torch.where(better, trial_chi2, chi2[active])
+        state.chi2[active] = torch.where(better, trial_chi2, state.chi2[active])
+        state.model[active] = torch.where(better[:, None, None], image, state.model[active])
         damping[active] = torch.where(better, damping[active] / 3, damping[active] * 4).clamp(1e-7, 1e7)
         # Converged: a step that gains less than ``tolerance`` in chi² (of 1 for 1 sigma).
         done = (better & (gain < tolerance)) | at_minimum
         converged[active[done]] = True
+        # Drawn again where the stamp moved: to go on from there or, where it converged on a
+        # small step rather than at a Gauss-Newton minimum, for its errors. At such a minimum,
+        # the step it takes is too small to change them.
+        moved = active[better & ~at_minimum]
+        if len(moved):
+            problem.normal_equations(state, moved, *problem.model(phi[moved], moved, derivatives=True))
         active = active[~done]
     return converged
 
 
-def _hessian_errors(problem: _Problem, phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-sigma of the fitted coordinates from the inverse of ``J^T J`` (NaN where singular),
-    and the model images at ``phi``."""
-    image, jac = problem.jacobian(phi, torch.arange(len(phi)))
-    cov, singular = torch.linalg.inv_ex((jac.transpose(1, 2) @ jac).double())
+def _errors(hessian: torch.Tensor) -> torch.Tensor:
+    """1-sigma of the fitted coordinates from the inverse of ``J^T J`` (NaN where singular)."""
+    cov, singular = torch.linalg.inv_ex(hessian.double())
     diagonal = torch.diagonal(cov, dim1=1, dim2=2)
     # A parameter the stamp does not constrain (e.g. a flux driven to zero) has no error.
-    return torch.where((singular[:, None] == 0) & (diagonal > 0), diagonal.clamp_min(0).sqrt(), torch.nan), image
+    return torch.where((singular[:, None] == 0) & (diagonal > 0), diagonal.clamp_min(0).sqrt(), torch.nan)
 
 
 def _table(phi, phi_err, chi2, converged, usable: np.ndarray, n_pixels: int) -> dict[str, np.ndarray]:
@@ -299,12 +338,6 @@ def _table(phi, phi_err, chi2, converged, usable: np.ndarray, n_pixels: int) -> 
     out["status"][bad] = f"{FAILED}: empty or non-finite stamp or guess"
     out["chi2_dof"][bad] = np.nan
     return out
-
-
-def _weighted(drawn: tuple[torch.Tensor, torch.Tensor], weight: torch.Tensor):
-    """``(image, (N, pixels, 7) Jacobian of the weighted residuals' model part)``."""
-    image, derivatives = drawn
-    return image, (derivatives * weight[:, None]).flatten(2).transpose(1, 2)
 
 
 def _to_fitted(values: torch.Tensor) -> torch.Tensor:
