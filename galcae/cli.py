@@ -146,7 +146,7 @@ def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, n
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler to use instead.")
 @click.option("--chunk-size", default=None, type=click.IntRange(1),
               help="Stamps per chunk: the unit of work, of memory and of resumption [default: "
-                   "4096; 256 when refining (the survey model's default), so that workers "
+                   "4096; 1024 when refining (the survey model's default), so that workers "
                    "share the fits].")
 @click.option("--hdu", default=None, help="HDU (name or number) holding the images [default: the "
                                            "first 2-D or 3-D image].")

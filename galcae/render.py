@@ -7,7 +7,7 @@ once from GalSim's own ``kValue`` of unit profiles, interpolated in ``log k`` an
 or ``beta``) times the PSF's and the pixel's (or a PSF image's, which holds the pixel:
 :meth:`SersicRenderer.psf_transform`), shifted to the galaxy's centre, then an
 inverse FFT sampled at the pixel centres. The FFT's grid spans four stamps by default (the
-refinement's fit takes two or three where a galaxy's extent allows), so that little
+refinement's fit takes from one to three where a galaxy's extent allows), so that little
 of the light of the largest galaxies wraps around onto the stamp (with two, a 2.6″, n = 4.8
 galaxy's wrapped wings showed at 4.6 σ of its noise; with three, 1.1 σ). On 300 `survey`
 galaxies, the difference from GalSim's ``drawImage`` in units of the noise

@@ -198,7 +198,7 @@ def recon_path(parts, number: int) -> Path:
 
 #: Stamps per chunk by default: large for the CAE alone; smaller when refining, so that
 #: workers share the fits.
-CHUNK_SIZE, REFINE_CHUNK_SIZE = 4096, 256
+CHUNK_SIZE, REFINE_CHUNK_SIZE = 4096, 1024
 
 
 def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str | None = None,
@@ -219,7 +219,7 @@ def infer_catalog(model_path, inputs, out, *, workers: int = 1, scheduler: str |
         In-process (1), a local Dask cluster of ``workers`` processes, or a running scheduler.
     chunk_size : int, optional
         Stamps per chunk: the unit of work, of memory per worker and of resumption
-        [default: 4096; 256 when refining].
+        [default: 4096; 1024 when refining].
     options : InferOptions
         What changes the numbers; ``refine_snr`` defaults to the model card's policy.
     reconstruct_to : path, optional

@@ -254,8 +254,7 @@ class _Problem:
 @dataclass
 class _State:
     """Where a batch fit stands: each stamp's model image and chi² at its current values, and
-    the normal equations (``J^T J``, ``J^T r``) where they were last drawn: at the current
-    values, or, for a stamp found at a Gauss-Newton minimum, before its last (tiny) step."""
+    the normal equations (``J^T J``, ``J^T r``) there."""
 
     model: torch.Tensor
     chi2: torch.Tensor
@@ -284,12 +283,16 @@ def _levenberg_marquardt(problem: _Problem, phi: torch.Tensor, state: _State, li
     for _ in range(max_steps):
         if not len(active):
             break
-        hessian, gradient = state.hessian[active], state.gradient[active]
         # The Gauss-Newton decrement g^T H^-1 g: the chi² still to gain, by the model's own
-        # quadratic. Below ``tolerance`` the stamp is converged, whether or not the step
-        # below is accepted (float32 chi² of a few thousand cannot resolve the last 0.01).
-        newton, singular = torch.linalg.solve_ex(hessian, gradient[:, :, None])
-        at_minimum = (singular == 0) & ((gradient * newton[:, :, 0]).sum(1) < tolerance)
+        # quadratic. Below ``tolerance`` the stamp is converged where it stands (no step of
+        # it can move it by more than about sqrt(tolerance) sigma).
+        newton, singular = torch.linalg.solve_ex(state.hessian[active], state.gradient[active, :, None])
+        at_minimum = (singular == 0) & ((state.gradient[active] * newton[:, :, 0]).sum(1) < tolerance)
+        converged[active[at_minimum]] = True
+        active = active[~at_minimum]
+        if not len(active):
+            break
+        hessian, gradient = state.hessian[active], state.gradient[active]
         diagonal = torch.diag_embed(torch.diagonal(hessian, dim1=1, dim2=2).clamp_min(1e-12))
         step = torch.linalg.solve(hessian + damping[active, None, None] * diagonal,
                                   gradient[:, :, None])[:, :, 0]
@@ -302,13 +305,12 @@ def _levenberg_marquardt(problem: _Problem, phi: torch.Tensor, state: _State, li
         state.chi2[active] = torch.where(better, trial_chi2, state.chi2[active])
         state.model[active] = torch.where(better[:, None, None], image, state.model[active])
         damping[active] = torch.where(better, damping[active] / 3, damping[active] * 4).clamp(1e-7, 1e7)
-        # Converged: a step that gains less than ``tolerance`` in chi² (of 1 for 1 sigma).
-        done = (better & (gain < tolerance)) | at_minimum
+        # Also converged: a step that gains less than ``tolerance`` in chi² (of 1 for 1
+        # sigma; float32 chi² of a few thousand cannot resolve less). Drawn again where the
+        # step was accepted: to go on from there or, for a converged stamp, for its errors.
+        done = better & (gain < tolerance)
         converged[active[done]] = True
-        # Drawn again where the stamp moved: to go on from there or, where it converged on a
-        # small step rather than at a Gauss-Newton minimum, for its errors. At such a minimum,
-        # the step it takes is too small to change them.
-        moved = active[better & ~at_minimum]
+        moved = active[better]
         if len(moved):
             problem.normal_equations(state, moved, *problem.model(phi[moved], moved, derivatives=True))
         active = active[~done]
