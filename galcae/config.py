@@ -225,6 +225,11 @@ class TrainConfig:
     # galaxy they describe, under the PSF of the conditions, plus a convolutional residual
     # from the free latents (needs all seven parameters and psf_fwhm, psf_beta).
     decoder: str = "conv"
+    # Train each epoch on newly drawn galaxies (as many as the train split) instead of the
+    # dataset's images: the dataset's priors and conditions, drawn by the PyTorch renderer
+    # with the simulation's noise (galcae.fresh). The dataset still gives the preprocessing,
+    # the held-out split, the test loss and the error model.
+    fresh_galaxies: bool = False
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 
     def __post_init__(self):
@@ -264,6 +269,8 @@ class TrainConfig:
             missing = [n for n in DRAWN if n not in self.supervised + self.conditions]
             _check(not missing, "decoder", f"sersic draws from {', '.join(DRAWN)}: "
                    f"add {', '.join(missing)} to supervised or conditions")
+        for key in ("augment", "predict_variance", "fresh_galaxies"):
+            _check(isinstance(getattr(self, key), bool), key, f"{getattr(self, key)!r} is not true or false")
         _check(self.device in ("auto", "cpu", "cuda"), "device",
                f"'{self.device}' is not one of 'auto', 'cpu', 'cuda'")
 

@@ -154,6 +154,19 @@ def pixel_variance(noiseless, sky_level, gain: float, read_noise: float):
     return (positive + sky_level) / gain + (read_noise / gain) ** 2
 
 
+def ccd_noise(noiseless, sky_level, gain: float, read_noise: float, generator=None):
+    """A noisy draw of sky-subtracted torch images of mean ``noiseless`` (ADU; ``sky_level``
+    broadcastable to it): what ``galsim.CCDNoise`` adds in the simulation (Poisson on source
+    + sky in electrons, Gaussian read noise), for stamps rendered in PyTorch (training on
+    fresh galaxies). Its variance is :func:`pixel_variance`."""
+    import torch
+
+    electrons = ((noiseless + sky_level) * gain).clamp_min(0)
+    counts = torch.poisson(electrons, generator=generator)
+    read = torch.randn(noiseless.shape, generator=generator, dtype=noiseless.dtype, device=noiseless.device)
+    return counts / gain - sky_level + read * (read_noise / gain)
+
+
 def sky_sigma(sky_level, gain: float, read_noise: float):
     """Sky-noise sigma in ADU of a blank pixel (sky Poisson + read noise)."""
     return np.sqrt(np.asarray(sky_level, float) / gain + (read_noise / gain) ** 2)

@@ -35,6 +35,8 @@ from .conditions import condition_table
 from .config import ConfigError, TrainConfig, from_dict, to_dict
 from .dataset import PARAMS, Dataset
 from .errors import TrainingError
+from .fresh import CHUNK as FRESH_CHUNK
+from .fresh import FreshGalaxies, epoch_seed
 from .model import CAE, Architecture, cae_loss
 from .outputs import output_lock, refuse_overlap, remove, swap_in
 from .params import ellipticity_from_shear
@@ -166,22 +168,15 @@ def _train_into(run_dir: Path, dataset: Dataset, cfg: TrainConfig, *, resume: bo
     """The training itself, in ``run_dir`` (see :func:`train_model`)."""
     if resume:
         _check_resume(run_dir, cfg, dataset)
-    _check_stamp_size(dataset, cfg)
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)  # before the network is built: its initial weights
-    data = _training_data(dataset, cfg)
-    network = CAE(_architecture(dataset, cfg)).to(device, memory_format=torch.channels_last)
-    model = _starting_model(run_dir, dataset, cfg, data, network, device, resume, init)
-    tensors = _tensors(model, dataset, cfg, data)
-    optimizer = torch.optim.Adam(network.parameters(), lr=cfg.learning_rate)
-    batch_order = torch.Generator().manual_seed(cfg.seed)
-    history, start = _resume_loop(run_dir, optimizer, batch_order) if resume else ([], 0)
+    run = prepare_training(dataset, cfg, run_dir, resume=resume, init=init)
+    data, model, tensors = run.data, run.model, run.tensors
+    history, start = _resume_loop(run_dir, run.optimizer, run.batch_order) if resume else ([], 0)
     if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / SPLIT, {"train": data.train_ids.tolist(), "test": data.test_ids.tolist()})
     bar = tqdm(range(start, cfg.epochs), desc="train", unit="epoch", disable=None, initial=start, total=cfg.epochs)
     for epoch in bar:
-        record = _train_epoch(network, optimizer, batch_order, tensors, data, cfg, epoch, run_dir)
+        record = run.epoch(epoch, run_dir)
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}", test=f"{record['test_loss']:.4f}")
         log.info("epoch %d: loss %.5f test %.5f (%.0f img/s)", epoch + 1, record["loss"],
@@ -189,8 +184,8 @@ def _train_into(run_dir: Path, dataset: Dataset, cfg: TrainConfig, *, resume: bo
         model.meta["epoch"] = epoch + 1
         save_model(run_dir, model)
         write_json_atomic(run_dir / HISTORY, history)
-        save_state(run_dir / STATE, {"optimizer": optimizer.state_dict(),
-                                     "batch_order": batch_order.get_state(), "epoch": epoch + 1})
+        save_state(run_dir / STATE, {"optimizer": run.optimizer.state_dict(),
+                                     "batch_order": run.batch_order.get_state(), "epoch": epoch + 1})
     model.meta.update(error_model(model, data.images[data.test_ids], tensors.y[0][data.test_ids].cpu().numpy(),
                                   {n: data.train_params[n] for n in cfg.supervised},
                                   {n: v[data.test_ids] for n, v in data.conditions.items()},
@@ -198,6 +193,25 @@ def _train_into(run_dir: Path, dataset: Dataset, cfg: TrainConfig, *, resume: bo
     save_model(run_dir, model)
     loss_curve(history, run_dir / "loss.png")
     return model
+
+
+def prepare_training(dataset: Dataset, cfg: TrainConfig, run_dir: Path | None = None, *,
+                     resume: bool = False, init=None) -> "Training":
+    """Everything a run trains with, before its first epoch: the data, the network (seeded,
+    or a resumed run's or an ``--init`` model's weights), the optimizer and the batch order
+    (a resumed run's are restored by :func:`_resume_loop`). ``benchmarks/training_speed.py``
+    times its :meth:`Training.epoch`."""
+    _check_stamp_size(dataset, cfg)
+    _check_fresh(dataset, cfg)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # before the network is built: its initial weights
+    data = _training_data(dataset, cfg)
+    network = CAE(_architecture(dataset, cfg)).to(device, memory_format=torch.channels_last)
+    model = _starting_model(run_dir, dataset, cfg, data, network, device, resume, init)
+    return Training(cfg, data, model, _tensors(model, dataset, cfg, data),
+                    torch.optim.Adam(network.parameters(), lr=cfg.learning_rate),
+                    torch.Generator().manual_seed(cfg.seed),
+                    FreshGalaxies(dataset.config, device) if cfg.fresh_galaxies else None)
 
 
 @dataclass
@@ -221,12 +235,40 @@ class Tensors:
     terms: dict  # the loss's weights
 
 
+@dataclass
+class Training:
+    """A run ready to train: its data, model and tensors, optimizer, batch order and, with
+    ``fresh_galaxies``, the source of each epoch's new galaxies."""
+
+    cfg: TrainConfig
+    data: TrainingData
+    model: TrainedModel
+    tensors: Tensors
+    optimizer: torch.optim.Optimizer
+    batch_order: torch.Generator
+    fresh: FreshGalaxies | None
+
+    def epoch(self, epoch: int, run_dir: Path | None = None) -> dict:
+        """Train the 0-based ``epoch``: the train split's galaxies, or as many fresh ones."""
+        cfg, data = self.cfg, self.data
+        batches = (_fresh_batches(self.fresh, self.model, cfg, len(data.train_ids), epoch) if self.fresh
+                   else _dataset_batches(self.tensors, data.train_ids, self.batch_order, cfg.batch_size))
+        return _train_epoch(self.model.network, self.optimizer, self.batch_order, batches, self.tensors,
+                            data.test_ids, cfg, epoch, run_dir)
+
+
 def _check_stamp_size(dataset: Dataset, cfg: TrainConfig) -> None:
     reduction = 2 ** len(cfg.channels)
     if dataset.config.stamp_size % reduction:
         raise ConfigError(f"dataset {dataset.path}: stamp_size {dataset.config.stamp_size} "
                           f"is not divisible by {reduction}, as the CAE's {len(cfg.channels)} "
                           "poolings need")
+
+
+def _check_fresh(dataset: Dataset, cfg: TrainConfig) -> None:
+    if cfg.fresh_galaxies and dataset.config.sweep.parameter is not None:
+        raise ConfigError(f"fresh_galaxies: dataset {dataset.path} is a sweep of "
+                          f"{dataset.config.sweep.parameter}, not random galaxies to draw more of")
 
 
 def _training_data(dataset: Dataset, cfg: TrainConfig) -> TrainingData:
@@ -277,16 +319,48 @@ def _starting_model(run_dir: Path, dataset: Dataset, cfg: TrainConfig, data: Tra
 
 
 def _tensors(model: TrainedModel, dataset: Dataset, cfg: TrainConfig, data: TrainingData) -> Tensors:
-    device = model.device
-    size = dataset.config.stamp_size
-    # One target table per flip/rotation, so the augmented image keeps matching its truth.
-    y = torch.stack([torch.as_tensor(model.scaling.to_latent(dihedral_params(dataset.params, k, size)))
-                     for k in range(8 if cfg.augment else 1)]).to(device)
-    c = (torch.as_tensor(model.conditioning.to_latent(data.conditions), device=device)
-         if model.conditioning else None)
     terms = {"lambda_phys": cfg.lambda_phys, "lambda_l1": cfg.lambda_l1, "nll_beta": cfg.nll_beta,
              "res_dropout": cfg.res_dropout}
-    return Tensors(model.to_input(data.images), y, c, terms)
+    return Tensors(model.to_input(data.images), _targets(model, dataset.params, cfg),
+                   _condition_tensor(model, data.conditions), terms)
+
+
+def _targets(model: TrainedModel, table: dict, cfg: TrainConfig) -> torch.Tensor:
+    """``(8 or 1, N, n_supervised)`` latent targets of a truth table: one table per
+    flip/rotation, so the augmented image keeps matching its truth."""
+    size = model.network.arch.stamp_size
+    return torch.stack([torch.as_tensor(model.scaling.to_latent(dihedral_params(table, k, size)))
+                        for k in range(8 if cfg.augment else 1)]).to(model.device)
+
+
+def _condition_tensor(model: TrainedModel, conditions: dict) -> torch.Tensor | None:
+    """The standardised conditions the network takes, on its device (None without any)."""
+    if not model.conditioning:
+        return None
+    return torch.as_tensor(model.conditioning.to_latent(conditions), device=model.device)
+
+
+def _dataset_batches(tensors: Tensors, ids: np.ndarray, batch_order: torch.Generator, batch_size: int):
+    """The galaxies ``ids`` in a seeded order, ``batch_size`` at a time: ``(x, y per
+    flip/rotation, c, where)``, ``where`` naming the batch in an error."""
+    order = torch.as_tensor(ids)[torch.randperm(len(ids), generator=batch_order)]
+    for i in range(0, len(order), batch_size):
+        batch = order[i:i + batch_size].to(tensors.x.device)
+        yield (tensors.x[batch], tensors.y[:, batch], None if tensors.c is None else tensors.c[batch],
+               f"galaxy {int(batch[0])}")
+
+
+def _fresh_batches(fresh: FreshGalaxies, model: TrainedModel, cfg: TrainConfig, n: int, epoch: int):
+    """``n`` new galaxies for ``epoch`` (:mod:`galcae.fresh`), as :func:`_dataset_batches`
+    gives a dataset's, through the same preprocessing; already in random order."""
+    chunk = cfg.batch_size * max(1, FRESH_CHUNK // cfg.batch_size)  # batches never straddle two chunks
+    start = 0
+    for rows, images, conditions in fresh.epoch(n, epoch_seed(cfg.seed, epoch), cfg.conditions, chunk):
+        x, y, c = model.to_input(images), _targets(model, rows, cfg), _condition_tensor(model, conditions)
+        for i in range(0, len(x), cfg.batch_size):
+            part = slice(i, i + cfg.batch_size)
+            yield x[part], y[:, part], None if c is None else c[part], f"fresh galaxy {start + i} of the epoch"
+        start += len(x)
 
 
 def _resume_loop(run_dir: Path, optimizer, batch_order: torch.Generator) -> tuple[list, int]:
@@ -298,36 +372,35 @@ def _resume_loop(run_dir: Path, optimizer, batch_order: torch.Generator) -> tupl
     return json.loads((run_dir / HISTORY).read_text()), state["epoch"]
 
 
-def _train_epoch(network: CAE, optimizer, batch_order: torch.Generator, tensors: Tensors, data: TrainingData,
-                 cfg: TrainConfig, epoch: int, run_dir: Path) -> dict:
-    """One pass over the train split in a seeded order; the epoch's losses and speed."""
+def _train_epoch(network: CAE, optimizer, batch_order: torch.Generator, batches, tensors: Tensors,
+                 test_ids: np.ndarray, cfg: TrainConfig, epoch: int, run_dir: Path) -> dict:
+    """One pass over ``batches`` (:func:`_dataset_batches` or :func:`_fresh_batches`), each
+    flipped/rotated by a seeded draw; the epoch's losses, test losses and speed."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(cfg, epoch)
     network.train()
-    order = torch.as_tensor(data.train_ids)[torch.randperm(len(data.train_ids), generator=batch_order)]
-    sums, t0 = {}, time.perf_counter()
-    for i in range(0, len(order), cfg.batch_size):
-        batch = order[i:i + cfg.batch_size].to(tensors.x.device)
-        x, k = tensors.x[batch], 0
+    sums, seen, t0 = {}, 0, time.perf_counter()
+    for x, y, c, where in batches:
+        k = 0
         if cfg.augment:
             k = int(torch.randint(8, (), generator=batch_order))
             x = dihedral(x, k)
-        loss, parts = cae_loss(network, x, tensors.y[k][batch], **tensors.terms,
-                               c=None if tensors.c is None else tensors.c[batch])
+        loss, parts = cae_loss(network, x, y[k], **tensors.terms, c=c)
         if not math.isfinite(parts["loss"]):
             raise TrainingError(f"epoch {epoch + 1}: the loss is {parts['loss']} on the batch "
-                                f"starting at galaxy {int(batch[0])}; stopped (the last finished "
+                                f"starting at {where}; stopped (the last finished "
                                 f"epoch's model, if any, stays in {run_dir})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         for key, value in parts.items():
-            sums[key] = sums.get(key, 0.0) + value * len(batch)
+            sums[key] = sums.get(key, 0.0) + value * len(x)
+        seen += len(x)
     seconds = time.perf_counter() - t0
-    test = _evaluate_loss(network, tensors.x, tensors.y[0], tensors.c, data.test_ids, tensors.terms)
-    return {"epoch": epoch + 1, **{k: v / len(order) for k, v in sums.items()},
+    test = _evaluate_loss(network, tensors.x, tensors.y[0], tensors.c, test_ids, tensors.terms)
+    return {"epoch": epoch + 1, **{k: v / seen for k, v in sums.items()},
             **{f"test_{k}": v for k, v in test.items()},
-            "seconds": seconds, "images_per_second": len(order) / seconds}
+            "seconds": seconds, "images_per_second": seen / seconds}
 
 
 def read_state(run_dir: Path) -> dict:
