@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..conditions import border_pixels, stamp_noise_sigma
+from ..conditions import border_pixels, border_sky
 from .sources import Stamps
 
 #: Per-row flags of every catalog; ``True`` means the condition holds. Rows are never dropped.
@@ -69,7 +69,7 @@ def clean(stamps: Stamps) -> CleanStamps:
     chunk is read for this and only this, and a second copy of 4,096 stamps is 64 MB."""
     images = stamps.images
     n = len(images)
-    noise = stamp_noise_sigma(images)  # on the raw pixels, as the conditions are measured
+    sky, noise = border_sky(images)  # on the raw pixels, as the conditions are measured
     # Two passes over the pixels give every per-stamp check (NaN and inf propagate to them).
     brightest, faintest = images.reshape(n, -1).max(axis=1), images.reshape(n, -1).min(axis=1)
     bad = ~(np.isfinite(brightest) & np.isfinite(faintest))
@@ -79,21 +79,18 @@ def clean(stamps: Stamps) -> CleanStamps:
     scale = np.fmax(np.nan_to_num(noise), NOISE_FLOOR * np.clip(peak, 0.0, None))
     floor = -IMPOSSIBLE_SIGMA * scale
     bad |= faintest < floor
-    border = border_pixels(images)
     usable = np.ones(n)
     if bad.any():  # copy only the stamps that need it
         rows = images[bad]
         unusable = ~np.isfinite(rows) | (rows < floor[bad, None, None])
         usable[bad] = 1.0 - unusable.reshape(len(rows), -1).mean(axis=1)
-        border[bad] = np.where(border_pixels(unusable), np.nan, border[bad])
+        border = np.where(border_pixels(unusable), np.nan, border_pixels(rows))
         rows[unusable] = 0.0
         images[bad] = rows
         brightest[bad], faintest[bad] = rows.max(axis=(1, 2)), rows.min(axis=(1, 2))
-    sky = np.median(border, axis=1)
-    if bad.any():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # no usable border: NaN, unmeasurable
-            sky[bad] = np.nanmedian(border[bad], axis=1)
+            sky[bad] = np.nanmedian(border, axis=1)  # the sky of the usable border pixels
     with np.errstate(invalid="ignore"):
         sky_low = ~(sky >= -BACKGROUND_SIGMA * scale)
         sky_high = sky > BACKGROUND_SIGMA * scale
