@@ -164,3 +164,18 @@ def test_the_grid_follows_the_galaxys_extent():
     conditions = {"psf_fwhm": np.array([0.8, 0.8]), "psf_beta": np.array([3.0, 3.0]),
                   "sky_level": np.array([300.0, 100.0])}
     assert list(smallest_grids(cfg, conditions, values, False)) == [1.25, 4]
+
+
+def test_stamps_told_one_moffat_share_its_transform():
+    import torch
+
+    from galcae.estimate.batchfit import _moffat_transforms
+    from galcae.render import SersicRenderer
+
+    renderer = SersicRenderer(16, 0.2, pad=1)
+    given = {"psf_fwhm": torch.tensor([0.8, 0.8, 1.1, 0.8]), "psf_beta": torch.tensor([3.5, 3.5, 3.5, 2.5])}
+    distinct, which = _moffat_transforms(renderer, given)
+    assert len(distinct) == 3 and which[0] == which[1] != which[2]
+    torch.testing.assert_close(distinct[which], renderer.psf_spectrum(given))
+    gaussian, which = _moffat_transforms(renderer, {"psf_fwhm": torch.tensor([0.8, 0.8])})
+    assert len(gaussian) == 1 and which.tolist() == [0, 0]

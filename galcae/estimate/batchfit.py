@@ -211,10 +211,9 @@ class _Problem:
                                     dtype=torch.float32) for k in names}
         self.sky_level = given["sky_level"]
         self.renderer = SersicRenderer(cfg.stamp_size, cfg.pixel_scale, pad=pad)
-        # Each stamp's PSF transform, made once: the PSF image's, or the Moffat's (not looked
-        # up again at every step).
-        self.psf = (_transforms(self.renderer, psf, n) if psf is not None
-                    else (self.renderer.psf_spectrum(given), torch.arange(n)))
+        # Each distinct PSF's transform, made once (not looked up again at every step), and
+        # which one each stamp has: the PSF image's, or the Moffat's.
+        self.psf = _transforms(self.renderer, psf, n) if psf is not None else _moffat_transforms(self.renderer, given)
         self.noise = cfg.noise
         self.weight = None
 
@@ -269,6 +268,16 @@ def _transforms(renderer: SersicRenderer, psf: np.ndarray, n: int) -> tuple[torc
     keys, which = np.unique(planes.reshape(n, -1), axis=0, return_inverse=True)
     distinct = torch.stack([renderer.psf_transform(k.reshape(planes.shape[1:])) for k in keys])
     return distinct, torch.as_tensor(which.reshape(-1))
+
+
+def _moffat_transforms(renderer: SersicRenderer, given: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(distinct, which)``: the transform of each distinct PSF of ``given`` (``psf_fwhm``,
+    and ``psf_beta`` for a Moffat) and each stamp's index into them. Stamps told one PSF
+    (a cube measured with ``--psf-fwhm``) share one transform instead of one each."""
+    keys = torch.stack([given[k] for k in ("psf_fwhm", "psf_beta") if k in given], 1)
+    unique, which = torch.unique(keys, dim=0, return_inverse=True)
+    beta = unique[:, 1] if unique.shape[1] > 1 else None
+    return renderer.psf_spectrum({"psf_fwhm": unique[:, 0], "psf_beta": beta}), which
 
 
 def _levenberg_marquardt(problem: _Problem, phi: torch.Tensor, state: _State, limits, active: torch.Tensor,
