@@ -32,7 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from astropy.stats import mad_std
 from scipy.special import ndtr, ndtri  # the normal's cdf and ppf (scipy.stats takes 1.5 s to import)
 
 from .scaling import ParameterScaling
@@ -48,6 +47,8 @@ class HeldoutScatter:
     @classmethod
     def fit(cls, z_pred: np.ndarray, z_true: np.ndarray, per_bin: int = 20) -> "HeldoutScatter":
         """Quantile bins of the predictions holding about ``per_bin`` galaxies each (at least one bin)."""
+        from astropy.stats import mad_std  # at training's end only: 0.3 s every measuring process need not pay
+
         edges, sigma = [], []
         for k in range(z_pred.shape[1]):
             residual = z_pred[:, k] - z_true[:, k]
