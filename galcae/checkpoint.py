@@ -93,11 +93,12 @@ class TrainedModel:
             return None
         return self.conditioning.to_latent(condition_table(self.conditions, images, conditions or {}))
 
-    def stamp_snr(self, images: np.ndarray, noise_sigma: np.ndarray | None = None) -> np.ndarray:
+    def stamp_snr(self, images: np.ndarray, noise_sigma: np.ndarray | None = None,
+                  mask: np.ndarray | None = None) -> np.ndarray:
         """:func:`galcae.physics.stamp_snr` of ``images`` under the training set's gain;
-        ``noise_sigma`` per stamp is measured unless given."""
+        ``noise_sigma`` per stamp is measured unless given; ``mask``: pixels left out."""
         gain = self.meta.get("dataset", {}).get("simulate", {}).get("noise", {}).get("gain", 1.0)
-        return stamp_snr(images, stamp_noise_sigma(images) if noise_sigma is None else noise_sigma, gain)
+        return stamp_snr(images, stamp_noise_sigma(images) if noise_sigma is None else noise_sigma, gain, mask)
 
     def batches(self, images: np.ndarray, c: np.ndarray | None, step: int):
         """``(normalised images, conditions)`` tensors of ``step`` images at a time."""

@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-import numpy as np
 from astropy.io import fits
 
 from galcae.plots import loss_curve
@@ -25,21 +24,11 @@ def test_evaluate_without_matplotlib_names_the_extra(tmp_path):
         "galcae: error: galcae evaluate needs matplotlib, which is not installed: pip install 'galcae[evaluate]'"]
 
 
-def test_field_without_sep_names_the_extra(tiny_run, tmp_path):
-    """A FITS field needs sep (the `fields` extra) to detect its sources: one line, exit 1."""
-    field = tmp_path / "field.fits"
-    fits.PrimaryHDU(np.random.default_rng(0).normal(0, 1, (96, 96)).astype(np.float32)).writeto(field)
-    result = run_without("sep", ["infer", str(tiny_run), str(field), "-o", str(tmp_path / "c.parquet")])
-    assert result.returncode == 1
-    assert "detecting the sources of a field needs sep" in result.stderr
-    assert "pip install 'galcae[fields]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
-
-
 def test_cube_is_measured_without_the_optional_extras(tiny_run, tiny_dataset, tmp_path):
-    """`pip install galcae` measures cubes: infer needs neither matplotlib, scikit-learn nor sep."""
+    """`pip install galcae` measures cubes: infer needs neither matplotlib nor scikit-learn."""
     cube = tmp_path / "cube.fits"
     fits.PrimaryHDU(tiny_dataset.load_images()[:4]).writeto(cube)
-    code = ("import sys; [sys.modules.__setitem__(m, None) for m in ('matplotlib', 'sklearn', 'sep')]; "
+    code = ("import sys; [sys.modules.__setitem__(m, None) for m in ('matplotlib', 'sklearn')]; "
             f"from galcae.cli import main; sys.exit(main(['infer', {str(tiny_run)!r}, {str(cube)!r}, "
             f"'-o', {str(tmp_path / 'c.parquet')!r}]))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

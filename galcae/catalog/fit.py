@@ -13,11 +13,12 @@ from ..estimate.fit import OK, fit_images
 from ..params import FIT_PARAMETERS, unit_of
 from ..physics import sky_level_for_sigma
 from .chunks import build_catalog
+from .segment import SEGMENT_COLUMNS, SEGMENT_FLAGS, segment
 from .stamps import STAMP_FLAGS, clean
 from .writers import Column, catalog_path, flag_columns, id_columns, write_part
 
 #: Per-row flags of a classical-fit catalog.
-FLAGS = {**STAMP_FLAGS, "flag_fit_failed": "the fit did not converge or failed (see status)"}
+FLAGS = {**STAMP_FLAGS, **SEGMENT_FLAGS, "flag_fit_failed": "the fit did not converge or failed (see status)"}
 
 
 def catalog_columns(has_field: bool) -> list[Column]:
@@ -29,7 +30,9 @@ def catalog_columns(has_field: bool) -> list[Column]:
     cols += [("status", pa.string(), "", "'ok', 'max_nfev' or why the fit failed"),
              ("nfev", pa.int64(), "", "model evaluations"),
              ("chi2_dof", pa.float64(), "", "reduced chi-squared at the solution"),
-             ("seconds", pa.float64(), "s", "wall time of this fit")]
+             ("seconds", pa.float64(), "s", "wall time of this fit"),
+             ("n_neighbours", pa.int64(), "", SEGMENT_COLUMNS["n_neighbours"]),
+             ("blendedness", pa.float64(), "", SEGMENT_COLUMNS["blendedness"])]
     return cols + flag_columns(FLAGS)
 
 
@@ -39,13 +42,16 @@ def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: in
     stamps = chunk.read(cfg.stamp_size, adapt_size)
     ready = clean(stamps)
     n = len(ready.images)
+    segments = segment(ready.images, ready.noise_sigma, ready.mask, todo=ready.measurable)  # as galcae infer
+    ready.mask |= segments.mask
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in stamps.conditions.items()}
     if isinstance(cfg.noise.sky_level, tuple) and "sky_level" not in conditions:  # the sky of the stamp's noise
         noise = conditions.get("noise_sigma", ready.noise_sigma)
         conditions["sky_level"] = sky_level_for_sigma(noise, cfg.noise.gain, cfg.noise.read_noise)
-    table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags,
+    table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **segments.flags,
              **fit_images(ready.images, cfg, max_nfev, conditions if cfg.varies_conditions else None,
-                          ready.measurable, psf_images=stamps.psf)}
+                          ready.measurable & ~segments.centre_masked, psf_images=stamps.psf, mask=ready.mask),
+             "n_neighbours": segments.n_neighbours, "blendedness": segments.blendedness}
     table["status"] = table["status"].astype(str)
     table["flag_fit_failed"] = table["status"] != OK
     return write_part(parts, number, table, columns)

@@ -24,6 +24,7 @@ from ..outputs import atomic_file
 from ..params import CONDITIONS, unit_of
 from ..physics import psf_rows
 from .chunks import build_catalog
+from .segment import SEGMENT_COLUMNS, SEGMENT_FLAGS, segment
 from .sources import InputError
 from .stamps import STAMP_FLAGS, CleanStamps, clean
 from .writers import Column, atomic_save, catalog_path, flag_columns, id_columns, write_part
@@ -31,7 +32,7 @@ from .writers import Column, atomic_save, catalog_path, flag_columns, id_columns
 log = logging.getLogger(__name__)
 
 #: Per-row flags of an inference catalog; ``True`` means the condition holds.
-FLAGS = {**STAMP_FLAGS,
+FLAGS = {**STAMP_FLAGS, **SEGMENT_FLAGS,
          "flag_out_of_range": "a prediction outside the training range, or pixels brighter than "
                               "any the model was trained on",
          "flag_conditions_out_of_range": "seeing or noise outside what the model was trained on "
@@ -80,6 +81,8 @@ def catalog_columns(model: TrainedModel, has_field: bool, refine: bool = False) 
                  ("position_angle_err", pa.float64(), "deg", "1-sigma uncertainty of position_angle")]
     for name in model.conditions:
         cols.append((name, pa.float64(), unit_of(name), f"observing condition used: {CONDITIONS[name].description}"))
+    cols += [("n_neighbours", pa.int64(), "", SEGMENT_COLUMNS["n_neighbours"]),
+             ("blendedness", pa.float64(), "", SEGMENT_COLUMNS["blendedness"])]
     if refine:
         cols += [("snr", pa.float64(), "", "matched-filter S/N measured on the stamp "
                                            "(sqrt(sum(d^2/var) - N_pixels))"),
@@ -150,26 +153,32 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
     ready = clean(stamps)
     conditions = chunk_conditions(model, stamps, ready, options)
     unknown = conditions_out_of_range(model, conditions, len(stamps.images))
-    # Stamps without known conditions cannot be measured by a conditioned model: left NaN.
-    skip = ~ready.measurable | (~np.all([np.isfinite(v) for v in conditions.values()], axis=0)
-                                if conditions else False)
+    # The other sources in each stamp: masked (no weight in the fit, background to the network).
+    segments = segment(ready.images, ready.noise_sigma, ready.mask, todo=ready.measurable)
+    ready.mask |= segments.mask
+    ready.images[segments.mask] = 0.0
+    # Stamps without known conditions cannot be measured by a conditioned model, nor those
+    # whose centre is masked: left NaN.
+    skip = ~ready.measurable | segments.centre_masked | (
+        ~np.all([np.isfinite(v) for v in conditions.values()], axis=0) if conditions else False)
     n = len(skip)
     generator = torch.Generator().manual_seed(options.seed * 1_000_003 + number)
     result = measure(model, ready.images[~skip], {k: v[~skip] for k, v in conditions.items()},
                      samples=options.samples, batch_size=options.batch_size, generator=generator,
-                     latents=options.reconstruct)
+                     latents=options.reconstruct, mask=ready.mask[~skip])
     if options.refine_snr is not None:
         from ..estimate.refine import refine
 
         result = refine(model.card.training_set, ready.images[~skip],
                         {k: v[~skip] for k, v in conditions.items()}, result, options.refine_snr,
                         calibration=model.card.refinement.calibration,
-                        psf=psf_rows(stamps.psf, ~skip),
+                        psf=psf_rows(stamps.psf, ~skip), mask=ready.mask[~skip],
                         model_error=model.card.refinement.model_error if options.model_error else None)
         result["flag_refine_failed"] = result.pop("refine_failed")
         result["flag_poor_fit"] = result.pop("poor_fit")
 
-    table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **conditions}
+    table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **segments.flags,
+             **conditions, "n_neighbours": segments.n_neighbours, "blendedness": segments.blendedness}
     out_of_range = ready.brightest > model.normalization.ceiling
     training_range = model.card.training_range
     for key in result:

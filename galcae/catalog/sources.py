@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from ..errors import InputError, require
+from ..errors import InputError
 from ..params import FITS_KEYWORDS
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,10 @@ class CubeChunk:
             h = hdul[self.hdu]
             images = read_pixels(h, where, slice(self.start, self.stop))
             conditions = header_conditions(h.header, where)
+            mask_hdu = _named_hdu(hdul, MASK_NAMES)
+            if mask_hdu is not None:  # its shape was checked when the run was planned
+                rows = slice(self.start, self.stop) if mask_hdu.header.get("NAXIS") == 3 else None
+                images[np.broadcast_to(read_pixels(mask_hdu, self.source, rows) != 0, images.shape)] = np.nan
         n = len(images)
         images, adapted = fit_to_size(images, size, adapt, f"{self.source}[{self.hdu}]")
         return Stamps(images, {"source": np.full(n, self.source, dtype=object),
@@ -411,6 +415,7 @@ def plan_inputs(inputs, *, stamp_size: int, pixel_scale: float, chunk_size: int,
                 continue
             if len(shape) == 3:
                 flush_stamps()
+                _check_mask(hdul, path, shape)
                 for start in range(0, shape[0], chunk_size):
                     stop = min(shape[0], start + chunk_size)
                     plan.add(CubeChunk(str(path.resolve()), source, index, start, stop), stop - start)
@@ -425,10 +430,18 @@ def plan_inputs(inputs, *, stamp_size: int, pixel_scale: float, chunk_size: int,
     return plan
 
 
+def _check_mask(hdul, path, shape: tuple) -> None:
+    """A cube's ``MASK`` HDU (non-zero = bad) must have its shape, or one stamp's for all."""
+    mask_hdu = _named_hdu(hdul, MASK_NAMES)
+    if mask_hdu is not None and tuple(mask_hdu.shape) not in (shape, shape[1:]):
+        raise InputError(f"{path}[{mask_hdu.name}]: mask shape {tuple(mask_hdu.shape)} is neither the cube's "
+                         f"{shape} nor one stamp's {shape[1:]}")
+
+
 def _plan_field(plan: Plan, hdul, h, path, where: str, chunk_size: int, work_dir: Path,
                 number: int, threshold: float) -> None:
     """Subtract the background, detect sources, save the field for the workers, add its chunks."""
-    sep = require("sep", "fields", f"{where}: detecting the sources of a field")
+    import sep
 
     data = read_pixels(h, where).copy()
     bad = ~np.isfinite(data)

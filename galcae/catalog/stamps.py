@@ -51,6 +51,7 @@ class CleanStamps:
     brightest: np.ndarray  # per stamp, max pixel
     noise_sigma: np.ndarray  # per stamp, measured on the raw border (galcae.conditions)
     flags: dict[str, np.ndarray]  # STAMP_FLAGS
+    mask: np.ndarray  # (N, H, W) bool: pixels that count in no measurement (set to 0)
 
     @property
     def measurable(self) -> np.ndarray:
@@ -80,9 +81,11 @@ def clean(stamps: Stamps) -> CleanStamps:
     floor = -IMPOSSIBLE_SIGMA * scale
     bad |= faintest < floor
     usable = np.ones(n)
+    mask = np.zeros(images.shape, bool)
     if bad.any():  # copy only the stamps that need it
         rows = images[bad]
         unusable = ~np.isfinite(rows) | (rows < floor[bad, None, None])
+        mask[bad] = unusable
         usable[bad] = 1.0 - unusable.reshape(len(rows), -1).mean(axis=1)
         border = np.where(border_pixels(unusable), np.nan, border_pixels(rows))
         rows[unusable] = 0.0
@@ -97,5 +100,5 @@ def clean(stamps: Stamps) -> CleanStamps:
     return CleanStamps(images, brightest, noise, {
         "flag_nan_pixels": bad & ~stamps.truncated, "flag_truncated": stamps.truncated,
         "flag_adapted": stamps.adapted, "flag_empty": (brightest == 0) & (faintest == 0),
-        "flag_unmeasurable": (usable < MIN_USABLE_FRACTION) | sky_low, "flag_background": sky_high})
+        "flag_unmeasurable": (usable < MIN_USABLE_FRACTION) | sky_low, "flag_background": sky_high}, mask)
 

@@ -28,8 +28,8 @@ LOG_FITTED = tuple(name.removeprefix("log_") for name in FITTED if name.startswi
 
 
 def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
-              max_steps: int = 20, tolerance: float = 0.01, psf: np.ndarray | None = None
-              ) -> dict[str, np.ndarray]:
+              max_steps: int = 20, tolerance: float = 0.01, psf: np.ndarray | None = None,
+              mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Fit ``(N, H, W)`` sky-subtracted ADU stamps from ``guess`` (one array per
     :data:`FIT_PARAMETERS`, e.g. the CAE's estimates; clipped into the bounds).
 
@@ -38,6 +38,8 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
     scalars. ``psf``: PSF images (one ``(p, p)`` for all or ``(N, p, p)``, unit sum, the
     pixel included), which the model is then drawn through instead of the Moffat (as
     ``galsim.InterpolatedImage`` draws them; ``psf_fwhm`` and ``psf_beta`` are not needed).
+    ``mask``: ``(N, H, W)`` bool, pixels that carry no weight (neighbours, bad pixels); they
+    count in no chi² and no degree of freedom.
     Returns the fitted values, ``<name>_err`` (from the inverse of ``J^T J``; NaN
     where it is singular), ``status`` (``ok`` when a step lowered chi² by less than
     ``tolerance`` or the Gauss-Newton model has less than that left to gain, ``max_nfev``
@@ -57,7 +59,7 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
     def part(rows: np.ndarray, start: dict, pad: float) -> dict:
         return _fit(images[rows], cfg, {k: v[rows] for k, v in conditions.items()},
                     {k: v[rows] for k, v in start.items()}, max_steps, tolerance,
-                    psf_rows(psf, rows), pad)
+                    psf_rows(psf, rows), pad, None if mask is None else mask[rows])
 
     image_psf = psf is not None
     pads = smallest_grids(cfg, conditions, guess, image_psf)
@@ -140,11 +142,11 @@ def _put(out: dict, rows: np.ndarray, n: int, part: dict) -> None:
 
 
 def _fit(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict, max_steps: int, tolerance: float,
-         psf: np.ndarray | None, pad: float) -> dict[str, np.ndarray]:
+         psf: np.ndarray | None, pad: float, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """:func:`fit_batch` of stamps drawn on a grid of ``pad`` stamps per side."""
     n = len(images)
     with torch.no_grad():
-        problem = _Problem(images, cfg, conditions, psf, pad)
+        problem = _Problem(images, cfg, conditions, psf, pad, mask)
         start = torch.as_tensor(np.stack([np.broadcast_to(np.asarray(guess[k], float), (n,))
                                           for k in FIT_PARAMETERS], 1), dtype=torch.float32)
         usable = problem.usable & torch.isfinite(start).all(1)
@@ -157,8 +159,9 @@ def _fit(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict, max_
         phi_err = _errors(state.hessian)
         chi2, model = state.chi2, state.model
         residual, model_snr = (problem.data - model) * problem.weight, model * problem.weight
-    out = _table(phi, phi_err, chi2, converged, usable.numpy(), problem.data[0].numel())
-    out["galaxy_chi2_dof"], out["galaxy_chi2_sd"] = galaxy_chi2(residual.numpy(), model_snr.numpy())
+    out = _table(phi, phi_err, chi2, converged, usable.numpy(), problem.keep.flatten(1).sum(1).numpy())
+    out["galaxy_chi2_dof"], out["galaxy_chi2_sd"] = galaxy_chi2(residual.numpy(), model_snr.numpy(),
+                                                                problem.keep.numpy() > 0)
     out["galaxy_chi2_dof"][~usable.numpy()] = np.nan
     return out
 
@@ -171,7 +174,8 @@ MIN_GALAXY_PIXELS = 9
 CHI2_1_MEDIAN, CHI2_1_DENSITY_AT_MEDIAN = 0.4549, 0.4711
 
 
-def galaxy_chi2(residual: np.ndarray, model_snr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def galaxy_chi2(residual: np.ndarray, model_snr: np.ndarray, keep: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """``(chi2_dof, sd)`` of ``(N, H, W)`` residuals in noise sigma over the galaxy's pixels
     (the model's ``model_snr`` per pixel >= :data:`GALAXY_SIGMA`), in units of the stamp's
     other pixels' own: their robust mean squared residual (the median over 0.455, that of
@@ -179,17 +183,20 @@ def galaxy_chi2(residual: np.ndarray, model_snr: np.ndarray) -> tuple[np.ndarray
     measured a few per cent high, say) cancels, and a misfit of the galaxy shows, diluted
     neither by the empty sky nor hidden by a neighbour in it. ``sd``: its standard deviation
     for a galaxy the model fits, ``sqrt(2 / dof + 5.44 / sky_pixels)`` (the second term, the
-    median's own noise: 0.04 for a 64 x 64 stamp)."""
+    median's own noise: 0.04 for a 64 x 64 stamp). ``keep``: the pixels that count (bool, the
+    shape of ``residual``; default all)."""
     n = len(residual)
     chi = residual.reshape(n, -1).astype(np.float64) ** 2
-    snr = model_snr.reshape(n, -1)
+    kept = np.ones(chi.shape, bool) if keep is None else keep.reshape(n, -1)
+    snr = np.where(kept, model_snr.reshape(n, -1), -np.inf)
     threshold = np.minimum(GALAXY_SIGMA, -np.sort(-snr, axis=1)[:, MIN_GALAXY_PIXELS - 1])
-    galaxy = snr >= threshold[:, None]
+    galaxy = kept & (snr >= threshold[:, None])
+    sky = kept & ~galaxy
     with warnings.catch_warnings():  # a stamp without sky pixels: NaN, not a warning
         warnings.simplefilter("ignore", RuntimeWarning)
-        sky_level = np.nanmedian(np.where(galaxy, np.nan, chi), axis=1) / CHI2_1_MEDIAN
+        sky_level = np.nanmedian(np.where(sky, chi, np.nan), axis=1) / CHI2_1_MEDIAN
     dof = np.fmax(galaxy.sum(axis=1) - len(FIT_PARAMETERS), 1)
-    sky_pixels = np.fmax((~galaxy).sum(axis=1), 1)
+    sky_pixels = np.fmax(sky.sum(axis=1), 1)
     chi2_dof = np.where(galaxy, chi, 0.0).sum(axis=1) / np.fmax(sky_level, 1e-12) / dof
     # The variance of a sample median is 1 / (4 n f(m)^2), f(m) the density at the median.
     median_variance = 1 / (4 * (CHI2_1_DENSITY_AT_MEDIAN * CHI2_1_MEDIAN) ** 2)
@@ -200,9 +207,13 @@ class _Problem:
     """The data, noise model and renderer of a batch fit: chi² of fitted coordinates ``phi``."""
 
     def __init__(self, images: np.ndarray, cfg: SimConfig, conditions: dict, psf: np.ndarray | None = None,
-                 pad: float = 4):
+                 pad: float = 4, mask: np.ndarray | None = None):
         n = len(images)
         data = torch.as_tensor(np.asarray(images, np.float32))
+        # 1 where a pixel counts, 0 where it is masked: its weight, and so its residual, is 0.
+        self.keep = (torch.ones(data.shape) if mask is None
+                     else torch.as_tensor(~np.asarray(mask, bool), dtype=torch.float32))
+        data = torch.where(self.keep > 0, data, 0.0)  # what is under the mask (NaN, say) never counts
         self.usable = torch.isfinite(data).flatten(1).all(1) & (data.flatten(1) != 0).any(1)
         self.data = torch.where(self.usable[:, None, None], data, 0.0)
         names = (("sky_level",) + (() if psf is not None else ("psf_fwhm",))
@@ -230,7 +241,7 @@ class _Problem:
         rows = torch.arange(len(phi))
         image, derivatives = self.model(phi, rows, derivatives=True)
         variance = pixel_variance(image, self.sky_level[:, None, None], self.noise.gain, self.noise.read_noise)
-        self.weight = variance.rsqrt()
+        self.weight = variance.rsqrt() * self.keep
         state = _State(image, self.chi2(image, rows), torch.empty(len(phi), len(FITTED), len(FITTED)),
                        torch.empty(len(phi), len(FITTED)))
         self.normal_equations(state, rows, image, derivatives)
@@ -334,7 +345,7 @@ def _errors(hessian: torch.Tensor) -> torch.Tensor:
     return torch.where((singular[:, None] == 0) & (diagonal > 0), diagonal.clamp_min(0).sqrt(), torch.nan)
 
 
-def _table(phi, phi_err, chi2, converged, usable: np.ndarray, n_pixels: int) -> dict[str, np.ndarray]:
+def _table(phi, phi_err, chi2, converged, usable: np.ndarray, n_pixels: np.ndarray) -> dict[str, np.ndarray]:
     """Values, errors, status and chi²/dof in physical units; NaN rows for unusable stamps."""
     values = _from_fitted(phi).double().numpy()
     out = {k: values[:, i] for i, k in enumerate(FIT_PARAMETERS)}
@@ -342,7 +353,7 @@ def _table(phi, phi_err, chi2, converged, usable: np.ndarray, n_pixels: int) -> 
         scale = values[:, i] if k in LOG_FITTED else 1.0
         out[f"{k}_err"] = phi_err[:, i].double().numpy() * scale
     out["status"] = np.where(converged.numpy(), OK, MAX_NFEV).astype(object)
-    out["chi2_dof"] = chi2.double().numpy() / max(1, n_pixels - len(FIT_PARAMETERS))
+    out["chi2_dof"] = chi2.double().numpy() / np.fmax(1, n_pixels - len(FIT_PARAMETERS))
     bad = ~usable
     for k in FIT_PARAMETERS:
         out[k][bad], out[f"{k}_err"][bad] = np.nan, np.nan

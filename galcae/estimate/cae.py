@@ -22,7 +22,7 @@ def uncertainty_method(model: TrainedModel, samples: int) -> str:
 
 def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = None, *,
             samples: int = 1, batch_size: int | None = None, generator: torch.Generator | None = None,
-            latents: bool = False) -> dict[str, np.ndarray]:
+            latents: bool = False, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Predicted parameters, ``<name>_err`` and the central 95% interval ``<name>_lo95``,
     ``<name>_hi95`` of finite ADU stamps ``(N, H, W)``.
 
@@ -30,11 +30,13 @@ def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = N
     :meth:`TrainedModel.condition_input`). Errors: the variance head (recalibrated) when the
     model has one, else the held-out scatter; ``samples > 1`` adds MC dropout, the spread of
     ``samples`` draws of the dropout mask on the encoder features (the convolutions run
-    once). ``latents=True`` adds the full latent vectors (for reconstructions).
+    once). ``latents=True`` adds the full latent vectors (for reconstructions). ``mask``:
+    ``(N, H, W)`` bool, pixels already set to 0 that the stamp's S/N (of the error model)
+    leaves out.
     """
     check_samples(model, samples)
     z, z_var, z_all = _encode(model, images, conditions, samples, batch_size, generator, latents)
-    sigma_z, tail = _latent_errors(model, images, conditions, z, z_var, samples)
+    sigma_z, tail = _latent_errors(model, images, conditions, z, z_var, samples, mask)
     values = model.scaling.to_physical(z)
     errors = physical_sigma(model.scaling, z, sigma_z)
     wide = half_widths(sigma_z, tail)[LEVELS[1]]  # latent: log10 axes give asymmetric ends
@@ -83,7 +85,7 @@ def _encode(model: TrainedModel, images, conditions, samples: int, batch_size, g
     return z, (np.concatenate(z_var) if z_var else None), full
 
 
-def _latent_errors(model: TrainedModel, images, conditions, z: np.ndarray, z_var, samples: int):
+def _latent_errors(model: TrainedModel, images, conditions, z: np.ndarray, z_var, samples: int, mask=None):
     """1-sigma in latent units and the factor on the Gaussian 95% half-width: the variance
     head's recalibrated by the model card's error model, or the held-out scatter."""
     errors = model.card.errors
@@ -98,7 +100,7 @@ def _latent_errors(model: TrainedModel, images, conditions, z: np.ndarray, z_var
     if calibration.needs_snr:  # the noise already measured for the conditions, if it was
         noise = (conditions or {}).get("noise_sigma")
         noise = None if noise is None else np.broadcast_to(np.asarray(noise, float), (len(images),))
-        sigma_z = calibration.apply(sigma_z, model.stamp_snr(images, noise))
+        sigma_z = calibration.apply(sigma_z, model.stamp_snr(images, noise, mask))
     else:
         sigma_z = calibration.apply(sigma_z)
     return sigma_z, calibration.tail(sigma_z)

@@ -69,11 +69,13 @@ class _OutOfTime(Exception):
 
 
 def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = None,
-              max_nfev: int = 100, max_seconds: float = 20.0, guess: dict | None = None) -> dict:
+              max_nfev: int = 100, max_seconds: float = 20.0, guess: dict | None = None,
+              mask: np.ndarray | None = None) -> dict:
     """Fit one sky-subtracted ADU stamp; return values, ``<name>_err``, status and cost.
 
     ``guess``: the starting point (e.g. the CAE's estimate; clipped into the bounds),
-    instead of HSM adaptive moments.
+    instead of HSM adaptive moments. ``mask``: ``(H, W)`` bool, pixels that carry no weight
+    (neighbours, bad pixels; set to 0 for the moments).
 
     ``<name>_err`` comes from the inverse of ``J^T J`` at the solution (J of the weighted
     residuals): the fit's own Cramér–Rao-style error estimate. A fit that takes more than
@@ -83,12 +85,14 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
     """
     psf = psf if psf is not None else make_psf(cfg)
     start = time.perf_counter()
+    keep = np.ones(image.shape, bool) if mask is None else ~np.asarray(mask, bool)
+    image = np.where(keep, image, 0.0)
     if not np.all(np.isfinite(image)) or not np.any(image):
         return failed_fit("empty or non-finite stamp", time.perf_counter() - start)
     guess = initial_guess(image, cfg, psf) if guess is None else inside_bounds(guess, cfg)
     noise = cfg.noise
-    sigma = np.sqrt(pixel_variance(render(cfg, guess, psf), noise.sky_level, noise.gain,
-                                   noise.read_noise)).ravel()
+    weight = keep.ravel() / np.sqrt(pixel_variance(render(cfg, guess, psf), noise.sky_level, noise.gain,
+                                                   noise.read_noise)).ravel()
     data = image.astype(np.float64).ravel()
     scale = np.array([max(guess["flux"], 1.0), 0.3, 0.5, 0.1, 0.1, 0.5, 0.5])
 
@@ -101,7 +105,7 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
             # A trial step GalSim cannot render within max_fft_size (huge n and radius):
             # score it as a very poor fit, so the trust region steps back.
             return np.full(data.size, 1e3)
-        return (data - model.ravel()) / sigma
+        return (data - model.ravel()) * weight
 
     try:
         with warnings.catch_warnings():
@@ -120,19 +124,20 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
                     for i, n in enumerate(FIT_PARAMETERS)})
     except np.linalg.LinAlgError:
         pass
-    dof = max(1, data.size - len(FIT_PARAMETERS))
+    dof = max(1, int(keep.sum()) - len(FIT_PARAMETERS))
     return {**out, "status": OK if result.status > 0 else MAX_NFEV, "nfev": int(result.nfev),
             "chi2_dof": float(2 * result.cost / dof), "seconds": time.perf_counter() - start}
 
 
 def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100,
                conditions: dict | None = None, measurable: np.ndarray | None = None,
-               psf_images: np.ndarray | None = None) -> dict[str, np.ndarray]:
+               psf_images: np.ndarray | None = None, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """:func:`fit_stamp` over a stack; one array per output column. ``conditions`` holds
     per-image ``psf_fwhm``, ``psf_beta``, ``sky_level`` where ``cfg`` draws them per galaxy;
     a stamp whose conditions are impossible, or that is not ``measurable``, is a failed row.
     ``psf_images`` (one ``(p, p)`` for all or ``(N, p, p)``, unit sum, pixel included): the
-    PSF itself, instead of ``cfg``'s profile."""
+    PSF itself, instead of ``cfg``'s profile. ``mask``: ``(N, H, W)`` bool, pixels without
+    weight."""
     from threadpoolctl import threadpool_limits
 
     conditions = conditions or {}
@@ -152,7 +157,7 @@ def fit_images(images: np.ndarray, cfg: SimConfig, max_nfev: int = 100,
                 continue
             if psf_images is not None:
                 psf = _image_psf(psf_images, i, cfg.pixel_scale)
-            rows.append(fit_stamp(image, galaxy_cfg, psf, max_nfev))
+            rows.append(fit_stamp(image, galaxy_cfg, psf, max_nfev, mask=None if mask is None else mask[i]))
     keys = rows[0].keys() if rows else ()
     return {k: np.array([r[k] for r in rows], dtype=object if k == "status" else None) for k in keys}
 

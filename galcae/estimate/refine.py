@@ -99,7 +99,7 @@ def stamp_config(sim: SimConfig, conditions: dict, i: int) -> SimConfig:
 def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict,
            min_snr: float, max_steps: int = MAX_STEPS,
            calibration: VarianceCalibration | None = None, psf: np.ndarray | None = None,
-           model_error: dict | None = None) -> dict[str, np.ndarray]:
+           model_error: dict | None = None, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Re-measure the stamps with :func:`~galcae.physics.stamp_snr` >= ``min_snr`` by the
     classical fit; ``estimates`` is not changed.
 
@@ -109,7 +109,8 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
     :func:`galcae.estimate.cae.measure` returns them). ``psf``: the stamps' PSF images (one
     ``(p, p)`` for all, or ``(N, p, p)``), which the fit draws its model through instead of
     the Moffat of ``psf_fwhm`` and ``psf_beta``. ``model_error``: the card's model-error
-    floors (:attr:`galcae.card.Refinement.model_error`). Returns those columns with the fit's
+    floors (:attr:`galcae.card.Refinement.model_error`). ``mask``: ``(N, H, W)`` bool, pixels
+    that count neither in the S/N nor in the fit (neighbours, bad pixels). Returns those columns with the fit's
     values and errors where it succeeded (recalibrated by ``calibration``, the model card's
     :attr:`~galcae.card.Refinement.calibration`, if given), plus ``snr``, ``refined`` (the
     fit replaced the CAE's values), ``refine_failed`` (a fit was tried and failed) and
@@ -123,13 +124,13 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
         conditions["noise_sigma"] = stamp_noise_sigma(images)
     supervised = [name for name in FIT_PARAMETERS if name in estimates]
     out = {**estimates, **{k: np.array(estimates[k], copy=True) for k in _refinable(estimates, supervised)},
-           "snr": stamp_snr(images, conditions["noise_sigma"], sim.noise.gain),
+           "snr": stamp_snr(images, conditions["noise_sigma"], sim.noise.gain, mask),
            "refined": np.zeros(n, bool), "refine_failed": np.zeros(n, bool), "chi2_dof": np.full(n, np.nan),
            "poor_fit": np.zeros(n, bool)}
     chosen = np.flatnonzero((out["snr"] >= min_snr)
                             & np.all([np.isfinite(estimates[name]) for name in supervised], axis=0))
     for first in range(0, len(chosen), BATCH):
-        _fit_rows(out, chosen[first:first + BATCH], sim, images, conditions, supervised, max_steps, psf)
+        _fit_rows(out, chosen[first:first + BATCH], sim, images, conditions, supervised, max_steps, psf, mask)
     if out["refined"].any() and all(f"{name}_err" in out for name in supervised):
         _recalibrate_errors(out, supervised, calibration, model_error or {})
     if "ellipticity_err" in out:
@@ -145,14 +146,14 @@ def _refinable(estimates: dict, supervised: list[str]) -> list[str]:
 
 
 def _fit_rows(out: dict, rows: np.ndarray, sim: SimConfig, images: np.ndarray, conditions: dict,
-              supervised: list[str], max_steps: int, psf: np.ndarray | None) -> None:
+              supervised: list[str], max_steps: int, psf: np.ndarray | None, mask: np.ndarray | None = None) -> None:
     """Fit the stamps ``rows`` from ``out``'s values; write the successful fits into ``out``."""
     start = {name: out[name][rows] for name in supervised}
     if len(start) < len(FIT_PARAMETERS):  # a model that does not predict them all
         start = _with_moments(start, sim, images, conditions, rows)
     psf = psf_rows(psf, rows)
     fit = fit_batch(images[rows], sim, stamp_conditions(sim, conditions, rows, psf is not None), start,
-                    max_steps=max_steps, psf=psf)
+                    max_steps=max_steps, psf=psf, mask=None if mask is None else mask[rows])
     # Stopped after max_steps keeps its last step; a fit without errors is no measurement.
     done = np.isin(fit["status"], (OK, STOPPED)) & np.all(
         [np.isfinite(fit[f"{name}_err"]) for name in FIT_PARAMETERS], axis=0)
