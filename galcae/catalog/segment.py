@@ -95,22 +95,25 @@ def _segment(sep, images, noise_sigma, unusable, todo) -> Segmentation:
     out = Segmentation(np.zeros(images.shape, bool), np.zeros(n, np.int64), np.full(n, np.nan),
                        np.zeros(n, bool), np.zeros(n, bool))
     todo = np.ones(n, bool) if todo is None else todo
+    images = np.ascontiguousarray(images, np.float32)
+    # A stamp's own bad pixels go to sep only where it has any (a mask costs sep time).
+    bad = np.zeros(n, bool) if unusable is None else unusable.reshape(n, -1).any(axis=1)
     for i in np.flatnonzero(todo & np.isfinite(noise_sigma) & (noise_sigma > 0)):
-        data = np.ascontiguousarray(images[i], np.float32)
-        mask = None if unusable is None else np.ascontiguousarray(unusable[i])
         try:
-            objects, seg = sep.extract(data, DETECT_SIGMA, err=float(noise_sigma[i]), mask=mask,
+            objects, seg = sep.extract(images[i], DETECT_SIGMA, err=float(noise_sigma[i]),
+                                       mask=np.ascontiguousarray(unusable[i]) if bad[i] else None,
                                        minarea=MIN_AREA, segmentation_map=True)
         except Exception:  # noqa: BLE001 -- sep's internal limits (a pathological stamp): none masked
             continue
         central = _central(objects, seg, size)
-        label = 0 if central is None else central + 1
-        others = (seg > 0) & (seg != label)
-        grown = ndimage.binary_dilation(others, iterations=GROW) if GROW and others.any() else others
-        out.mask[i] = grown & ((seg != label) | (label == 0))
+        out.undetected[i] = central is None
         out.n_neighbours[i] = len(objects) - (central is not None)
         out.blendedness[i] = 0.0 if central is None else _blendedness(objects, central, size)
-        out.undetected[i] = central is None
+        if out.n_neighbours[i]:
+            label = 0 if central is None else central + 1
+            others = (seg > 0) & (seg != label)
+            grown = ndimage.binary_dilation(others, iterations=GROW) if GROW else others
+            out.mask[i] = grown & ((seg != label) | (label == 0))
     masked = out.mask if unusable is None else out.mask | unusable
     c = size // 2
     box = masked[:, c - CENTRE_BOX - 1:c + CENTRE_BOX, c - CENTRE_BOX - 1:c + CENTRE_BOX]
