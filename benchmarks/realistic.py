@@ -32,7 +32,6 @@ import json
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import galsim
@@ -112,16 +111,6 @@ def _render_star(args) -> dict:
     return render(*args)
 
 
-def simulate(params: pd.DataFrame, psf_size: int, workers: int):
-    jobs = [(row, psf_size) for row in params.to_dict("records")]
-    with ProcessPoolExecutor(workers) as pool:
-        done = list(pool.map(_render_star, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
-    truth = params.copy()
-    for key in ("status", "snr", "true_blendedness", "true_half_light_radius"):
-        truth[key] = [d[key] for d in done]
-    return truth, np.stack([d["stamp"] for d in done]), np.stack([d["psf_image"] for d in done])
-
-
 def inputs(work: Path, args) -> pd.DataFrame:
     """The cutouts' cube and PSF images in ``work`` (simulated unless there for these
     arguments), and their truth table."""
@@ -131,7 +120,8 @@ def inputs(work: Path, args) -> pd.DataFrame:
         return pd.read_parquet(work / "truth.parquet")
     params = draw(args.n, args.seed, args.bulge_fraction, args.blended_fraction)
     start = time.perf_counter()
-    truth, stamps, psfs = simulate(params, args.psf_size, args.workers)
+    truth, stamps, psfs = rp.simulate(params, args.psf_size, args.workers, _render_star,
+                                      ("status", "snr", "true_blendedness", "true_half_light_radius"))
     print(f"simulated {args.n} cutouts in {time.perf_counter() - start:.0f} s", flush=True)
     fits.PrimaryHDU(stamps).writeto(work / "stamps.fits", overwrite=True)
     fits.PrimaryHDU(psfs).writeto(work / "psf.fits", overwrite=True)

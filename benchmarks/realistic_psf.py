@@ -305,17 +305,22 @@ def _render_star(args) -> dict:
     return render(*args)
 
 
-def simulate(params: pd.DataFrame, psf_size: int, workers: int):
-    """Render every row on ``workers`` processes: (truth table, stamps, PSF images)."""
+#: What :func:`render` gives besides the stamp and PSF image: truth-table columns.
+RENDERED = ("status", "snr", "psf_fwhm", "psf_inside", "moffat_fwhm", "moffat_beta", "moffat_seconds",
+            "true_half_light_radius")
+
+
+def simulate(params: pd.DataFrame, psf_size: int, workers: int, render_star=_render_star, rendered=RENDERED):
+    """Render every row (``render_star((row, psf_size))``, :func:`render` by default) on
+    ``workers`` processes: (truth table with the ``rendered`` columns, stamps, PSF images)."""
     jobs = [(row, psf_size) for row in params.to_dict("records")]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            done = list(pool.map(_render_star, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+            done = list(pool.map(render_star, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
     else:
-        done = [_render_star(job) for job in jobs]
+        done = [render_star(job) for job in jobs]
     truth = params.copy()
-    for key in ("status", "snr", "psf_fwhm", "psf_inside", "moffat_fwhm", "moffat_beta", "moffat_seconds",
-                "true_half_light_radius"):
+    for key in rendered:
         truth[key] = [d[key] for d in done]
     return truth, np.stack([d["stamp"] for d in done]), np.stack([d["psf_image"] for d in done])
 
