@@ -153,10 +153,13 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
     ready = clean(stamps)
     conditions = chunk_conditions(model, stamps, ready, options)
     unknown = conditions_out_of_range(model, conditions, len(stamps.images))
-    # The other sources in each stamp: masked (no weight in the fit, background to the network).
+    # The other sources in each stamp: masked (no weight in the fit), and sky noise to the
+    # network, which has seen noise everywhere in training (a hole of zeros, never).
     segments = segment(ready.images, ready.noise_sigma, ready.mask, todo=ready.measurable)
     ready.mask |= segments.mask
-    ready.images[segments.mask] = 0.0
+    stamp, *pixels = np.nonzero(segments.mask)
+    sky = np.random.default_rng([options.seed, number]).standard_normal(len(stamp))
+    ready.images[(stamp, *pixels)] = sky * ready.noise_sigma[stamp]
     # Stamps without known conditions cannot be measured by a conditioned model, nor those
     # whose centre is masked: left NaN.
     skip = ~ready.measurable | segments.centre_masked | (

@@ -2,9 +2,10 @@
 filter, a threshold in units of the stamp's own noise, multi-threshold deblending), the
 central one kept as the galaxy, the others masked, and how blended the galaxy is.
 
-A masked pixel carries no weight in any fit and reaches the network as background (0), never
-as light. What cannot be undone by masking -- a neighbour's light under the galaxy itself --
-is measured (``blendedness``) and flagged (``flag_blended``); rows are never dropped.
+A masked pixel carries no weight in any fit and reaches the network as sky noise of the
+stamp's sigma (``galcae infer``), never as light. What cannot be undone by masking -- a
+neighbour's light under the galaxy itself -- is measured (``blendedness``) and flagged
+(``flag_blended``); rows are never dropped.
 """
 
 from __future__ import annotations
