@@ -13,7 +13,7 @@ from ..estimate.fit import OK, fit_images
 from ..params import FIT_PARAMETERS, unit_of
 from ..physics import sky_level_for_sigma
 from .chunks import build_catalog
-from .segment import SEGMENT_COLUMNS, SEGMENT_FLAGS, segment
+from .segment import SEGMENT_COLUMNS, SEGMENT_FLAGS, mask_neighbours
 from .stamps import STAMP_FLAGS, clean
 from .writers import Column, catalog_path, flag_columns, id_columns, write_part
 
@@ -42,8 +42,7 @@ def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: in
     stamps = chunk.read(cfg.stamp_size, adapt_size)
     ready = clean(stamps)
     n = len(ready.images)
-    segments = segment(ready.images, ready.noise_sigma, ready.mask, todo=ready.measurable)  # as galcae infer
-    ready.mask |= segments.mask
+    segments = mask_neighbours(ready)  # as galcae infer
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in stamps.conditions.items()}
     if isinstance(cfg.noise.sky_level, tuple) and "sky_level" not in conditions:  # the sky of the stamp's noise
         noise = conditions.get("noise_sigma", ready.noise_sigma)

@@ -24,7 +24,7 @@ from ..outputs import atomic_file
 from ..params import CONDITIONS, unit_of
 from ..physics import psf_rows
 from .chunks import build_catalog
-from .segment import SEGMENT_COLUMNS, SEGMENT_FLAGS, segment
+from .segment import SEGMENT_COLUMNS, SEGMENT_FLAGS, mask_neighbours
 from .sources import InputError
 from .stamps import STAMP_FLAGS, CleanStamps, clean
 from .writers import Column, atomic_save, catalog_path, flag_columns, id_columns, write_part
@@ -155,8 +155,7 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
     unknown = conditions_out_of_range(model, conditions, len(stamps.images))
     # The other sources in each stamp: masked (no weight in the fit), and sky noise to the
     # network, which has seen noise everywhere in training (a hole of zeros, never).
-    segments = segment(ready.images, ready.noise_sigma, ready.mask, todo=ready.measurable)
-    ready.mask |= segments.mask
+    segments = mask_neighbours(ready)
     stamp, *pixels = np.nonzero(segments.mask)
     sky = np.random.default_rng([options.seed, number]).standard_normal(len(stamp))
     ready.images[(stamp, *pixels)] = sky * ready.noise_sigma[stamp]

@@ -68,6 +68,15 @@ class Segmentation:
                     "flag_blended": self.blendedness > BLENDED}
 
 
+def mask_neighbours(ready) -> "Segmentation":
+    """Segment cleaned stamps (:class:`~galcae.catalog.stamps.CleanStamps`, the measurable
+    ones) and add their neighbours to ``ready.mask``: what every catalog does before it
+    measures."""
+    segments = segment(ready.images, ready.noise_sigma, ready.mask, todo=ready.measurable)
+    ready.mask |= segments.mask
+    return segments
+
+
 def segment(images: np.ndarray, noise_sigma: np.ndarray, unusable: np.ndarray | None = None,
             todo: np.ndarray | None = None) -> Segmentation:
     """Segment ``(N, H, W)`` sky-subtracted stamps with per-stamp ``noise_sigma`` (ADU);

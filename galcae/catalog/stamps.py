@@ -51,7 +51,7 @@ class CleanStamps:
     brightest: np.ndarray  # per stamp, max pixel
     noise_sigma: np.ndarray  # per stamp, measured on the raw border (galcae.conditions)
     flags: dict[str, np.ndarray]  # STAMP_FLAGS
-    mask: np.ndarray  # (N, H, W) bool: pixels that count in no measurement (set to 0)
+    mask: np.ndarray  # (N, H, W) bool: pixels that count in no fit and no S/N (unusable: set to 0)
 
     @property
     def measurable(self) -> np.ndarray:

@@ -31,8 +31,8 @@ def measure(model: TrainedModel, images: np.ndarray, conditions: dict | None = N
     model has one, else the held-out scatter; ``samples > 1`` adds MC dropout, the spread of
     ``samples`` draws of the dropout mask on the encoder features (the convolutions run
     once). ``latents=True`` adds the full latent vectors (for reconstructions). ``mask``:
-    ``(N, H, W)`` bool, pixels already set to 0 that the stamp's S/N (of the error model)
-    leaves out.
+    ``(N, H, W)`` bool, pixels (neighbours, bad pixels) that the stamp's S/N, which the error
+    model is binned in, leaves out.
     """
     check_samples(model, samples)
     z, z_var, z_all = _encode(model, images, conditions, samples, batch_size, generator, latents)
