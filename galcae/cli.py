@@ -163,7 +163,8 @@ def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, n
                    "[default: the S/N the model's refined errors were calibrated above, 25 for "
                    "`--model survey`; no refinement for a model without that calibration].")
 @click.option("--no-refine", is_flag=True,
-              help="The CAE alone, no classical fit (11-15 times faster with `--model survey`; "
+              help="The CAE alone, no classical fit (2-4 times faster with `--model survey` where half "
+                   "the stamps are bright enough to refine; "
                    "its scatter above S/N 100 is about twice the Cramér-Rao bound).")
 @click.option("--no-model-error", is_flag=True,
               help="Do not add the model card's model-error floor to the refined rows' errors: for "
