@@ -33,7 +33,8 @@ def test_refinement_of_a_two_parameter_model_updates_the_columns_it_has(two_para
     """A flux and r½ model is refined on every stamp, adding only the S/N and status columns."""
     # The fit starts the other five parameters from HSM moments.
     out, cae = two_parameter.out, two_parameter.cae
-    assert set(out) == set(cae) | {"snr", "refined", "refine_failed", "chi2_dof", "poor_fit"} and out["refined"].all()
+    assert set(out) == set(cae) | {"snr", "refined", "refine_failed", "chi2_dof", "poor_fit",
+                                   "neighbours_modelled"} and out["refined"].all()
 
 
 def test_refinement_of_a_two_parameter_model_does_not_worsen_the_flux(two_parameter):

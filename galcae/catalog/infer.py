@@ -92,7 +92,9 @@ def catalog_columns(model: TrainedModel, has_field: bool, refine: bool = False) 
                                                 "galaxy's pixels, in units of the stamp's other "
                                                 "pixels' (NaN where not refined): well above 1, the "
                                                 "galaxy or PSF is not the model, and the errors are "
-                                                "widened by its square root")]
+                                                "widened by its square root"),
+                 ("neighbours_modelled", pa.int64(), "", "neighbours whose fitted models were subtracted "
+                                                         "before the refining fit (0 where not refined)")]
     return cols + flag_columns({**FLAGS, **(REFINE_FLAGS if refine else {})})
 
 
@@ -155,17 +157,19 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
     unknown = conditions_out_of_range(model, conditions, len(stamps.images))
     # The other sources in each stamp: masked (no weight in the fit), and sky noise to the
     # network, which has seen noise everywhere in training (a hole of zeros, never).
+    # The refinement models the neighbours from their own pixels: it gets the stamps as read.
     segments = mask_neighbours(ready)
     stamp, *pixels = np.nonzero(segments.mask)
     sky = np.random.default_rng([options.seed, number]).standard_normal(len(stamp))
-    ready.images[(stamp, *pixels)] = sky * ready.noise_sigma[stamp]
+    seen = ready.images.copy() if len(stamp) else ready.images
+    seen[(stamp, *pixels)] = sky * ready.noise_sigma[stamp]
     # Stamps without known conditions cannot be measured by a conditioned model, nor those
     # whose centre is masked: left NaN.
     skip = ~ready.measurable | segments.centre_masked | (
         ~np.all([np.isfinite(v) for v in conditions.values()], axis=0) if conditions else False)
     n = len(skip)
     generator = torch.Generator().manual_seed(options.seed * 1_000_003 + number)
-    result = measure(model, ready.images[~skip], {k: v[~skip] for k, v in conditions.items()},
+    result = measure(model, seen[~skip], {k: v[~skip] for k, v in conditions.items()},
                      samples=options.samples, batch_size=options.batch_size, generator=generator,
                      latents=options.reconstruct, mask=ready.mask[~skip])
     if options.refine_snr is not None:
@@ -175,6 +179,7 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
                         {k: v[~skip] for k, v in conditions.items()}, result, options.refine_snr,
                         calibration=model.card.refinement.calibration,
                         psf=psf_rows(stamps.psf, ~skip), mask=ready.mask[~skip],
+                        neighbours=segments.neighbours.take(np.flatnonzero(~skip)),
                         model_error=model.card.refinement.model_error if options.model_error else None)
         result["flag_refine_failed"] = result.pop("refine_failed")
         result["flag_poor_fit"] = result.pop("poor_fit")
@@ -186,7 +191,7 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
     for key in result:
         if key == "latents":
             continue
-        table[key] = np.full(n, np.nan) if result[key].dtype != bool else np.zeros(n, bool)
+        table[key] = np.zeros(n, result[key].dtype) if result[key].dtype.kind in "bi" else np.full(n, np.nan)
         table[key][~skip] = result[key]
         if key in training_range and key in model.supervised:
             lo, hi = training_range[key]

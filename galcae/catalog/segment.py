@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..estimate.neighbours import Neighbours
+
 #: Detection threshold per pixel, in units of the stamp's noise sigma (after sep's default
 #: 3x3 matched filter), and the fewest connected pixels that make a source.
 DETECT_SIGMA, MIN_AREA = 1.5, 5
@@ -60,6 +62,7 @@ class Segmentation:
     blendedness: np.ndarray  # (N,) float; NaN where not segmented
     undetected: np.ndarray  # (N,) bool: no central source detected
     centre_masked: np.ndarray  # (N,) bool: the centre mostly masked, with the stamp's own mask
+    neighbours: Neighbours  # the segmentation maps and the other sources, for their models
 
     @property
     def flags(self) -> dict[str, np.ndarray]:
@@ -103,7 +106,10 @@ def segment(images: np.ndarray, noise_sigma: np.ndarray, unusable: np.ndarray | 
 def _segment(sep, images, noise_sigma, unusable, todo) -> Segmentation:
     n, size = len(images), images.shape[-1]
     out = Segmentation(np.zeros(images.shape, bool), np.zeros(n, np.int64), np.full(n, np.nan),
-                       np.zeros(n, bool), np.zeros(n, bool))
+                       np.zeros(n, bool), np.zeros(n, bool),
+                       Neighbours(np.zeros(images.shape, np.int16), np.zeros(n, np.int64), {},
+                                  None if unusable is None else np.asarray(unusable, bool).copy()))
+    found = []  # per stamp with neighbours: (stamp, the neighbours' rows of sep's objects, their labels)
     todo = np.ones(n, bool) if todo is None else todo
     images = np.ascontiguousarray(images, np.float32)
     # A stamp's own bad pixels go to sep only where it has any (a mask costs sep time).
@@ -119,16 +125,32 @@ def _segment(sep, images, noise_sigma, unusable, todo) -> Segmentation:
         out.undetected[i] = central is None
         out.n_neighbours[i] = len(objects) - (central is not None)
         out.blendedness[i] = 0.0 if central is None else _blendedness(objects, central, size)
+        label = 0 if central is None else central + 1
+        out.neighbours.central[i] = label
         if out.n_neighbours[i]:
-            label = 0 if central is None else central + 1
+            out.neighbours.labels[i] = seg
+            others_at = np.flatnonzero(np.arange(len(objects)) != central)
+            found.append((i, objects[others_at], others_at + 1))
             others = (seg > 0) & (seg != label)
             grown = ndimage.binary_dilation(others, iterations=GROW) if GROW else others
             out.mask[i] = grown & ((seg != label) | (label == 0))
+    out.neighbours.sources = _sources(found)
     masked = out.mask if unusable is None else out.mask | unusable
     c = size // 2
     box = masked[:, c - CENTRE_BOX - 1:c + CENTRE_BOX, c - CENTRE_BOX - 1:c + CENTRE_BOX]
     out.centre_masked = todo & (box.reshape(n, -1).mean(axis=1) > 0.5)
     return out
+
+
+def _sources(found: list) -> dict[str, np.ndarray]:
+    """One row per neighbour: its stamp, label, and sep's centroid, flux and second moments."""
+    columns = ("x", "y", "flux", "x2", "y2", "xy")
+    if not found:
+        return {"stamp": np.zeros(0, np.int64), "label": np.zeros(0, np.int64),
+                **{k: np.zeros(0) for k in columns}}
+    return {"stamp": np.concatenate([np.full(len(o), i) for i, o, _ in found]),
+            "label": np.concatenate([labels for _, _, labels in found]),
+            **{k: np.concatenate([o[k] for _, o, _ in found]).astype(np.float64) for k in columns}}
 
 
 def _central(objects: np.ndarray, seg: np.ndarray, size: int) -> int | None:

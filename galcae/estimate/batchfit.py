@@ -29,7 +29,7 @@ LOG_FITTED = tuple(name.removeprefix("log_") for name in FITTED if name.startswi
 
 def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
               max_steps: int = 20, tolerance: float = 0.01, psf: np.ndarray | None = None,
-              mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+              mask: np.ndarray | None = None, models: bool = False) -> dict[str, np.ndarray]:
     """Fit ``(N, H, W)`` sky-subtracted ADU stamps from ``guess`` (one array per
     :data:`FIT_PARAMETERS`, e.g. the CAE's estimates; clipped into the bounds).
 
@@ -46,7 +46,8 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
     after ``max_steps`` steps, ``failed: ...`` for a blank or
     non-finite stamp or guess), ``chi2_dof`` (over the whole stamp, as the scipy fit's) and
     the misfit where the galaxy is (:func:`galaxy_chi2`): ``galaxy_chi2_dof`` and its
-    expected scatter ``galaxy_chi2_sd``, one array each.
+    expected scatter ``galaxy_chi2_sd``, one array each; with ``models``, also ``model``: the
+    fitted model images, ``(N, H, W)`` (zero where the stamp could not be fitted).
 
     Each stamp is drawn on the smallest FFT grid of :data:`GRIDS` that its galaxy's extent
     allows (:func:`smallest_grids`, at the guess); one the fit made larger than its grid
@@ -59,7 +60,7 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
     def part(rows: np.ndarray, start: dict, pad: float) -> dict:
         return _fit(images[rows], cfg, {k: v[rows] for k, v in conditions.items()},
                     {k: v[rows] for k, v in start.items()}, max_steps, tolerance,
-                    psf_rows(psf, rows), pad, None if mask is None else mask[rows])
+                    psf_rows(psf, rows), pad, None if mask is None else mask[rows], models)
 
     image_psf = psf is not None
     pads = smallest_grids(cfg, conditions, guess, image_psf)
@@ -73,6 +74,33 @@ def fit_batch(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict,
     if len(redo):
         _put(out, redo, n, part(redo, fitted, FULL_GRID))
     return out
+
+
+
+def derivatives_at(cfg: SimConfig, conditions: dict, values: dict, psf: np.ndarray | None = None,
+                   mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(derivatives, weight)`` of the models at physical ``values`` (one array per
+    :data:`FIT_PARAMETERS`), as :func:`fit_batch` weighs them: ``(N, 7, H, W)`` derivatives
+    with respect to the fitted coordinates (:data:`~galcae.render.FITTED`: log flux, log
+    radius, log n, g1, g2, x, y) and ``(N, H, W)`` inverse noise sigmas (0 where ``mask``ed).
+    The pieces of a Fisher matrix: ``J = derivatives * weight``, ``F = J J^T``."""
+    n = len(values["flux"])
+    conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
+    derivatives = np.zeros((n, len(FITTED), cfg.stamp_size, cfg.stamp_size), np.float32)
+    weight = np.zeros((n, cfg.stamp_size, cfg.stamp_size), np.float32)
+    pads = smallest_grids(cfg, conditions, values, psf is not None)
+    for pad in np.unique(pads):
+        rows = np.flatnonzero(pads == pad)
+        problem = _Problem(np.ones((len(rows), cfg.stamp_size, cfg.stamp_size), np.float32), cfg,
+                           {k: v[rows] for k, v in conditions.items()}, psf_rows(psf, rows), float(pad),
+                           None if mask is None else mask[rows])
+        phi = _to_fitted(torch.as_tensor(np.stack([np.asarray(values[k], float)[rows] for k in FIT_PARAMETERS], 1),
+                                         dtype=torch.float32))
+        with torch.no_grad():
+            image, drawn = problem.model(phi, torch.arange(len(rows)), derivatives=True)
+            variance = pixel_variance(image, problem.sky_level[:, None, None], cfg.noise.gain, cfg.noise.read_noise)
+        derivatives[rows], weight[rows] = drawn.numpy(), (variance.rsqrt() * problem.keep).numpy()
+    return derivatives, weight
 
 
 #: The FFT grids the fit draws on, in stamps per side: the smallest whose wrap-around keeps
@@ -137,12 +165,14 @@ def _put(out: dict, rows: np.ndarray, n: int, part: dict) -> None:
     """Write a fit of the stamps ``rows`` into ``out``, the batch's table of ``n`` rows."""
     for key, value in part.items():
         if key not in out:
-            out[key] = np.full(n, np.nan) if value.dtype != object else np.empty(n, object)
+            out[key] = (np.full((n, *value.shape[1:]), np.nan, value.dtype) if value.dtype != object
+                        else np.empty(n, object))
         out[key][rows] = value
 
 
 def _fit(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict, max_steps: int, tolerance: float,
-         psf: np.ndarray | None, pad: float, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+         psf: np.ndarray | None, pad: float, mask: np.ndarray | None = None, models: bool = False
+         ) -> dict[str, np.ndarray]:
     """:func:`fit_batch` of stamps drawn on a grid of ``pad`` stamps per side."""
     n = len(images)
     with torch.no_grad():
@@ -163,6 +193,8 @@ def _fit(images: np.ndarray, cfg: SimConfig, conditions: dict, guess: dict, max_
     out["galaxy_chi2_dof"], out["galaxy_chi2_sd"] = galaxy_chi2(residual.numpy(), model_snr.numpy(),
                                                                 problem.keep.numpy() > 0)
     out["galaxy_chi2_dof"][~usable.numpy()] = np.nan
+    if models:
+        out["model"] = np.where(usable.numpy()[:, None, None], model.numpy(), np.float32(0))
     return out
 
 

@@ -54,6 +54,7 @@ from ..physics import make_psf, psf_rows, sky_level_for_sigma, stamp_snr
 from ..uncertainty import LEVELS, VarianceCalibration, half_widths
 from .batchfit import fit_batch
 from .fit import initial_guess
+from .neighbours import Neighbours, neighbour_light, propagated_covariance
 
 #: Levenberg-Marquardt steps at most (most stamps converge in fewer).
 MAX_STEPS = 20
@@ -99,7 +100,8 @@ def stamp_config(sim: SimConfig, conditions: dict, i: int) -> SimConfig:
 def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict,
            min_snr: float, max_steps: int = MAX_STEPS,
            calibration: VarianceCalibration | None = None, psf: np.ndarray | None = None,
-           model_error: dict | None = None, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+           model_error: dict | None = None, mask: np.ndarray | None = None,
+           neighbours: Neighbours | None = None) -> dict[str, np.ndarray]:
     """Re-measure the stamps with :func:`~galcae.physics.stamp_snr` >= ``min_snr`` by the
     classical fit; ``estimates`` is not changed.
 
@@ -110,13 +112,17 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
     ``(p, p)`` for all, or ``(N, p, p)``), which the fit draws its model through instead of
     the Moffat of ``psf_fwhm`` and ``psf_beta``. ``model_error``: the card's model-error
     floors (:attr:`galcae.card.Refinement.model_error`). ``mask``: ``(N, H, W)`` bool, pixels
-    that count neither in the S/N nor in the fit (neighbours, bad pixels). Returns those columns with the fit's
+    that count neither in the S/N nor in the fit (neighbours, bad pixels). ``neighbours``: the
+    other sources the segmentation found (:class:`~galcae.estimate.neighbours.Neighbours`);
+    each is modelled and its model subtracted before the galaxy is fitted
+    (:func:`~galcae.estimate.neighbours.neighbour_light`). Returns those columns with the fit's
     values and errors where it succeeded (recalibrated by ``calibration``, the model card's
     :attr:`~galcae.card.Refinement.calibration`, if given), plus ``snr``, ``refined`` (the
     fit replaced the CAE's values), ``refine_failed`` (a fit was tried and failed) and
     ``chi2_dof`` (the refined fit's reduced χ² over the galaxy's pixels, in units of the
-    stamp's other pixels': :func:`~galcae.estimate.batchfit.galaxy_chi2`; NaN elsewhere) and
-    ``poor_fit`` (that χ² is :data:`POOR_FIT_SIGMA` sigma above its expectation).
+    stamp's other pixels': :func:`~galcae.estimate.batchfit.galaxy_chi2`; NaN elsewhere),
+    ``poor_fit`` (that χ² is :data:`POOR_FIT_SIGMA` sigma above its expectation) and
+    ``neighbours_modelled`` (how many neighbours' models were subtracted; 0 where not refined).
     """
     n = len(images)
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
@@ -126,13 +132,17 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
     out = {**estimates, **{k: np.array(estimates[k], copy=True) for k in _refinable(estimates, supervised)},
            "snr": stamp_snr(images, conditions["noise_sigma"], sim.noise.gain, mask),
            "refined": np.zeros(n, bool), "refine_failed": np.zeros(n, bool), "chi2_dof": np.full(n, np.nan),
-           "poor_fit": np.zeros(n, bool)}
+           "poor_fit": np.zeros(n, bool), "neighbours_modelled": np.zeros(n, np.int64)}
     chosen = np.flatnonzero((out["snr"] >= min_snr)
                             & np.all([np.isfinite(estimates[name]) for name in supervised], axis=0))
+    # The variance the neighbours' subtracted models add to each refined parameter.
+    neighbour_variance = np.zeros((n, len(FIT_PARAMETERS)))
     for first in range(0, len(chosen), BATCH):
-        _fit_rows(out, chosen[first:first + BATCH], sim, images, conditions, supervised, max_steps, psf, mask)
+        _fit_rows(out, chosen[first:first + BATCH], sim, images, conditions, supervised, max_steps, psf, mask,
+                  neighbours, neighbour_variance)
     if out["refined"].any() and all(f"{name}_err" in out for name in supervised):
-        _recalibrate_errors(out, supervised, calibration, model_error or {})
+        _recalibrate_errors(out, supervised, calibration, model_error or {},
+                            neighbour_variance[:, [FIT_PARAMETERS.index(name) for name in supervised]])
     if "ellipticity_err" in out:
         _shape_from_shear(out)
     return out
@@ -146,14 +156,23 @@ def _refinable(estimates: dict, supervised: list[str]) -> list[str]:
 
 
 def _fit_rows(out: dict, rows: np.ndarray, sim: SimConfig, images: np.ndarray, conditions: dict,
-              supervised: list[str], max_steps: int, psf: np.ndarray | None, mask: np.ndarray | None = None) -> None:
-    """Fit the stamps ``rows`` from ``out``'s values; write the successful fits into ``out``."""
+              supervised: list[str], max_steps: int, psf: np.ndarray | None, mask: np.ndarray | None = None,
+              neighbours: Neighbours | None = None, neighbour_variance: np.ndarray | None = None) -> None:
+    """Fit the stamps ``rows`` from ``out``'s values, their neighbours' models subtracted;
+    write the successful fits into ``out`` (and the variance the models add into
+    ``neighbour_variance``)."""
     start = {name: out[name][rows] for name in supervised}
     if len(start) < len(FIT_PARAMETERS):  # a model that does not predict them all
         start = _with_moments(start, sim, images, conditions, rows)
     psf = psf_rows(psf, rows)
-    fit = fit_batch(images[rows], sim, stamp_conditions(sim, conditions, rows, psf is not None), start,
-                    max_steps=max_steps, psf=psf, mask=None if mask is None else mask[rows])
+    given = stamp_conditions(sim, conditions, rows, psf is not None)
+    data, models = images[rows], None
+    if neighbours is not None:
+        models = neighbour_light(data, sim, given, neighbours.take(rows), psf)
+        out["neighbours_modelled"][rows] = models.count
+        data = data - models.light
+    mask = None if mask is None else mask[rows]
+    fit = fit_batch(data, sim, given, start, max_steps=max_steps, psf=psf, mask=mask)
     # Stopped after max_steps keeps its last step; a fit without errors is no measurement.
     done = np.isin(fit["status"], (OK, STOPPED)) & np.all(
         [np.isfinite(fit[f"{name}_err"]) for name in FIT_PARAMETERS], axis=0)
@@ -165,6 +184,10 @@ def _fit_rows(out: dict, rows: np.ndarray, sim: SimConfig, images: np.ndarray, c
         out[name][rows[done]] = fit[name][done]
         if f"{name}_err" in out:
             out[f"{name}_err"][rows[done]] = fit[f"{name}_err"][done]
+    if models is not None and neighbour_variance is not None and models.count[done].any():
+        extra = propagated_covariance(models, {k: np.where(done, fit[k], start[k]) for k in FIT_PARAMETERS},
+                                      mask, sim, given, psf)
+        neighbour_variance[rows[done]] = np.diagonal(extra, axis1=1, axis2=2)[done]
 
 
 def _with_moments(start: dict, sim: SimConfig, images, conditions, rows) -> dict:
@@ -178,15 +201,17 @@ def _with_moments(start: dict, sim: SimConfig, images, conditions, rows) -> dict
 
 
 def _recalibrate_errors(out: dict, supervised: list[str], calibration: VarianceCalibration | None,
-                        model_error: dict) -> None:
-    """The refined rows' errors recalibrated (if a calibration is given), widened for model
-    error, and their 95% intervals."""
+                        model_error: dict, neighbour_variance: np.ndarray) -> None:
+    """The refined rows' errors recalibrated (if a calibration is given), widened by the
+    neighbours' subtracted models (``neighbour_variance``, ``(N, P)``) and for model error,
+    and their 95% intervals."""
     rows = out["refined"]
     err = np.stack([out[f"{name}_err"][rows] for name in supervised], 1)
     tail = 1.0  # Gaussian errors in physical units, unless recalibrated
     if calibration is not None:
         err = calibration.apply(err, out["snr"][rows])
         tail = calibration.tail(err)
+    err = np.sqrt(err ** 2 + np.fmax(neighbour_variance[rows], 0.0))
     err = widen_for_model_error(err, np.stack([out[name][rows] for name in supervised], 1),
                                 out["chi2_dof"][rows], supervised, model_error)
     wide = half_widths(err, tail)[LEVELS[1]]

@@ -1,0 +1,196 @@
+"""The neighbours' light under a galaxy: each neighbour fitted by its own Sérsic model and
+that model subtracted before the galaxy is fitted.
+
+Masking a neighbour's segment leaves its wings: the light below the detection threshold,
+much of it under the galaxy itself. On realistic cutouts that biased the refined fluxes of
+blended galaxies by +3 to +5 % (``benchmarks/realistic.py``). So, before the refinement fits
+a galaxy, each neighbour detected in its stamp is fitted on its own -- the same batched
+maximum-likelihood fit (:func:`~galcae.estimate.batchfit.fit_batch`), with the galaxy's and
+the other sources' segments masked -- and its model, drawn over the whole stamp, is
+subtracted. The galaxy's fit then sees the data less its neighbours' models, their segments
+still masked: the neighbour is never part of the galaxy's model, and a poor model of it
+cannot reach the galaxy through the pixels it covers.
+
+A neighbour's fit that fails, or ends far from what the segmentation measured (a model
+grown to the fit's radius bound, or with many times the detected flux), is not
+subtracted: that stamp's galaxy is fitted with the neighbour masked only.
+
+The subtracted models are uncertain, and the galaxy's own Hessian does not know it: their
+covariance is carried into the galaxy's errors to first order (:func:`propagated_covariance`).
+On realistic cutouts whose neighbour was detected (``benchmarks/realistic.py``, S/N > 30):
+flux bias +3 to +5 % masked only, -0.4 % subtracted; 68 / 95 % coverage 66 / 90 %.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ..config import SimConfig
+from ..params import FIT_PARAMETERS, MAX_NFEV, OK
+from ..physics import psf_rows
+from .batchfit import LOG_FITTED, derivatives_at, fit_batch
+from .fit import bounds
+
+#: Neighbours fitted per stamp at most: the brightest.
+MAX_FITTED = 4
+#: Pixels by which the galaxy's own segment is grown into a neighbour's mask (its wings).
+GALAXY_GROW = 3
+#: A neighbour's model with more than this multiple of its isophotal flux is not trusted.
+MAX_FLUX_RATIO = 10.0
+#: A Gaussian's half-light radius over its sigma: the start of a neighbour's r½.
+HALF_LIGHT_PER_SIGMA = 1.1774
+
+
+@dataclass
+class Neighbours:
+    """What the segmentation of a chunk found of the sources other than each stamp's galaxy."""
+
+    labels: np.ndarray  # (N, H, W) int32: sep's segmentation map (0: no source)
+    central: np.ndarray  # (N,) int: the label of the stamp's galaxy (0: none detected)
+    sources: dict[str, np.ndarray]  # one row per neighbour: stamp, label, x, y (numpy), flux, x2, y2, xy
+    bad: np.ndarray | None = None  # (N, H, W) bool: the stamps' own unusable pixels
+
+    def take(self, rows: np.ndarray) -> "Neighbours":
+        """The stamps ``rows`` (indices), renumbered from 0."""
+        rows = np.asarray(rows)
+        where = np.full(len(self.central), -1)
+        where[rows] = np.arange(len(rows))
+        keep = where[self.sources["stamp"]] >= 0
+        sources = {k: v[keep] for k, v in self.sources.items()}
+        sources["stamp"] = where[sources["stamp"]]
+        return Neighbours(self.labels[rows], self.central[rows], sources,
+                          None if self.bad is None else self.bad[rows])
+
+
+@dataclass
+class NeighbourModels:
+    """The neighbours modelled in a batch of stamps: their summed light, and each model's
+    stamp, fitted values and the pixels its fit used (for :func:`propagated_covariance`)."""
+
+    light: np.ndarray  # (N, H, W): the summed models, in the stamps' ADU
+    count: np.ndarray  # (N,) int: neighbours modelled per stamp
+    stamp: np.ndarray  # (M,) int: each modelled neighbour's stamp
+    values: dict[str, np.ndarray]  # its fitted FIT_PARAMETERS
+    mask: np.ndarray  # (M, H, W) bool: the pixels its fit left out
+
+
+def neighbour_light(images: np.ndarray, sim: SimConfig, conditions: dict, neighbours: Neighbours,
+                    psf: np.ndarray | None = None) -> NeighbourModels:
+    """Fit each stamp's neighbours (the :data:`MAX_FITTED` brightest) and sum the models of
+    those trusted (:func:`_trusted`).
+
+    ``conditions``: per-stamp ``sky_level`` (and ``psf_fwhm``, ``psf_beta`` for a Moffat PSF),
+    as :func:`~galcae.estimate.batchfit.fit_batch` takes them; ``psf``: PSF images (one for all
+    or one per stamp)."""
+    n = len(images)
+    light, count = np.zeros(images.shape, np.float32), np.zeros(n, np.int64)
+    chosen = _brightest(neighbours.sources)
+    if not len(chosen):
+        return NeighbourModels(light, count, np.zeros(0, np.int64), {k: np.zeros(0) for k in FIT_PARAMETERS},
+                               np.zeros((0, *images.shape[1:]), bool))
+    src = {k: v[chosen] for k, v in neighbours.sources.items()}
+    stamp = src["stamp"]
+    masks = _masks(neighbours, src)
+    fit = fit_batch(images[stamp], sim, _rows(conditions, n, stamp), _start(src, sim), psf=psf_rows(psf, stamp),
+                    mask=masks, models=True)
+    good = _trusted(fit, src, sim)
+    np.add.at(light, stamp[good], fit["model"][good].astype(np.float32))
+    np.add.at(count, stamp[good], 1)
+    return NeighbourModels(light, count, stamp[good], {k: fit[k][good] for k in FIT_PARAMETERS}, masks[good])
+
+
+def propagated_covariance(models: NeighbourModels, galaxies: dict, galaxy_mask: np.ndarray | None,
+                          sim: SimConfig, conditions: dict, psf: np.ndarray | None = None) -> np.ndarray:
+    """``(N, 7, 7)``: the covariance the neighbours' subtracted models add to the galaxies'
+    fitted :data:`FIT_PARAMETERS` (``galaxies``, in physical units).
+
+    A galaxy's fit is, to first order, a linear map of its data: ``dphi = H^-1 J W dd`` (``J``
+    its model's derivatives, ``W`` the inverse variances, ``H = J W J^T``). A neighbour's
+    model subtracted with its fit's covariance ``C`` (the inverse of its own Fisher matrix)
+    moves the data by ``D^T dpsi`` (``D`` its derivatives), so the galaxy's parameters by
+    ``-M dpsi`` with ``M = H^-1 J W D^T``, and their covariance grows by ``M C M^T``, summed
+    over the neighbours (their fits see disjoint data: each masks the others). What the
+    galaxy's own Hessian cannot know: the joint fit's correlation, taken from both fits."""
+    n = len(galaxies["flux"])
+    extra = np.zeros((n, len(FIT_PARAMETERS), len(FIT_PARAMETERS)))
+    if not len(models.stamp):
+        return extra
+    stamp = models.stamp
+    conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
+    own, own_weight = derivatives_at(sim, _rows(conditions, n, stamp), models.values, psf_rows(psf, stamp),
+                                     models.mask)
+    rows, which = np.unique(stamp, return_inverse=True)  # the galaxies with a modelled neighbour
+    galaxy, weight = derivatives_at(sim, _rows(conditions, n, rows), {k: np.asarray(galaxies[k], float)[rows]
+                                                                     for k in FIT_PARAMETERS},
+                                    psf_rows(psf, rows), None if galaxy_mask is None else galaxy_mask[rows])
+    j_own = torch.as_tensor(own * own_weight[:, None]).flatten(2).double()
+    neighbour_cov, bad = torch.linalg.inv_ex(j_own @ j_own.transpose(1, 2))
+    j_gal = torch.as_tensor(galaxy * weight[:, None]).flatten(2).double()
+    hessian_inv, singular = torch.linalg.inv_ex(j_gal @ j_gal.transpose(1, 2))
+    # M = H^-1 J W D^T, with J W = (J w) w for the per-pixel inverse sigma w.
+    which = torch.as_tensor(which.reshape(-1))
+    cross = (j_gal[which] * torch.as_tensor(weight).flatten(1).double()[which][:, None]) @ \
+        torch.as_tensor(own).flatten(2).double().transpose(1, 2)
+    m = hessian_inv[which] @ cross
+    per_neighbour = m @ neighbour_cov @ m.transpose(1, 2)
+    per_neighbour[(bad != 0) | (singular[which] != 0)] = 0.0
+    per_neighbour = torch.nan_to_num(per_neighbour, nan=0.0, posinf=0.0, neginf=0.0)
+    extra_phi = torch.zeros(n, len(FIT_PARAMETERS), len(FIT_PARAMETERS), dtype=torch.float64)
+    extra_phi.index_add_(0, torch.as_tensor(stamp), per_neighbour)
+    # d value = value d log(value) for the parameters fitted in the log.
+    scale = np.stack([np.asarray(galaxies[k], float) if k in LOG_FITTED else np.ones(n) for k in FIT_PARAMETERS], 1)
+    return extra_phi.numpy() * scale[:, :, None] * scale[:, None, :]
+
+
+def _rows(conditions: dict, n: int, rows: np.ndarray) -> dict:
+    return {k: np.broadcast_to(np.asarray(v, float), (n,))[rows] for k, v in conditions.items()}
+
+
+def _brightest(sources: dict) -> np.ndarray:
+    """Indices of each stamp's :data:`MAX_FITTED` brightest neighbours."""
+    order = np.lexsort((-sources["flux"], sources["stamp"]))
+    stamp = sources["stamp"][order]
+    rank = np.arange(len(order)) - np.searchsorted(stamp, stamp)
+    return np.sort(order[rank < MAX_FITTED])
+
+
+def _masks(neighbours: Neighbours, src: dict) -> np.ndarray:
+    """Each neighbour's fit sees its own pixels and the sky: the galaxy's segment (grown by
+    :data:`GALAXY_GROW`) and the other sources' are masked, with the stamp's bad pixels."""
+    labels = neighbours.labels[src["stamp"]]
+    others = (labels > 0) & (labels != src["label"][:, None, None])
+    central = neighbours.central[src["stamp"]]
+    galaxy = (labels == central[:, None, None]) & (central[:, None, None] > 0)
+    if GALAXY_GROW:
+        galaxy = ndimage.binary_dilation(galaxy, structure=np.ones((1, 3, 3), bool), iterations=GALAXY_GROW)
+    mask = others | galaxy
+    return mask if neighbours.bad is None else mask | neighbours.bad[src["stamp"]]
+
+
+def _start(src: dict, sim: SimConfig) -> dict[str, np.ndarray]:
+    """A neighbour's starting point from its detection: its centroid, its isophotal flux
+    (a little low: the wings are below the threshold), an exponential profile of the
+    Gaussian's half-light radius, and the shear of its second moments."""
+    x2, y2, xy = (np.maximum(src[k], 0.25) if k != "xy" else src[k] for k in ("x2", "y2", "xy"))
+    sigma = np.sqrt(0.5 * (x2 + y2))
+    e1, e2 = (x2 - y2) / (x2 + y2), 2 * xy / (x2 + y2)
+    e = np.minimum(np.hypot(e1, e2), 0.9)
+    g_over_e = 1 / (1 + np.sqrt(1 - e ** 2))  # distortion -> reduced shear
+    lower, upper = bounds(sim)
+    return {"flux": np.maximum(1.2 * src["flux"], 10.0),
+            "half_light_radius": np.clip(HALF_LIGHT_PER_SIGMA * sigma * sim.pixel_scale, 2 * lower[1], 0.5 * upper[1]),
+            "sersic_n": np.ones(len(sigma)), "g1": np.clip(e1 * g_over_e, -0.6, 0.6),
+            "g2": np.clip(e2 * g_over_e, -0.6, 0.6), "x": src["x"] + 0.5, "y": src["y"] + 0.5}
+
+
+def _trusted(fit: dict, src: dict, sim: SimConfig) -> np.ndarray:
+    """The neighbours' fits whose model is subtracted."""
+    upper = bounds(sim)[1]
+    with np.errstate(invalid="ignore"):
+        return (np.isin(fit["status"], (OK, MAX_NFEV)) & np.isfinite(fit["flux"])
+                & (fit["flux"] <= MAX_FLUX_RATIO * np.maximum(src["flux"], 10.0))
+                & (fit["half_light_radius"] < 0.95 * upper[1]))
