@@ -66,3 +66,36 @@ def test_a_stamp_without_neighbours_gets_no_light():
     models = neighbour_light(np.ones((2, SIZE, SIZE), np.float32), None, {}, neighbours)
     assert not models.light.any() and not models.count.any() and not len(models.stamp)
     assert neighbours.take(np.array([1])).labels.shape == (1, SIZE, SIZE)
+
+
+def test_a_neighbour_merged_with_the_galaxy_is_found_in_the_residual():
+    """An unexplained source 12 pixels from the galaxy's centre is found; noise alone, or a
+    misfit ring about the centre, is not."""
+    from galcae.estimate.neighbours import hidden_neighbours
+
+    rng = np.random.default_rng(2)
+    noise = rng.normal(0, 10.0, (3, SIZE, SIZE)).astype(np.float32)
+    yy, xx = np.mgrid[:SIZE, :SIZE] + 0.5
+    ring = 40 * np.exp(-0.5 * ((np.hypot(xx - 32, yy - 32) - 4) / 1.5) ** 2)
+    residuals = noise + np.stack([draw(3000, 0.4, 1.0, dx=12), np.zeros((SIZE, SIZE)), ring]).astype(np.float32)
+    hidden, grown = hidden_neighbours(residuals, np.full(3, 10.0), np.full(3, 32.0), np.full(3, 32.0), None,
+                                      np.ones(3, bool))
+    assert hidden.sources["stamp"].tolist() == [0]
+    assert abs(hidden.sources["x"][0] + 0.5 - 44) < 1.5 and grown[0, 32, 44] and not grown[0, 32, 32]
+    assert not grown[1:].any() and (hidden.central == 0).all()
+
+
+def test_the_neighbours_model_widens_the_galaxys_errors_where_they_overlap(blended):
+    """The subtracted model's covariance adds to the galaxy's flux variance: more for a
+    neighbour 2.4" away than nothing, and never negative."""
+    from galcae.estimate.neighbours import propagated_covariance
+
+    cfg, stamps, segments = blended
+    conditions = {"psf_fwhm": 0.8, "psf_beta": 3.5, "sky_level": SKY}
+    models = neighbour_light(stamps, cfg, conditions, segments.neighbours)
+    fit = fit_batch(stamps - models.light, cfg, conditions, {k: np.full(len(stamps), v) for k, v in TRUTH.items()},
+                    mask=segments.mask)
+    extra = propagated_covariance(models, fit, segments.mask, cfg, conditions)
+    variance = np.diagonal(extra, axis1=1, axis2=2)
+    assert (variance >= -1e-9 * fit["flux"][:, None] ** 2).all()
+    assert (variance[:, 0] > 0.05 * fit["flux_err"] ** 2).all()

@@ -34,7 +34,7 @@ def test_refinement_of_a_two_parameter_model_updates_the_columns_it_has(two_para
     # The fit starts the other five parameters from HSM moments.
     out, cae = two_parameter.out, two_parameter.cae
     assert set(out) == set(cae) | {"snr", "refined", "refine_failed", "chi2_dof", "poor_fit",
-                                   "neighbours_modelled"} and out["refined"].all()
+                                   "neighbours_modelled", "hidden_neighbours"} and out["refined"].all()
 
 
 def test_refinement_of_a_two_parameter_model_does_not_worsen_the_flux(two_parameter):

@@ -183,9 +183,14 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
                         model_error=model.card.refinement.model_error if options.model_error else None)
         result["flag_refine_failed"] = result.pop("refine_failed")
         result["flag_poor_fit"] = result.pop("poor_fit")
+        hidden = result.pop("hidden_neighbours")
 
     table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **segments.flags,
              **conditions, "n_neighbours": segments.n_neighbours, "blendedness": segments.blendedness}
+    if options.refine_snr is not None:  # neighbours the refinement found merged with the galaxy
+        table["n_neighbours"] = table["n_neighbours"].copy()
+        table["n_neighbours"][~skip] += hidden
+        table["flag_blended"] = table["flag_blended"] | np.isin(np.arange(n), np.flatnonzero(~skip)[hidden > 0])
     out_of_range = ready.brightest > model.normalization.ceiling
     training_range = model.card.training_range
     for key in result:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..estimate.neighbours import Neighbours
+from ..estimate.neighbours import Neighbours, source_rows
 
 #: Detection threshold per pixel, in units of the stamp's noise sigma (after sep's default
 #: 3x3 matched filter), and the fewest connected pixels that make a source.
@@ -134,23 +134,12 @@ def _segment(sep, images, noise_sigma, unusable, todo) -> Segmentation:
             others = (seg > 0) & (seg != label)
             grown = ndimage.binary_dilation(others, iterations=GROW) if GROW else others
             out.mask[i] = grown & ((seg != label) | (label == 0))
-    out.neighbours.sources = _sources(found)
+    out.neighbours.sources = source_rows(found)
     masked = out.mask if unusable is None else out.mask | unusable
     c = size // 2
     box = masked[:, c - CENTRE_BOX - 1:c + CENTRE_BOX, c - CENTRE_BOX - 1:c + CENTRE_BOX]
     out.centre_masked = todo & (box.reshape(n, -1).mean(axis=1) > 0.5)
     return out
-
-
-def _sources(found: list) -> dict[str, np.ndarray]:
-    """One row per neighbour: its stamp, label, and sep's centroid, flux and second moments."""
-    columns = ("x", "y", "flux", "x2", "y2", "xy")
-    if not found:
-        return {"stamp": np.zeros(0, np.int64), "label": np.zeros(0, np.int64),
-                **{k: np.zeros(0) for k in columns}}
-    return {"stamp": np.concatenate([np.full(len(o), i) for i, o, _ in found]),
-            "label": np.concatenate([labels for _, _, labels in found]),
-            **{k: np.concatenate([o[k] for _, o, _ in found]).astype(np.float64) for k in columns}}
 
 
 def _central(objects: np.ndarray, seg: np.ndarray, size: int) -> int | None:

@@ -54,7 +54,7 @@ from ..physics import make_psf, psf_rows, sky_level_for_sigma, stamp_snr
 from ..uncertainty import LEVELS, VarianceCalibration, half_widths
 from .batchfit import fit_batch
 from .fit import initial_guess
-from .neighbours import Neighbours, neighbour_light, propagated_covariance
+from .neighbours import NeighbourModels, Neighbours, hidden_neighbours, merged, neighbour_light, propagated_covariance
 
 #: Levenberg-Marquardt steps at most (most stamps converge in fewer).
 MAX_STEPS = 20
@@ -66,6 +66,8 @@ BATCH = 512
 #: A refined fit whose ``chi2_dof`` over the galaxy's pixels exceeds 1 by this many of its
 #: standard deviations is flagged ``flag_poor_fit``: above 1.43 for a galaxy of 300 pixels.
 POOR_FIT_SIGMA = 5.0
+#: Turns of fitting a neighbour found in the galaxy fit's residual and the galaxy again.
+HIDDEN_TURNS = 3
 #: Fitted parameters whose model-error floor is a fraction of the value.
 RELATIVE_FLOOR = ("flux", "half_light_radius", "sersic_n")
 
@@ -122,7 +124,9 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
     ``chi2_dof`` (the refined fit's reduced χ² over the galaxy's pixels, in units of the
     stamp's other pixels': :func:`~galcae.estimate.batchfit.galaxy_chi2`; NaN elsewhere),
     ``poor_fit`` (that χ² is :data:`POOR_FIT_SIGMA` sigma above its expectation) and
-    ``neighbours_modelled`` (how many neighbours' models were subtracted; 0 where not refined).
+    ``neighbours_modelled`` (how many neighbours' models were subtracted; 0 where not refined)
+    and ``hidden_neighbours`` (of those, how many the segmentation had merged with the galaxy:
+    found in the first fit's residual).
     """
     n = len(images)
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
@@ -132,7 +136,8 @@ def refine(sim: SimConfig, images: np.ndarray, conditions: dict, estimates: dict
     out = {**estimates, **{k: np.array(estimates[k], copy=True) for k in _refinable(estimates, supervised)},
            "snr": stamp_snr(images, conditions["noise_sigma"], sim.noise.gain, mask),
            "refined": np.zeros(n, bool), "refine_failed": np.zeros(n, bool), "chi2_dof": np.full(n, np.nan),
-           "poor_fit": np.zeros(n, bool), "neighbours_modelled": np.zeros(n, np.int64)}
+           "poor_fit": np.zeros(n, bool), "neighbours_modelled": np.zeros(n, np.int64),
+           "hidden_neighbours": np.zeros(n, np.int64)}
     chosen = np.flatnonzero((out["snr"] >= min_snr)
                             & np.all([np.isfinite(estimates[name]) for name in supervised], axis=0))
     # The variance the neighbours' subtracted models add to each refined parameter.
@@ -166,13 +171,13 @@ def _fit_rows(out: dict, rows: np.ndarray, sim: SimConfig, images: np.ndarray, c
         start = _with_moments(start, sim, images, conditions, rows)
     psf = psf_rows(psf, rows)
     given = stamp_conditions(sim, conditions, rows, psf is not None)
-    data, models = images[rows], None
-    if neighbours is not None:
-        models = neighbour_light(data, sim, given, neighbours.take(rows), psf)
-        out["neighbours_modelled"][rows] = models.count
-        data = data - models.light
     mask = None if mask is None else mask[rows]
-    fit = fit_batch(data, sim, given, start, max_steps=max_steps, psf=psf, mask=mask)
+    if neighbours is None:
+        fit, models = fit_batch(images[rows], sim, given, start, max_steps=max_steps, psf=psf, mask=mask), None
+    else:
+        fit, models, mask, hidden = _fit_with_neighbours(images[rows], sim, given, start, max_steps, psf, mask,
+                                                         neighbours.take(rows), conditions["noise_sigma"][rows])
+        out["neighbours_modelled"][rows], out["hidden_neighbours"][rows] = models.count, hidden
     # Stopped after max_steps keeps its last step; a fit without errors is no measurement.
     done = np.isin(fit["status"], (OK, STOPPED)) & np.all(
         [np.isfinite(fit[f"{name}_err"]) for name in FIT_PARAMETERS], axis=0)
@@ -188,6 +193,39 @@ def _fit_rows(out: dict, rows: np.ndarray, sim: SimConfig, images: np.ndarray, c
         extra = propagated_covariance(models, {k: np.where(done, fit[k], start[k]) for k in FIT_PARAMETERS},
                                       mask, sim, given, psf)
         neighbour_variance[rows[done]] = np.diagonal(extra, axis1=1, axis2=2)[done]
+
+
+def _fit_with_neighbours(data: np.ndarray, sim: SimConfig, given: dict, start: dict, max_steps: int,
+                         psf: np.ndarray | None, mask: np.ndarray | None, neighbours: Neighbours,
+                         noise_sigma: np.ndarray) -> tuple[dict, NeighbourModels, np.ndarray, np.ndarray]:
+    """The galaxies' fit with their neighbours' models subtracted (:mod:`.neighbours`); where
+    its residual shows a neighbour the segmentation had merged with the galaxy
+    (:func:`~galcae.estimate.neighbours.hidden_neighbours`), that one is modelled too, masked,
+    and the galaxy fitted again. Returns the fit, all the neighbours modelled, the galaxies'
+    masks and how many neighbours each had hidden."""
+    models = neighbour_light(data, sim, given, neighbours, psf)
+    data = data - models.light
+    fit = fit_batch(data, sim, given, start, max_steps=max_steps, psf=psf, mask=mask, models=True)
+    fitted = np.isfinite(fit["x"]) & np.isfinite(fit["y"])
+    galaxy = np.nan_to_num(fit.pop("model"))
+    hidden, grown = hidden_neighbours(data - galaxy, noise_sigma, fit["x"], fit["y"], mask, fitted)
+    mask = np.zeros(data.shape, bool) if mask is None else mask.copy()
+    found = neighbour_light(data - galaxy, sim, given, hidden, psf)
+    again = np.flatnonzero(found.count > 0)
+    mask[again] |= grown[again]
+    # The first fit took some of a hidden neighbour's light: the two are fitted in turn, each
+    # on the data less the other's model (a joint fit, by block coordinate descent).
+    for turn in range(HIDDEN_TURNS if len(again) else 0):
+        if turn:
+            found = neighbour_light(data - galaxy, sim, given, hidden, psf)
+        refit = fit_batch(data[again] - found.light[again], sim,
+                          {k: np.broadcast_to(v, (len(data),))[again] for k, v in given.items()},
+                          {k: np.asarray(v)[again] for k, v in start.items()}, max_steps=max_steps,
+                          psf=psf_rows(psf, again), mask=mask[again], models=True)
+        galaxy[again] = np.nan_to_num(refit.pop("model"))
+        for key, value in refit.items():
+            fit[key][again] = value
+    return fit, merged(models, found), mask, found.count
 
 
 def _with_moments(start: dict, sim: SimConfig, images, conditions, rows) -> dict:
