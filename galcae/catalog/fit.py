@@ -10,8 +10,9 @@ import pyarrow as pa
 
 from ..config import SimConfig, to_dict
 from ..estimate.fit import OK, fit_images
+from ..estimate.neighbours import neighbour_light, propagated_covariance
 from ..params import FIT_PARAMETERS, unit_of
-from ..physics import sky_level_for_sigma
+from ..physics import psf_rows, sky_level_for_sigma
 from .chunks import build_catalog
 from .segment import SEGMENT_COLUMNS, SEGMENT_FLAGS, mask_neighbours
 from .stamps import STAMP_FLAGS, clean
@@ -32,7 +33,9 @@ def catalog_columns(has_field: bool) -> list[Column]:
              ("chi2_dof", pa.float64(), "", "reduced chi-squared at the solution"),
              ("seconds", pa.float64(), "s", "wall time of this fit"),
              ("n_neighbours", pa.int64(), "", SEGMENT_COLUMNS["n_neighbours"]),
-             ("blendedness", pa.float64(), "", SEGMENT_COLUMNS["blendedness"])]
+             ("blendedness", pa.float64(), "", SEGMENT_COLUMNS["blendedness"]),
+             ("neighbours_modelled", pa.int64(), "", "neighbours whose fitted models were subtracted before the "
+                                                     "fit, their covariance added to the errors")]
     return cols + flag_columns(FLAGS)
 
 
@@ -47,13 +50,73 @@ def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: in
     if isinstance(cfg.noise.sky_level, tuple) and "sky_level" not in conditions:  # the sky of the stamp's noise
         noise = conditions.get("noise_sigma", ready.noise_sigma)
         conditions["sky_level"] = sky_level_for_sigma(noise, cfg.noise.gain, cfg.noise.read_noise)
-    table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **segments.flags,
-             **fit_images(ready.images, cfg, max_nfev, conditions if cfg.varies_conditions else None,
-                          ready.measurable & ~segments.centre_masked, psf_images=stamps.psf, mask=ready.mask),
-             "n_neighbours": segments.n_neighbours, "blendedness": segments.blendedness}
+    todo = ready.measurable & ~segments.centre_masked
+    images, models, modelled = subtract_neighbours(cfg, ready, conditions, segments, todo, stamps.psf)
+    fitted = fit_images(images, cfg, max_nfev, conditions if cfg.varies_conditions else None, todo,
+                        psf_images=stamps.psf, mask=ready.mask)
+    if models is not None:
+        widen_for_neighbours(fitted, models, modelled, ready.mask, cfg, conditions, ready.noise_sigma, stamps.psf)
+    table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **segments.flags, **fitted,
+             "n_neighbours": segments.n_neighbours, "blendedness": segments.blendedness,
+             "neighbours_modelled": np.zeros(n, np.int64) if models is None else _put(models.count, modelled, n)}
     table["status"] = table["status"].astype(str)
     table["flag_fit_failed"] = table["status"] != OK
     return write_part(parts, number, table, columns)
+
+
+def subtract_neighbours(cfg: SimConfig, ready, conditions: dict, segments, todo: np.ndarray, psf):
+    """The stamps less their neighbours' fitted models (:mod:`galcae.estimate.neighbours`, as
+    the refinement of ``galcae infer`` subtracts them), those models and the rows they are of
+    (``(images, None, None)`` where there is nothing to model, or the stamps' PSFs are not
+    known)."""
+    given, rows = _batch_conditions(cfg, conditions, ready.noise_sigma, todo, psf is not None)
+    if not len(rows) or not np.isin(segments.neighbours.sources["stamp"], rows).any():
+        return ready.images, None, None
+    models = neighbour_light(ready.images[rows], cfg, given, segments.neighbours.take(rows), psf_rows(psf, rows))
+    images = ready.images.copy()
+    images[rows] -= models.light
+    return images, models, rows
+
+
+def widen_for_neighbours(fitted: dict, models, rows: np.ndarray, mask: np.ndarray, cfg: SimConfig,
+                         conditions: dict, noise_sigma: np.ndarray, psf) -> None:
+    """The fitted ``rows``' errors widened by their neighbours' models' covariance."""
+    values = {k: np.asarray(fitted[k], float)[rows] for k in FIT_PARAMETERS}
+    ok = np.all([np.isfinite(v) for v in values.values()], axis=0) & (models.count > 0)
+    if not ok.any():
+        return
+    todo = np.zeros(len(noise_sigma), bool)
+    todo[rows] = True
+    given, _ = _batch_conditions(cfg, conditions, noise_sigma, todo, psf is not None)
+    start = {k: np.where(ok, v, values[k][ok][0]) for k, v in values.items()}  # drawn, but not used, where not ok
+    extra = np.diagonal(propagated_covariance(models, start, mask[rows], cfg, given, psf_rows(psf, rows)),
+                        axis1=1, axis2=2)
+    for i, name in enumerate(FIT_PARAMETERS):
+        err = np.asarray(fitted[f"{name}_err"], float).copy()
+        err[rows[ok]] = np.sqrt(err[rows[ok]] ** 2 + np.fmax(extra[ok, i], 0.0))
+        fitted[f"{name}_err"] = err
+
+
+def _batch_conditions(cfg, conditions, noise_sigma, todo, image_psf: bool) -> tuple[dict, np.ndarray]:
+    """The batch fit's conditions of the ``todo`` stamps whose conditions are known and finite,
+    and those rows."""
+    from ..config import ConfigError
+    from ..estimate.refine import stamp_conditions
+
+    known = {"noise_sigma": noise_sigma, **conditions} if "sky_level" not in conditions else conditions
+    rows = np.flatnonzero(todo)
+    try:
+        given = stamp_conditions(cfg, known, rows, image_psf)
+    except ConfigError:  # the PSF varies and is not given: fit_images flags those rows
+        return {}, rows[:0]
+    finite = np.all([np.isfinite(v) & (v > 0) for v in given.values()], axis=0)
+    return {k: v[finite] for k, v in given.items()}, rows[finite]
+
+
+def _put(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n, values.dtype)
+    out[rows] = values
+    return out
 
 
 def fit_catalog(inputs, out, cfg: SimConfig, *, workers: int = 1, scheduler: str | None = None,

@@ -44,10 +44,12 @@ SEGMENT_FLAGS = {
     "flag_centre_masked": "most of the stamp's central 5 x 5 pixels are masked (bad pixels, or a "
                           "neighbour's segment): not measured, values are NaN",
     "flag_blended": f"blendedness above {BLENDED}: neighbours put that fraction of the light inside "
-                    "the galaxy's aperture; values may be biased",
+                    "the galaxy's aperture, or (refined rows) a neighbour merged with the galaxy was found "
+                    "in the refining fit's residual; values may be biased",
 }
 SEGMENT_COLUMNS = {
-    "n_neighbours": "other sources detected in the stamp (their pixels are masked)",
+    "n_neighbours": "other sources detected in the stamp (their pixels are masked), with those the "
+                    "refining fit found merged with the galaxy",
     "blendedness": "fraction of the light in the galaxy's aperture from its neighbours, by Gaussian "
                    "models of each source's flux and second moments (0: isolated; a lower bound)",
 }
