@@ -157,21 +157,22 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
     unknown = conditions_out_of_range(model, conditions, len(stamps.images))
     # The other sources in each stamp: masked (no weight in the fit), and sky noise to the
     # network, which has seen noise everywhere in training (a hole of zeros, never).
-    # The refinement models the neighbours from their own pixels: it gets the stamps as read.
     segments = mask_neighbours(ready)
-    stamp, *pixels = np.nonzero(segments.mask)
-    sky = np.random.default_rng([options.seed, number]).standard_normal(len(stamp))
-    seen = ready.images.copy() if len(stamp) else ready.images
-    seen[(stamp, *pixels)] = sky * ready.noise_sigma[stamp]
+    masked = np.nonzero(segments.mask)
+    read = ready.images[masked]
+    sky = np.random.default_rng([options.seed, number]).standard_normal(len(read))
+    ready.images[masked] = sky * ready.noise_sigma[masked[0]]
     # Stamps without known conditions cannot be measured by a conditioned model, nor those
     # whose centre is masked: left NaN.
     skip = ~ready.measurable | segments.centre_masked | (
         ~np.all([np.isfinite(v) for v in conditions.values()], axis=0) if conditions else False)
     n = len(skip)
     generator = torch.Generator().manual_seed(options.seed * 1_000_003 + number)
-    result = measure(model, seen[~skip], {k: v[~skip] for k, v in conditions.items()},
+    result = measure(model, ready.images[~skip], {k: v[~skip] for k, v in conditions.items()},
                      samples=options.samples, batch_size=options.batch_size, generator=generator,
                      latents=options.reconstruct, mask=ready.mask[~skip])
+    # The refinement models the neighbours from their own pixels: it gets the stamps as read.
+    ready.images[masked] = read
     if options.refine_snr is not None:
         from ..estimate.refine import refine
 
