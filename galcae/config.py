@@ -136,6 +136,22 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
+class NeighbourConfig:
+    """Another galaxy in some of the stamps, as survey cutouts hold them: what a network
+    trained to measure the central galaxy with its neighbours masked must have seen. Its
+    size, profile and shape are drawn from the same ranges as the galaxies'."""
+
+    fraction: float = 0.0  # share of the stamps that hold one neighbour (0: none)
+    distance: tuple[float, float] = (1.6, 5.0)  # arcsec from the galaxy's centre, uniform
+    flux_ratio: tuple[float, float] = (0.1, 3.0)  # its flux over the galaxy's, log-uniform
+
+    def __post_init__(self):
+        _check_range(self.fraction, "neighbours.fraction", 0.0, 1.0)
+        _check_value_or_range(self.distance, "neighbours.distance", 0.0, 1e3)
+        _check_value_or_range(self.flux_ratio, "neighbours.flux_ratio", 1e-4, 1e4)
+
+
+@dataclass(frozen=True)
 class SimConfig:
     """Everything ``galcae simulate`` needs; the same config gives the same bytes."""
 
@@ -148,6 +164,7 @@ class SimConfig:
     psf: PSFConfig = field(default_factory=PSFConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    neighbours: NeighbourConfig = field(default_factory=NeighbourConfig)
     chunk_size: int = 128  # galaxies per parallel task and per Zarr chunk
     max_fft_size: int = 8192  # GalSim FFT cap: larger FFTs fail the galaxy (memory guard)
 
@@ -230,6 +247,10 @@ class TrainConfig:
     # with the simulation's noise (galcae.fresh). The dataset still gives the preprocessing,
     # the held-out split, the test loss and the error model.
     fresh_galaxies: bool = False
+    # Show the network its training stamps as galcae infer shows it a stamp: segmented, the
+    # other sources' pixels replaced by sky noise (galcae.catalog.segment.neighbours_as_sky).
+    # Needed for a training set with neighbours (simulate's `neighbours`).
+    mask_neighbours: bool = False
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 
     def __post_init__(self):

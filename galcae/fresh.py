@@ -19,7 +19,7 @@ from .conditions import condition_table
 from .config import SimConfig
 from .physics import ccd_noise, psf_beta_or_none
 from .render import SersicRenderer
-from .simulate import draw_parameters
+from .simulate import NEIGHBOUR_PREFIX, draw_parameters
 
 #: FFT grid, in stamps per side, on which fresh galaxies are drawn. Against a grid of eight,
 #: the light wrapped onto a pixel of 2,000 `survey` galaxies is at most 0.08 sky sigma on
@@ -41,8 +41,10 @@ class FreshGalaxies:
     :func:`galcae.simulate.draw_parameters` (the same priors), images from
     :class:`~galcae.render.SersicRenderer`, noise from :func:`galcae.physics.ccd_noise`."""
 
-    def __init__(self, sim: SimConfig, device: torch.device | str = "cpu", grid: int = GRID):
+    def __init__(self, sim: SimConfig, device: torch.device | str = "cpu", grid: int = GRID,
+                 mask_neighbours: bool = False):
         self.sim = sim
+        self.mask_neighbours = mask_neighbours  # as TrainConfig.mask_neighbours
         self.renderer = SersicRenderer(sim.stamp_size, sim.pixel_scale, pad=grid).to(device)
 
     def draw(self, n: int, seed: int) -> dict[str, np.ndarray]:
@@ -51,11 +53,21 @@ class FreshGalaxies:
 
     @torch.no_grad()
     def noiseless(self, rows: dict[str, np.ndarray]) -> torch.Tensor:
-        """``(N, H, W)`` noiseless float32 images in ADU of a truth table's rows."""
-        p = {k: torch.as_tensor(np.asarray(rows[k], np.float32), device=self.renderer.kx.device)
-             for k in ("flux", "half_light_radius", "sersic_n", "g1", "g2", "x", "y", "psf_fwhm")}
+        """``(N, H, W)`` noiseless float32 images in ADU of a truth table's rows (with their
+        neighbours, where the table has them)."""
+        image = self._draw(rows, "")
+        if NEIGHBOUR_PREFIX + "flux" in rows:
+            image = image + self._draw(rows, NEIGHBOUR_PREFIX)
+        return image
+
+    def _draw(self, rows: dict[str, np.ndarray], prefix: str) -> torch.Tensor:
+        """The galaxies (``prefix`` "") or their neighbours (:data:`NEIGHBOUR_PREFIX`) of ``rows``."""
+        device = self.renderer.kx.device
+        p = {k: torch.as_tensor(np.asarray(rows[prefix + k], np.float32), device=device)
+             for k in ("flux", "half_light_radius", "sersic_n", "g1", "g2", "x", "y")}
+        p["psf_fwhm"] = torch.as_tensor(np.asarray(rows["psf_fwhm"], np.float32), device=device)
         beta = psf_beta_or_none(self.sim.psf.profile, rows["psf_beta"])
-        p["psf_beta"] = None if beta is None else torch.as_tensor(np.asarray(beta, np.float32), device=p["x"].device)
+        p["psf_beta"] = None if beta is None else torch.as_tensor(np.asarray(beta, np.float32), device=device)
         return self.renderer(p)
 
     def images(self, rows: dict[str, np.ndarray], generator: torch.Generator) -> np.ndarray:
@@ -73,4 +85,9 @@ class FreshGalaxies:
         for start in range(0, n, chunk):
             part = {k: v[start:start + chunk] for k, v in rows.items()}
             images = self.images(part, generator)
-            yield part, images, condition_table(conditions, images, part)
+            measured = condition_table(conditions, images, part)  # as read, as galcae infer measures them
+            if self.mask_neighbours:
+                from .catalog.segment import neighbours_as_sky
+
+                neighbours_as_sky(images, np.random.default_rng([seed, start]))
+            yield part, images, measured

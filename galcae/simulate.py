@@ -45,7 +45,40 @@ def draw_parameters(cfg: SimConfig) -> dict[str, np.ndarray]:
     table["psf_fwhm"] = _condition(rng, cfg.psf.fwhm, n, log=False, fixed=sweep)
     table["psf_beta"] = _condition(rng, cfg.psf.beta, n, log=False, fixed=sweep)
     table["sky_level"] = _condition(rng, cfg.noise.sky_level, n, log=True, fixed=sweep)
+    if cfg.neighbours.fraction > 0:  # drawn last: a config without neighbours draws what it drew before
+        table.update(_neighbours(rng, cfg, table))
     return table
+
+
+#: The truth table's columns of a stamp's neighbour: ``nb_`` and the galaxy's parameter.
+NEIGHBOUR_PREFIX = "nb_"
+
+
+def _neighbours(rng, cfg: SimConfig, table: dict) -> dict[str, np.ndarray]:
+    """One neighbour in a ``neighbours.fraction`` of the stamps (``nb_flux`` 0 in the others):
+    its size, profile and shape from the galaxies' ranges, its flux a log-uniform multiple of
+    the galaxy's, its centre a uniform distance and direction from the galaxy's."""
+    n, spec = len(table["flux"]), cfg.neighbours
+    out = {}
+    for name in ("half_light_radius", "sersic_n", "ellipticity", "position_angle"):
+        lo, hi = getattr(cfg.ranges, name)
+        out[name] = (10.0 ** rng.uniform(np.log10(lo), np.log10(hi), n) if name in cfg.log_uniform
+                     else rng.uniform(lo, hi, n))
+    present = rng.random(n) < spec.fraction
+    ratio = 10.0 ** rng.uniform(*np.log10(spec.flux_ratio), n)
+    out["flux"] = np.where(present, table["flux"] * ratio, 0.0)
+    distance, angle = rng.uniform(*spec.distance, n) / cfg.pixel_scale, rng.uniform(0, 2 * np.pi, n)
+    out["x"], out["y"] = table["x"] + distance * np.cos(angle), table["y"] + distance * np.sin(angle)
+    out["g1"], out["g2"] = shear_from_ellipticity(out["ellipticity"], out["position_angle"])
+    return {NEIGHBOUR_PREFIX + k: v for k, v in out.items()}
+
+
+def neighbour_row(row: dict) -> dict | None:
+    """The neighbour of a truth table's row as a galaxy's row (its conditions the galaxy's),
+    or None where the stamp has none."""
+    if float(row.get(NEIGHBOUR_PREFIX + "flux", 0.0)) <= 0:
+        return None
+    return {**row, **{k.removeprefix(NEIGHBOUR_PREFIX): v for k, v in row.items() if k.startswith(NEIGHBOUR_PREFIX)}}
 
 
 def _condition(rng, value, n: int, log: bool, fixed: bool) -> np.ndarray:
@@ -90,12 +123,17 @@ def render_chunk(cfg: SimConfig, rows: dict[str, np.ndarray]) -> dict[str, np.nd
             noise = galaxy_cfg.noise
             try:
                 image = render_noiseless(galaxy_cfg, row, psf)
+                neighbour = neighbour_row(row)
+                other = None if neighbour is None else render_noiseless(galaxy_cfg, neighbour, psf)
             except (galsim.GalSimError, galsim.GalSimFFTSizeWarning, MemoryError) as err:
                 out["status"][i] = f"{type(err).__name__}: {str(err).splitlines()[0]}"
                 continue
+            # The galaxy's own S/N and light, before its neighbour joins the image.
             out["snr"][i] = optimal_snr(image.array, pixel_variance(image.array, noise.sky_level, noise.gain,
                                                                      noise.read_noise))
             out["flux_in_stamp"][i] = image.array.sum() / row["flux"]
+            if other is not None:
+                image += other
             image.addNoise(galsim.CCDNoise(galsim.BaseDeviate(int(row["seed"])),
                                            sky_level=noise.sky_level, gain=noise.gain,
                                            read_noise=noise.read_noise))

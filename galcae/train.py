@@ -211,7 +211,8 @@ def prepare_training(dataset: Dataset, cfg: TrainConfig, run_dir: Path | None = 
     return Training(cfg, data, model, _tensors(model, dataset, cfg, data),
                     torch.optim.Adam(network.parameters(), lr=cfg.learning_rate),
                     torch.Generator().manual_seed(cfg.seed),
-                    FreshGalaxies(dataset.config, device) if cfg.fresh_galaxies else None)
+                    FreshGalaxies(dataset.config, device, mask_neighbours=cfg.mask_neighbours)
+                    if cfg.fresh_galaxies else None)
 
 
 @dataclass
@@ -271,6 +272,10 @@ def _check_fresh(dataset: Dataset, cfg: TrainConfig) -> None:
                           f"{dataset.config.sweep.parameter}, not random galaxies to draw more of")
 
 
+#: The random stream of the sky noise that replaces a dataset's masked pixels.
+MASK_STREAM = 7
+
+
 def _training_data(dataset: Dataset, cfg: TrainConfig) -> TrainingData:
     """The split, the images (checked finite) and the conditions of a dataset."""
     train_ids, test_ids = split_indices(dataset, cfg)
@@ -278,8 +283,13 @@ def _training_data(dataset: Dataset, cfg: TrainConfig) -> TrainingData:
                          dataset.usable)
     images = dataset.load_images()
     dataset.check_finite_images(images, np.arange(len(dataset)))
+    conditions = conditioning_inputs(dataset, images, cfg.conditions)  # measured as read, as infer does
+    if cfg.mask_neighbours:
+        from .catalog.segment import neighbours_as_sky
+
+        neighbours_as_sky(images, np.random.default_rng([cfg.seed, MASK_STREAM]))
     return TrainingData(train_ids, test_ids, images, {k: v[train_ids] for k, v in dataset.params.items()},
-                        conditioning_inputs(dataset, images, cfg.conditions))
+                        conditions)
 
 
 def _architecture(dataset: Dataset, cfg: TrainConfig) -> Architecture:

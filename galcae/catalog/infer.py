@@ -24,7 +24,7 @@ from ..outputs import atomic_file
 from ..params import CONDITIONS, unit_of
 from ..physics import psf_rows
 from .chunks import build_catalog
-from .segment import SEGMENT_COLUMNS, SEGMENT_FLAGS, mask_neighbours
+from .segment import SEGMENT_COLUMNS, SEGMENT_FLAGS, fill_with_sky, mask_neighbours
 from .sources import InputError
 from .stamps import STAMP_FLAGS, CleanStamps, clean
 from .writers import Column, atomic_save, catalog_path, flag_columns, id_columns, write_part
@@ -158,10 +158,8 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
     # The other sources in each stamp: masked (no weight in the fit), and sky noise to the
     # network, which has seen noise everywhere in training (a hole of zeros, never).
     segments = mask_neighbours(ready)
-    masked = np.nonzero(segments.mask)
-    read = ready.images[masked]
-    sky = np.random.default_rng([options.seed, number]).standard_normal(len(read))
-    ready.images[masked] = sky * ready.noise_sigma[masked[0]]
+    masked, read = fill_with_sky(ready.images, segments.mask, ready.noise_sigma,
+                                 np.random.default_rng([options.seed, number]))
     # Stamps without known conditions cannot be measured by a conditioned model, nor those
     # whose centre is masked: left NaN.
     skip = ~ready.measurable | segments.centre_masked | (

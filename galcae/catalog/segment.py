@@ -82,6 +82,29 @@ def mask_neighbours(ready) -> "Segmentation":
     return segments
 
 
+def fill_with_sky(images: np.ndarray, mask: np.ndarray, noise_sigma: np.ndarray,
+                  rng: np.random.Generator) -> tuple[tuple, np.ndarray]:
+    """Replace ``images``' ``mask``ed pixels (in place) by Gaussian sky noise of each stamp's
+    ``noise_sigma``: what the network sees of a masked pixel, in training as at inference.
+    Returns where they were and their values, to put back."""
+    where = np.nonzero(mask)
+    values = images[where]
+    images[where] = rng.standard_normal(len(values)) * noise_sigma[where[0]]
+    return where, values
+
+
+def neighbours_as_sky(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Training stamps as ``galcae infer`` hands them to the network: segmented as it segments
+    them (:func:`segment`, the noise measured on each stamp's border), the other sources'
+    pixels replaced by sky noise (:func:`fill_with_sky`). In place; returns ``images``."""
+    from ..conditions import stamp_noise_sigma
+
+    sigma = stamp_noise_sigma(images)
+    usable = np.isfinite(sigma) & (sigma > 0)
+    fill_with_sky(images, segment(images, sigma, todo=usable).mask, sigma, rng)
+    return images
+
+
 def segment(images: np.ndarray, noise_sigma: np.ndarray, unusable: np.ndarray | None = None,
             todo: np.ndarray | None = None) -> Segmentation:
     """Segment ``(N, H, W)`` sky-subtracted stamps with per-stamp ``noise_sigma`` (ADU);

@@ -206,6 +206,10 @@ def held_out(run_dir: Path, model, dataset_path, test_fraction: float | None) ->
     params = dataset.params
     images = dataset.load_images(test_ids)
     dataset.check_finite_images(images, test_ids)
+    if model.card.raw.get("train_config", {}).get("mask_neighbours"):  # as the model saw them in training
+        from ..catalog.segment import neighbours_as_sky
+
+        neighbours_as_sky(images, np.random.default_rng([len(test_ids), 7]))
     return dataset, HeldOut(train_ids, test_ids, images, {n: params[n][test_ids] for n in names},
                             params["snr"][test_ids],
                             {n: params[n][test_ids] for n in model.conditions if n in params}, same_dataset)
