@@ -155,7 +155,7 @@ def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, n
 @click.option("--reconstruct", type=click.Path(), default=None,
               help="Also write the decoded stamps to this .fits cube or .zarr array.")
 @click.option("--detect-threshold", default=3.0, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="Detection threshold in sigma for FITS fields (sep).")
+              help="Detection threshold for FITS fields (sep), in sigma of the image smoothed by a 3-pixel Gaussian.")
 @click.option("--refine-snr", type=click.FloatRange(0), default=None, metavar="S/N",
               help="Re-measure stamps whose S/N (measured on the stamp) is at least this with "
                    "the classical fit (batched, in PyTorch), started at the CAE's values: at the "
@@ -226,7 +226,7 @@ def infer(inputs, model_name, out, psf_fwhm, psf_beta, psf, conditions, samples,
 @click.option("--hdu", default=None, help="HDU (name or number) holding the images.")
 @click.option("--adapt-size", is_flag=True, help="Centre-crop / zero-pad stamps of another size.")
 @click.option("--detect-threshold", default=3.0, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="Detection threshold in sigma for FITS fields (sep).")
+              help="Detection threshold for FITS fields (sep), in sigma of the image smoothed by a 3-pixel Gaussian.")
 @click.option("--overwrite", is_flag=True, help=OUTPUT_HELP)
 def fit(inputs, out, config, overrides, conditions, psf, workers, scheduler, chunk_size, max_nfev, hdu,
         adapt_size, detect_threshold, overwrite):

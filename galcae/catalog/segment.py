@@ -17,8 +17,9 @@ from scipy import ndimage
 
 from ..estimate.neighbours import Neighbours, sep_for_stamps, source_rows
 
-#: Detection threshold per pixel, in units of the stamp's noise sigma (after sep's default
-#: 3x3 matched filter), and the fewest connected pixels that make a source.
+#: Detection threshold, in units of the stamp's noise sigma per pixel (sep compares its default
+#: 3 x 3 smoothed image with it: about 4 sigma of that image), and the fewest connected pixels
+#: that make a source.
 DETECT_SIGMA, MIN_AREA = 1.5, 5
 #: A source whose segment holds the stamp's centre, or else whose centre is within this many
 #: pixels of it, is the galaxy the stamp is about.
