@@ -8,6 +8,7 @@ blended-and-unflagged and flagged galaxies, and how well `flag_blended` finds th
     python benchmarks/realistic.py --n 600 --save r.parquet
     python benchmarks/realistic.py --from r.parquet     # the tables again, no rerun
     python benchmarks/realistic.py --workdir DIR        # keep the simulated cutouts in DIR (reused)
+    python benchmarks/realistic.py --model runs/mine    # another model than the shipped `survey`
 
 The galaxies and PSFs are `realistic_psf.py`'s (GalSim here, not galcae.simulate: COSMOS
 single Sérsics and a `--bulge-fraction` of bulge + disk galaxies, three non-Moffat PSF
@@ -130,12 +131,12 @@ def inputs(work: Path, args) -> pd.DataFrame:
     return truth
 
 
-def run(work: Path, workers: int) -> tuple[pd.DataFrame, float]:
+def run(work: Path, workers: int, model: str = "survey") -> tuple[pd.DataFrame, float]:
     """The default command on the cube with its PSF images: (catalog, seconds)."""
     cube, psf = work / "stamps.fits", work / "psf.fits"
     out = work / "catalog.parquet"
     start = time.perf_counter()
-    infer_catalog(resolve_model("survey"), [str(cube)], out, workers=workers, psf=str(psf),
+    infer_catalog(resolve_model(model), [str(cube)], out, workers=workers, psf=str(psf),
                   options=InferOptions(refine_snr=MODEL_DEFAULT), overwrite=True,
                   echo=lambda line: print("   ", line, flush=True))
     return pd.read_parquet(out), time.perf_counter() - start
@@ -205,6 +206,7 @@ def main() -> None:
     parser.add_argument("--blended-fraction", type=float, default=0.5)
     parser.add_argument("--psf-size", type=int, default=63)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--model", default="survey", help="the model measured: a shipped name or a run directory")
     parser.add_argument("--save", type=Path, help="write the merged truth + catalog table here (Parquet)")
     parser.add_argument("--workdir", type=Path, help="keep (and reuse) the simulated cutouts here")
     parser.add_argument("--from", dest="saved", type=Path, help="print the tables of a --save'd table")
@@ -217,7 +219,7 @@ def main() -> None:
         work = args.workdir or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
         truth = inputs(work, args)
-        catalog, seconds = run(work, args.workers)
+        catalog, seconds = run(work, args.workers, args.model)
     keep = [c for c in catalog.columns if c not in ("id", "source", "index")]
     results = pd.concat([truth.reset_index(drop=True), catalog[keep].reset_index(drop=True).add_prefix("default.")],
                         axis=1)
