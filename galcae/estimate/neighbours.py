@@ -60,7 +60,7 @@ HIDDEN_GROW = 2
 class Neighbours:
     """What the segmentation of a chunk found of the sources other than each stamp's galaxy."""
 
-    labels: np.ndarray  # (N, H, W) int32: sep's segmentation map (0: no source)
+    labels: np.ndarray  # (N, H, W) int16: sep's segmentation map (0: no source)
     central: np.ndarray  # (N,) int: the label of the stamp's galaxy (0: none detected)
     sources: dict[str, np.ndarray]  # one row per neighbour: stamp, label, x, y (numpy), flux, x2, y2, xy
     bad: np.ndarray | None = None  # (N, H, W) bool: the stamps' own unusable pixels
