@@ -33,10 +33,8 @@ def draw_parameters(cfg: SimConfig) -> dict[str, np.ndarray]:
         if cfg.sweep.parameter is not None:
             table[name] = (np.linspace(lo, hi, n) if name == cfg.sweep.parameter
                            else np.full(n, float(getattr(cfg.sweep.fixed, name))))
-        elif name in cfg.log_uniform:
-            table[name] = 10.0 ** rng.uniform(np.log10(lo), np.log10(hi), n)
         else:
-            table[name] = rng.uniform(lo, hi, n)
+            table[name] = _drawn(rng, cfg, name, n)
     table["g1"], table["g2"] = shear_from_ellipticity(table["ellipticity"], table["position_angle"])
     # Drawn after the parameters so a sweep and a random set of one seed share noise seeds.
     table["seed"] = rng.integers(1, 2**62, size=n, dtype=np.int64)
@@ -59,11 +57,8 @@ def _neighbours(rng, cfg: SimConfig, table: dict) -> dict[str, np.ndarray]:
     its size, profile and shape from the galaxies' ranges, its flux a log-uniform multiple of
     the galaxy's, its centre a uniform distance and direction from the galaxy's."""
     n, spec = len(table["flux"]), cfg.neighbours
-    out = {}
-    for name in ("half_light_radius", "sersic_n", "ellipticity", "position_angle"):
-        lo, hi = getattr(cfg.ranges, name)
-        out[name] = (10.0 ** rng.uniform(np.log10(lo), np.log10(hi), n) if name in cfg.log_uniform
-                     else rng.uniform(lo, hi, n))
+    out = {name: _drawn(rng, cfg, name, n) for name in ("half_light_radius", "sersic_n", "ellipticity",
+                                                        "position_angle")}
     present = rng.random(n) < spec.fraction
     ratio = 10.0 ** rng.uniform(*np.log10(spec.flux_ratio), n)
     out["flux"] = np.where(present, table["flux"] * ratio, 0.0)
@@ -79,6 +74,15 @@ def neighbour_row(row: dict) -> dict | None:
     if float(row.get(NEIGHBOUR_PREFIX + "flux", 0.0)) <= 0:
         return None
     return {**row, **{k.removeprefix(NEIGHBOUR_PREFIX): v for k, v in row.items() if k.startswith(NEIGHBOUR_PREFIX)}}
+
+
+def _drawn(rng, cfg: SimConfig, name: str, n: int) -> np.ndarray:
+    """``n`` values of parameter ``name`` over its range: log-uniform where ``log_uniform``
+    says so, else uniform."""
+    lo, hi = getattr(cfg.ranges, name)
+    if name in cfg.log_uniform:
+        return 10.0 ** rng.uniform(np.log10(lo), np.log10(hi), n)
+    return rng.uniform(lo, hi, n)
 
 
 def _condition(rng, value, n: int, log: bool, fixed: bool) -> np.ndarray:
