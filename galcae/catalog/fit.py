@@ -51,11 +51,11 @@ def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: in
         noise = conditions.get("noise_sigma", ready.noise_sigma)
         conditions["sky_level"] = sky_level_for_sigma(noise, cfg.noise.gain, cfg.noise.read_noise)
     todo = ready.measurable & ~segments.centre_masked
-    images, models, modelled = subtract_neighbours(cfg, ready, conditions, segments, todo, stamps.psf)
+    images, models, modelled, given = subtract_neighbours(cfg, ready, conditions, segments, todo, stamps.psf)
     fitted = fit_images(images, cfg, max_nfev, conditions if cfg.varies_conditions else None, todo,
                         psf_images=stamps.psf, mask=ready.mask)
     if models is not None:
-        widen_for_neighbours(fitted, models, modelled, ready.mask, cfg, conditions, ready.noise_sigma, stamps.psf)
+        widen_for_neighbours(fitted, models, modelled, ready.mask, cfg, given, stamps.psf)
     table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **segments.flags, **fitted,
              "n_neighbours": segments.n_neighbours, "blendedness": segments.blendedness,
              "neighbours_modelled": np.zeros(n, np.int64) if models is None else _put(models.count, modelled, n)}
@@ -66,28 +66,26 @@ def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: in
 
 def subtract_neighbours(cfg: SimConfig, ready, conditions: dict, segments, todo: np.ndarray, psf):
     """The stamps less their neighbours' fitted models (:mod:`galcae.estimate.neighbours`, as
-    the refinement of ``galcae infer`` subtracts them), those models and the rows they are of
-    (``(images, None, None)`` where there is nothing to model, or the stamps' PSFs are not
-    known)."""
+    the refinement of ``galcae infer`` subtracts them), those models, the rows they are of and
+    those rows' conditions as the batch fit takes them (``(images, None, None, None)`` where
+    there is nothing to model, or the stamps' PSFs are not known)."""
     given, rows = _batch_conditions(cfg, conditions, ready.noise_sigma, todo, psf is not None)
     if not len(rows) or not np.isin(segments.neighbours.sources["stamp"], rows).any():
-        return ready.images, None, None
+        return ready.images, None, None, None
     models = neighbour_light(ready.images[rows], cfg, given, segments.neighbours.take(rows), psf_rows(psf, rows))
     images = ready.images.copy()
     images[rows] -= models.light
-    return images, models, rows
+    return images, models, rows, given
 
 
 def widen_for_neighbours(fitted: dict, models, rows: np.ndarray, mask: np.ndarray, cfg: SimConfig,
-                         conditions: dict, noise_sigma: np.ndarray, psf) -> None:
-    """The fitted ``rows``' errors widened by their neighbours' models' covariance."""
+                         given: dict, psf) -> None:
+    """The fitted ``rows``' errors widened by their neighbours' models' covariance (``given``:
+    the rows' conditions, as :func:`subtract_neighbours` returns them)."""
     values = {k: np.asarray(fitted[k], float)[rows] for k in FIT_PARAMETERS}
     ok = np.all([np.isfinite(v) for v in values.values()], axis=0) & (models.count > 0)
     if not ok.any():
         return
-    todo = np.zeros(len(noise_sigma), bool)
-    todo[rows] = True
-    given, _ = _batch_conditions(cfg, conditions, noise_sigma, todo, psf is not None)
     start = {k: np.where(ok, v, values[k][ok][0]) for k, v in values.items()}  # drawn, but not used, where not ok
     extra = np.diagonal(propagated_covariance(models, start, mask[rows], cfg, given, psf_rows(psf, rows)),
                         axis1=1, axis2=2)
