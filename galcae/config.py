@@ -152,6 +152,42 @@ class NeighbourConfig:
 
 
 @dataclass(frozen=True)
+class PopulationConfig:
+    """Where the galaxies' shapes and fluxes come from (:mod:`galcae.population`).
+
+    ``uniform``: each parameter drawn over its ``ranges``, independently (the paper's
+    Table 1). ``cosmos``: Sérsic n, r½ and |g| drawn jointly from 276 real HST/COSMOS
+    galaxies (smoothed, inside ``ranges``), flux with ``dN/dlnF ∝ F^-flux_slope`` inside
+    ``ranges.flux``. Either way a ``bulge_fraction`` of the galaxies can be bulge + disk; their
+    supervised parameters are those of the single-Sérsic fit of their noiseless image.
+    """
+
+    kind: str = "uniform"  # "uniform" or "cosmos"
+    smoothing: float = 0.5  # cosmos: the kernel's width in units of Scott's bandwidth
+    flux_slope: float = 0.0  # cosmos: dN/dlnF ∝ F^-flux_slope (0: log-uniform)
+    bulge_fraction: float = 0.0  # share of bulge + disk galaxies (the disk an exponential)
+    bulge_to_total: tuple[float, float] = (0.05, 0.7)  # the bulge's share of the flux, uniform
+    bulge_size: tuple[float, float] = (0.1, 0.6)  # bulge r½ / disk r½, log-uniform
+    bulge_sersic_n: tuple[float, float] = (2.5, 5.0)  # uniform
+    bulge_ellipticity: tuple[float, float] = (0.0, 0.3)  # |g|, uniform
+    bulge_misalignment: float = 20.0  # deg: the bulge's axis within ± this of the disk's
+
+    def __post_init__(self):
+        _check(self.kind in ("uniform", "cosmos"), "population.kind",
+               f"'{self.kind}' is not one of 'uniform', 'cosmos'")
+        _check_range(self.smoothing, "population.smoothing", 0.0, 10.0)
+        _check_range(self.flux_slope, "population.flux_slope", -3.0, 3.0)
+        _check(self.kind == "cosmos" or self.flux_slope == 0.0, "population.flux_slope",
+               "needs population.kind: cosmos (a uniform population draws flux over ranges.flux)")
+        _check_range(self.bulge_fraction, "population.bulge_fraction", 0.0, 1.0)
+        _check_value_or_range(self.bulge_to_total, "population.bulge_to_total", 0.0, 1.0)
+        _check_value_or_range(self.bulge_size, "population.bulge_size", 0.01, 10.0)
+        _check_value_or_range(self.bulge_sersic_n, "population.bulge_sersic_n", *PARAMETERS["sersic_n"].bounds)
+        _check_value_or_range(self.bulge_ellipticity, "population.bulge_ellipticity", 0.0, 0.9)
+        _check_range(self.bulge_misalignment, "population.bulge_misalignment", 0.0, 90.0)
+
+
+@dataclass(frozen=True)
 class SimConfig:
     """Everything ``galcae simulate`` needs; the same config gives the same bytes."""
 
@@ -165,6 +201,7 @@ class SimConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     neighbours: NeighbourConfig = field(default_factory=NeighbourConfig)
+    population: PopulationConfig = field(default_factory=PopulationConfig)
     chunk_size: int = 128  # galaxies per parallel task and per Zarr chunk
     max_fft_size: int = 8192  # GalSim FFT cap: larger FFTs fail the galaxy (memory guard)
 
@@ -178,6 +215,8 @@ class SimConfig:
         for name in self.log_uniform:
             _check(name in ("flux", "half_light_radius", "sersic_n"), "log_uniform",
                    f"'{name}' cannot be drawn log-uniformly (flux, half_light_radius, sersic_n can)")
+        _check(self.sweep.parameter is None or self.population.bulge_fraction == 0, "population.bulge_fraction",
+               "a controlled sweep draws single Sérsics: set it to 0")
 
     def for_galaxy(self, row) -> "SimConfig":
         """This config with one galaxy's observing conditions fixed (its ``psf_fwhm``,
@@ -251,6 +290,10 @@ class TrainConfig:
     # other sources' pixels replaced by sky noise (galcae.catalog.segment.neighbours_as_sky).
     # Needed for a training set with neighbours (simulate's `neighbours`).
     mask_neighbours: bool = False
+    # With mask_neighbours, the share of training stamps given a detector defect (a bad
+    # column, a saturated star, a cosmic ray; galcae.catalog.segment.bad_pixel_masks) that is
+    # masked and filled as galcae infer fills a MASK HDU's pixels.
+    bad_pixels: float = 0.0
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 
     def __post_init__(self):
@@ -290,7 +333,9 @@ class TrainConfig:
             missing = [n for n in DRAWN if n not in self.supervised + self.conditions]
             _check(not missing, "decoder", f"sersic draws from {', '.join(DRAWN)}: "
                    f"add {', '.join(missing)} to supervised or conditions")
-        for key in ("augment", "predict_variance", "fresh_galaxies"):
+        _check_range(self.bad_pixels, "bad_pixels", 0.0, 1.0)
+        _check(self.bad_pixels == 0 or self.mask_neighbours, "bad_pixels", "needs mask_neighbours: true")
+        for key in ("augment", "predict_variance", "fresh_galaxies", "mask_neighbours"):
             _check(isinstance(getattr(self, key), bool), key, f"{getattr(self, key)!r} is not true or false")
         _check(self.device in ("auto", "cpu", "cuda"), "device",
                f"'{self.device}' is not one of 'auto', 'cpu', 'cuda'")

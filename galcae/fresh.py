@@ -42,9 +42,10 @@ class FreshGalaxies:
     :class:`~galcae.render.SersicRenderer`, noise from :func:`galcae.physics.ccd_noise`."""
 
     def __init__(self, sim: SimConfig, device: torch.device | str = "cpu", grid: int = GRID,
-                 mask_neighbours: bool = False):
+                 mask_neighbours: bool = False, bad_pixels: float = 0.0):
         self.sim = sim
         self.mask_neighbours = mask_neighbours  # as TrainConfig.mask_neighbours
+        self.bad_pixels = bad_pixels  # as TrainConfig.bad_pixels
         self.renderer = SersicRenderer(sim.stamp_size, sim.pixel_scale, pad=grid).to(device)
 
     def draw(self, n: int, seed: int) -> dict[str, np.ndarray]:
@@ -89,5 +90,5 @@ class FreshGalaxies:
             if self.mask_neighbours:
                 from .catalog.segment import neighbours_as_sky
 
-                neighbours_as_sky(images, np.random.default_rng([seed, start]))
+                neighbours_as_sky(images, np.random.default_rng([seed, start]), self.bad_pixels)
             yield part, images, measured

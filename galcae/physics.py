@@ -74,12 +74,19 @@ def make_psf(cfg) -> galsim.GSObject:
 
 def galaxy_model(cfg, row: dict, psf: galsim.GSObject | None = None) -> galsim.GSObject:
     """The PSF-convolved GalSim profile of one parameter row (``ellipticity`` and
-    ``position_angle`` for the shape)."""
+    ``position_angle`` for the shape; a bulge + disk row's components, :mod:`galcae.population`)."""
     import galsim
+
+    from .population import components, has_bulge
+
     gsparams = galsim.GSParams(maximum_fft_size=cfg.max_fft_size)
-    galaxy = galsim.Sersic(n=row["sersic_n"], half_light_radius=row["half_light_radius"],
-                           flux=row["flux"], gsparams=gsparams)
-    galaxy = galaxy.shear(g=row["ellipticity"], beta=row["position_angle"] * galsim.degrees)
+    # a bulge + disk (galcae.population) is drawn from its components, not from its
+    # supervised single-Sérsic equivalent
+    parts = components(row) if has_bulge(row) else [row]
+    profiles = [galsim.Sersic(n=p["sersic_n"], half_light_radius=p["half_light_radius"], flux=p["flux"],
+                              gsparams=gsparams).shear(g=p["ellipticity"], beta=p["position_angle"] * galsim.degrees)
+                for p in parts]
+    galaxy = profiles[0] if len(profiles) == 1 else galsim.Add(profiles, gsparams=gsparams)
     return galsim.Convolve(galaxy, psf if psf is not None else make_psf(cfg), gsparams=gsparams)
 
 

@@ -16,8 +16,9 @@ import galsim
 import numpy as np
 
 from .config import ConfigError, SimConfig
-from .params import OK, SIMULATED, shear_from_ellipticity
+from .params import FIT_PARAMETERS, OK, SIMULATED, ellipticity_from_shear, shear_from_ellipticity
 from .physics import make_psf, optimal_snr, pixel_variance, render_noiseless
+from .population import TOTAL_FLUX, draw_bulges, draw_flux, draw_shapes, has_bulge, single_sersic_equivalent
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,14 @@ def draw_parameters(cfg: SimConfig) -> dict[str, np.ndarray]:
     ``g1``, ``g2`` and the per-galaxy noise ``seed``."""
     rng = np.random.default_rng(cfg.seed)
     n = cfg.n_galaxies
-    table = {}
-    for name in SIMULATED:
-        lo, hi = getattr(cfg.ranges, name)
-        if cfg.sweep.parameter is not None:
+    if cfg.sweep.parameter is not None:
+        table = {}
+        for name in SIMULATED:
+            lo, hi = getattr(cfg.ranges, name)
             table[name] = (np.linspace(lo, hi, n) if name == cfg.sweep.parameter
                            else np.full(n, float(getattr(cfg.sweep.fixed, name))))
-        else:
-            table[name] = _drawn(rng, cfg, name, n)
+    else:
+        table = _galaxies(rng, cfg, n)
     table["g1"], table["g2"] = shear_from_ellipticity(table["ellipticity"], table["position_angle"])
     # Drawn after the parameters so a sweep and a random set of one seed share noise seeds.
     table["seed"] = rng.integers(1, 2**62, size=n, dtype=np.int64)
@@ -43,9 +44,25 @@ def draw_parameters(cfg: SimConfig) -> dict[str, np.ndarray]:
     table["psf_fwhm"] = _condition(rng, cfg.psf.fwhm, n, log=False, fixed=sweep)
     table["psf_beta"] = _condition(rng, cfg.psf.beta, n, log=False, fixed=sweep)
     table["sky_level"] = _condition(rng, cfg.noise.sky_level, n, log=True, fixed=sweep)
+    if cfg.population.bulge_fraction > 0:  # after the conditions: a config without bulges draws as before
+        table.update(draw_bulges(rng, cfg.population, table))
+        table[TOTAL_FLUX] = table["flux"].copy()
     if cfg.neighbours.fraction > 0:  # drawn last: a config without neighbours draws what it drew before
         table.update(_neighbours(rng, cfg, table))
     return table
+
+
+def _galaxies(rng, cfg: SimConfig, n: int) -> dict[str, np.ndarray]:
+    """The :data:`SIMULATED` parameters of ``n`` galaxies of the config's population: each over
+    its range, or (``cosmos``) flux from the counts' power law and the shape jointly from the
+    COSMOS galaxies, the orientation and centre over their ranges."""
+    if cfg.population.kind == "uniform":
+        return {name: _drawn(rng, cfg, name, n) for name in SIMULATED}
+    table = {"flux": draw_flux(rng, n, cfg.ranges.flux, cfg.population.flux_slope)}
+    table.update(draw_shapes(rng, n, cfg.ranges, cfg.population.smoothing))
+    for name in ("position_angle", "x", "y"):
+        table[name] = _drawn(rng, cfg, name, n)
+    return {name: table[name] for name in SIMULATED}
 
 
 #: The truth table's columns of a stamp's neighbour: ``nb_`` and the galaxy's parameter.
@@ -54,11 +71,15 @@ NEIGHBOUR_PREFIX = "nb_"
 
 def _neighbours(rng, cfg: SimConfig, table: dict) -> dict[str, np.ndarray]:
     """One neighbour in a ``neighbours.fraction`` of the stamps (``nb_flux`` 0 in the others):
-    its size, profile and shape from the galaxies' ranges, its flux a log-uniform multiple of
+    its size, profile and shape drawn as the galaxies' are (a single Sérsic), its flux a log-uniform multiple of
     the galaxy's, its centre a uniform distance and direction from the galaxy's."""
     n, spec = len(table["flux"]), cfg.neighbours
-    out = {name: _drawn(rng, cfg, name, n) for name in ("half_light_radius", "sersic_n", "ellipticity",
-                                                        "position_angle")}
+    shape = ("half_light_radius", "sersic_n", "ellipticity", "position_angle")
+    if cfg.population.kind == "uniform":
+        out = {name: _drawn(rng, cfg, name, n) for name in shape}
+    else:
+        out = {**draw_shapes(rng, n, cfg.ranges, cfg.population.smoothing),
+               "position_angle": _drawn(rng, cfg, "position_angle", n)}
     present = rng.random(n) < spec.fraction
     ratio = 10.0 ** rng.uniform(*np.log10(spec.flux_ratio), n)
     out["flux"] = np.where(present, table["flux"] * ratio, 0.0)
@@ -115,6 +136,7 @@ def render_chunk(cfg: SimConfig, rows: dict[str, np.ndarray]) -> dict[str, np.nd
         "flux_in_stamp": np.full(n, np.nan),
         "status": np.full(n, OK, dtype=object),
     }
+    bulges = {}  # row -> its noiseless image: a bulge + disk's supervised parameters come from it
     fixed = None if cfg.varies_conditions else cfg.for_galaxy({k: v[0] for k, v in rows.items()})
     psf = make_psf(fixed) if fixed else None
     with threadpool_limits(1), warnings.catch_warnings():
@@ -135,14 +157,39 @@ def render_chunk(cfg: SimConfig, rows: dict[str, np.ndarray]) -> dict[str, np.nd
             # The galaxy's own S/N and light, before its neighbour joins the image.
             out["snr"][i] = optimal_snr(image.array, pixel_variance(image.array, noise.sky_level, noise.gain,
                                                                      noise.read_noise))
-            out["flux_in_stamp"][i] = image.array.sum() / row["flux"]
+            out["flux_in_stamp"][i] = image.array.sum() / row.get(TOTAL_FLUX, row["flux"])
+            if has_bulge(row):
+                bulges[i] = image.array.copy()
             if other is not None:
                 image += other
             image.addNoise(galsim.CCDNoise(galsim.BaseDeviate(int(row["seed"])),
                                            sky_level=noise.sky_level, gain=noise.gain,
                                            read_noise=noise.read_noise))
             out["images"][i] = image.array
+    if "bulge_to_total" in rows:
+        out.update(_supervised_of_bulges(cfg, rows, bulges, out["status"]))
     out["status"] = out["status"].astype(str)
+    return out
+
+
+#: The columns :func:`render_chunk` gives anew for a population with bulges: a bulge + disk
+#: galaxy's single-Sérsic equivalent (:func:`galcae.population.single_sersic_equivalent`).
+EQUIVALENT_COLUMNS = (*FIT_PARAMETERS, "ellipticity", "position_angle")
+
+
+def _supervised_of_bulges(cfg: SimConfig, rows: dict, bulges: dict, status: np.ndarray) -> dict:
+    """:data:`EQUIVALENT_COLUMNS` of ``rows``: a single Sérsic's as drawn, a bulge + disk's
+    (``bulges``: row -> noiseless image) from its single-Sérsic fit; a failed fit fails the row."""
+    out = {k: np.array(rows[k], float) for k in EQUIVALENT_COLUMNS}
+    if bulges:
+        index = np.fromiter(bulges, int)
+        fitted = single_sersic_equivalent(cfg, {k: np.asarray(v)[index] for k, v in rows.items()},
+                                          np.stack([bulges[i] for i in index]))
+        for name in FIT_PARAMETERS:
+            out[name][index] = fitted[name]
+        out["ellipticity"][index], out["position_angle"][index] = ellipticity_from_shear(fitted["g1"], fitted["g2"])
+        failed = fitted["status"] != OK
+        status[index[failed]] = fitted["status"][failed]
     return out
 
 
@@ -183,6 +230,8 @@ def _render_into(directory, cfg: SimConfig, workers: int, scheduler: str | None)
     slices = [slice(s, min(s + cfg.chunk_size, cfg.n_galaxies)) for s in starts]
     extra = {"snr": np.empty(cfg.n_galaxies), "flux_in_stamp": np.empty(cfg.n_galaxies),
              "status": np.empty(cfg.n_galaxies, dtype=object)}
+    if "bulge_to_total" in table:  # a bulge + disk's supervised parameters come with its image
+        extra.update({k: np.empty(cfg.n_galaxies) for k in EQUIVALENT_COLUMNS})
     images = create_image_array(directory, cfg)
     tasks = [(cfg, {k: v[s] for k, v in table.items()}) for s in slices]
     with dask_client(workers, scheduler) as client:

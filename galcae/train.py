@@ -211,7 +211,8 @@ def prepare_training(dataset: Dataset, cfg: TrainConfig, run_dir: Path | None = 
     return Training(cfg, data, model, _tensors(model, dataset, cfg, data),
                     torch.optim.Adam(network.parameters(), lr=cfg.learning_rate),
                     torch.Generator().manual_seed(cfg.seed),
-                    FreshGalaxies(dataset.config, device, mask_neighbours=cfg.mask_neighbours)
+                    FreshGalaxies(dataset.config, device, mask_neighbours=cfg.mask_neighbours,
+                                  bad_pixels=cfg.bad_pixels)
                     if cfg.fresh_galaxies else None)
 
 
@@ -270,6 +271,10 @@ def _check_fresh(dataset: Dataset, cfg: TrainConfig) -> None:
     if cfg.fresh_galaxies and dataset.config.sweep.parameter is not None:
         raise ConfigError(f"fresh_galaxies: dataset {dataset.path} is a sweep of "
                           f"{dataset.config.sweep.parameter}, not random galaxies to draw more of")
+    if cfg.fresh_galaxies and dataset.config.population.bulge_fraction > 0:
+        raise ConfigError(f"fresh_galaxies: dataset {dataset.path} has bulge + disk galaxies "
+                          "(population.bulge_fraction), which the PyTorch renderer does not draw; "
+                          "train on the dataset's images")
 
 
 #: The random stream of the sky noise that replaces a dataset's masked pixels.
@@ -287,7 +292,7 @@ def _training_data(dataset: Dataset, cfg: TrainConfig) -> TrainingData:
     if cfg.mask_neighbours:
         from .catalog.segment import neighbours_as_sky
 
-        neighbours_as_sky(images, np.random.default_rng([cfg.seed, MASK_STREAM]))
+        neighbours_as_sky(images, np.random.default_rng([cfg.seed, MASK_STREAM]), cfg.bad_pixels)
     return TrainingData(train_ids, test_ids, images, {k: v[train_ids] for k, v in dataset.params.items()},
                         conditions)
 

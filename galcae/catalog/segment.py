@@ -94,16 +94,47 @@ def fill_with_sky(images: np.ndarray, mask: np.ndarray, noise_sigma: np.ndarray,
     return where, values
 
 
-def neighbours_as_sky(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def neighbours_as_sky(images: np.ndarray, rng: np.random.Generator, bad_pixels: float = 0.0) -> np.ndarray:
     """Training stamps as ``galcae infer`` hands them to the network: segmented as it segments
     them (:func:`segment`, the noise measured on each stamp's border), the other sources'
-    pixels replaced by sky noise (:func:`fill_with_sky`). In place; returns ``images``."""
+    pixels replaced by sky noise (:func:`fill_with_sky`); with ``bad_pixels``, that share of
+    the stamps also given a detector defect (:func:`bad_pixel_masks`), masked as a user's
+    ``MASK`` HDU is. In place; returns ``images``."""
     from ..conditions import stamp_noise_sigma
 
     sigma = stamp_noise_sigma(images)
     usable = np.isfinite(sigma) & (sigma > 0)
-    fill_with_sky(images, segment(images, sigma, todo=usable).mask, sigma, rng)
+    bad = bad_pixel_masks(len(images), images.shape[-1], bad_pixels, rng) if bad_pixels > 0 else None
+    mask = segment(images, sigma, bad, todo=usable).mask
+    fill_with_sky(images, mask if bad is None else mask | bad, sigma, rng)
     return images
+
+
+def bad_pixel_masks(n: int, size: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """``(n, size, size)`` bool: a detector defect in a ``fraction`` of ``n`` stamps, placed
+    anywhere (so across the galaxy in some), one of, equally often: a bad column (1 or 2 pixels
+    wide, the whole stamp or a stretch of 8 pixels or more), a saturated star (a core of radius
+    2-5 pixels and its bleed trail along the column) or a cosmic ray (a track 2-8 pixels long).
+    The stamps' training augmentation turns columns into rows."""
+    out = np.zeros((n, size, size), bool)
+    rows, cols = np.mgrid[:size, :size]
+    for i in np.flatnonzero(rng.random(n) < fraction):
+        kind, x, y = rng.integers(3), rng.uniform(0, size), rng.uniform(0, size)
+        if kind == 0:
+            length = size if rng.random() < 0.5 else rng.uniform(8, size)
+            width = 1 + (rng.random() < 0.2)
+            out[i] = (cols >= int(x)) & (cols < int(x) + width) & (np.abs(rows - y) <= length / 2)
+        elif kind == 1:
+            radius, trail = rng.uniform(2, 5), rng.uniform(5, 20)
+            out[i] = np.hypot(cols + 0.5 - x, rows + 0.5 - y) <= radius
+            out[i] |= (np.abs(cols + 0.5 - x) <= 0.5) & (np.abs(rows + 0.5 - y) <= radius + trail)
+        else:
+            length, angle = rng.uniform(2, 8), rng.uniform(0, np.pi)
+            steps = np.linspace(0, length, 4 * int(np.ceil(length)) + 1)
+            px = np.clip((x + steps * np.cos(angle)).astype(int), 0, size - 1)
+            py = np.clip((y + steps * np.sin(angle)).astype(int), 0, size - 1)
+            out[i, py, px] = True
+    return out
 
 
 def segment(images: np.ndarray, noise_sigma: np.ndarray, unusable: np.ndarray | None = None,
