@@ -149,3 +149,20 @@ def test_unreadable_inputs_are_one_line_and_leave_nothing(inputs, message, dropo
     err = capsys.readouterr().err.strip()
     assert err.startswith("galcae: error:") and message in err and "\n" not in err, err
     assert not list(tmp_path.glob("*.parts"))  # a refused input leaves no work directory
+
+
+def test_sources_far_apart_have_no_neighbour_index(field):
+    """No field source lies inside another's cutout: every neighbour_index is -1."""
+    cat, _ = field
+    assert list(cat["neighbour_index"]) == [-1, -1, -1]
+
+
+def test_the_neighbour_index_is_the_nearest_detection_inside_the_cutout():
+    """The nearest other detection when its centre is inside the cutout (|dx|, |dy| < half),
+    else -1."""
+    from galcae.catalog.sources import nearest_inside
+
+    x, y = np.array([10.0, 15.0, 60.0, 100.0]), np.array([10.0, 12.0, 10.0, 100.0])
+    assert list(nearest_inside(x, y, 32)) == [1, 0, -1, -1]
+    assert list(nearest_inside(x, y, 50)) == [1, 0, 1, -1]
+    assert list(nearest_inside(x[:1], y[:1], 32)) == [-1]

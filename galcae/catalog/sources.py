@@ -343,7 +343,8 @@ class FieldChunk:
             truncated[i] = overlap != (size, size)
         columns = {"source": np.full(n, self.source, dtype=object), "index": np.asarray(d["index"]),
                    "x_field": np.asarray(d["x"]) + 0.5, "y_field": np.asarray(d["y"]) + 0.5,
-                   "ra": np.asarray(d["ra"]), "dec": np.asarray(d["dec"])}
+                   "ra": np.asarray(d["ra"]), "dec": np.asarray(d["dec"]),
+                   "neighbour_index": np.asarray(d.get("neighbour", np.full(n, -1)), np.int64)}
         return Stamps(images, columns, truncated, np.zeros(n, bool), dict(self.conditions))
 
 
@@ -445,7 +446,7 @@ def plan_inputs(inputs, *, stamp_size: int, pixel_scale: float, chunk_size: int,
                 flush_stamps()
                 plan.has_field = True
                 _plan_field(plan, hdul, h, path, where, chunk_size, work_dir, len(plan.chunks),
-                            detect_threshold)
+                            detect_threshold, stamp_size)
     flush_stamps()
     return plan
 
@@ -459,7 +460,7 @@ def _check_mask(hdul, path, shape: tuple) -> None:
 
 
 def _plan_field(plan: Plan, hdul, h, path, where: str, chunk_size: int, work_dir: Path,
-                number: int, threshold: float) -> None:
+                number: int, threshold: float, stamp_size: int) -> None:
     """Subtract the background, detect sources, save the field for the workers, add its chunks."""
     import sep
 
@@ -507,10 +508,27 @@ def _plan_field(plan: Plan, hdul, h, path, where: str, chunk_size: int, work_dir
         ra, dec = sky.icrs.ra.deg, sky.icrs.dec.deg
     else:
         ra = dec = np.full(len(x), np.nan)
+    neighbour = nearest_inside(x, y, stamp_size / 2)
     for start in range(0, len(x), chunk_size):
         sl = slice(start, start + chunk_size)
         detections = {"index": np.arange(len(x))[sl], "x": x[sl], "y": y[sl], "ra": ra[sl],
-                      "dec": dec[sl]}
+                      "dec": dec[sl], "neighbour": neighbour[sl]}
         plan.add(FieldChunk(str(array.resolve()), str(path), detections, header_conditions(h.header, where)),
                  len(detections["x"]))
     log.info("%s: %d sources detected", where, len(x))
+
+
+def nearest_inside(x: np.ndarray, y: np.ndarray, half: float) -> np.ndarray:
+    """For each detection, the index of the nearest other one whose centre lies inside its
+    cutout (``|dx|, |dy| < half`` pixels), or -1."""
+    from scipy.spatial import cKDTree
+
+    out = np.full(len(x), -1, np.int64)
+    if len(x) < 2:
+        return out
+    points = np.stack([x, y], axis=1)
+    distance, index = cKDTree(points).query(points, k=2)
+    other = index[:, 1]
+    inside = np.all(np.abs(points[other] - points) < half, axis=1)
+    out[inside] = other[inside]
+    return out

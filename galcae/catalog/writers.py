@@ -29,6 +29,9 @@ FIELD_COLUMNS = {
 }
 
 
+NEIGHBOUR_INDEX = ("the index of the nearest other source detected in the same field, if its centre is inside "
+                   "this row's cutout (-1: none, or not a field's row)")
+
 Column = tuple[str, pa.DataType, str, str]  # name, arrow type, unit, description
 
 
@@ -40,6 +43,7 @@ def id_columns(has_field: bool) -> list[Column]:
                                       "in its field (0 for a single-stamp file)")]
     if has_field:
         cols += [(name, pa.float64(), unit, text) for name, (unit, text) in FIELD_COLUMNS.items()]
+        cols.append(("neighbour_index", pa.int64(), "", NEIGHBOUR_INDEX))
     return cols
 
 
@@ -58,11 +62,13 @@ def atomic_save(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_part(parts, number: int, table: dict[str, np.ndarray], columns: list[Column]) -> int:
-    """One chunk's rows as ``part-NNNNNN.parquet`` (missing columns NaN); return the row count."""
+    """One chunk's rows as ``part-NNNNNN.parquet`` (missing columns NaN, -1 for integers: a
+    stamp's row in a catalog that also holds fields has no field columns); return the row count."""
     n = len(table["id"])
     schema = pa.schema([pa.field(name, dtype) for name, dtype, _, _ in columns])
-    arrow = pa.Table.from_pydict({name: table.get(name, np.full(n, np.nan)) for name, *_ in columns},
-                                 schema=schema)
+    arrow = pa.Table.from_pydict({name: table[name] if name in table else
+                                  np.full(n, -1 if pa.types.is_integer(dtype) else np.nan)
+                                  for name, dtype, *_ in columns}, schema=schema)
     atomic_save(part_path(parts, number), lambda p: pq.write_table(arrow, p))
     return n
 
