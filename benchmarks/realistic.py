@@ -2,7 +2,8 @@
 
 How `galcae infer` (the default command, PSF images given) does on galaxies that share their
 cutout with another source: bias, scatter and error-bar coverage per S/N bin for isolated,
-blended-and-unflagged and flagged galaxies, and how well `flag_blended` finds the blends.
+blended-and-unflagged and flagged galaxies, how well `flag_blended` finds the blends, and how
+well `flag_star` finds the stars (a `--star-fraction` of the cutouts hold one instead of a galaxy).
 
     python benchmarks/realistic.py                      # 2,000 cutouts, half blended, 2 workers
     python benchmarks/realistic.py --n 600 --save r.parquet
@@ -56,9 +57,17 @@ TARGETS = {"blended": ({"flux": 2.0, "half_light_radius": 3.0}, 5.0), "flagged":
 TRULY_BLENDED = 0.05
 
 
-def draw(n: int, seed: int, bulge_fraction: float, blended_fraction: float) -> pd.DataFrame:
-    """realistic_psf's galaxies and PSFs, plus each blended cutout's neighbour."""
+def draw(n: int, seed: int, bulge_fraction: float, blended_fraction: float, star_fraction: float = 0.0
+         ) -> pd.DataFrame:
+    """realistic_psf's galaxies and PSFs, plus each blended cutout's neighbour; a
+    ``star_fraction`` of the cutouts hold a star (a point source of the galaxy's flux) instead of
+    their galaxy, chosen by their own random stream (the other cutouts are drawn as without)."""
     p = rp.draw_parameters(n, seed, bulge_fraction)
+    if star_fraction > 0:
+        star = np.random.default_rng([seed, 22]).random(n) < star_fraction
+        p["kind"] = np.where(star, "star", p["kind"])
+        for name in ("true_half_light_radius", "true_sersic_n", "true_g1", "true_g2"):
+            p[name] = np.where(star, np.nan, p[name])
     rng = np.random.default_rng([seed, 21])
     rows = rp.cosmos_rows()
     picked = rows[rng.integers(len(rows), size=n)]
@@ -83,10 +92,13 @@ def render(row: dict, psf_size: int) -> dict:
         psf = rp.psf_profile(row)
         image = psf.drawImage(nx=psf_size, ny=psf_size, scale=rp.SCALE).array
         out["psf_image"] = image / image.sum()
-        parts = rp.components(row)
-        if row["kind"] != "sersic":
-            out["true_half_light_radius"] = rp.measured_half_light_radius(parts)
-        galaxy = galsim.Convolve(rp.galaxy_profile(parts, gsparams), psf, gsparams=gsparams)
+        if row["kind"] == "star":
+            galaxy = psf.withFlux(row["flux"])
+        else:
+            parts = rp.components(row)
+            if row["kind"] != "sersic":
+                out["true_half_light_radius"] = rp.measured_half_light_radius(parts)
+            galaxy = galsim.Convolve(rp.galaxy_profile(parts, gsparams), psf, gsparams=gsparams)
         alone = galaxy.drawImage(nx=rp.STAMP, ny=rp.STAMP, scale=rp.SCALE, offset=offset)
         neighbour = np.zeros_like(alone.array)
         if row["blended"]:
@@ -116,10 +128,12 @@ def inputs(work: Path, args) -> pd.DataFrame:
     """The cutouts' cube and PSF images in ``work`` (simulated unless there for these
     arguments), and their truth table."""
     key = {k: getattr(args, k) for k in ("n", "seed", "bulge_fraction", "blended_fraction", "psf_size")}
+    if args.star_fraction > 0:  # cutouts simulated without stars stay usable
+        key["star_fraction"] = args.star_fraction
     stamp = work / "simulation.json"
     if stamp.exists() and json.loads(stamp.read_text()) == key:
         return pd.read_parquet(work / "truth.parquet")
-    params = draw(args.n, args.seed, args.bulge_fraction, args.blended_fraction)
+    params = draw(args.n, args.seed, args.bulge_fraction, args.blended_fraction, args.star_fraction)
     start = time.perf_counter()
     truth, stamps, psfs = rp.simulate(params, args.psf_size, args.workers, _render_star,
                                       ("status", "snr", "true_blendedness", "true_half_light_radius"))
@@ -149,8 +163,52 @@ def _flag(results: pd.DataFrame) -> np.ndarray:
 
 
 def groups(results: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The galaxies (not the stars) of each group."""
     flagged, blended = _flag(results), results["blended"].to_numpy(bool)
-    return {"isolated": ~blended, "blended": blended & ~flagged, "flagged": blended & flagged}
+    galaxy = (results["kind"] != "star").to_numpy()
+    return {"isolated": galaxy & ~blended, "blended": galaxy & blended & ~flagged,
+            "flagged": galaxy & blended & flagged}
+
+
+def shape_table(results: pd.DataFrame, rows: np.ndarray) -> None:
+    """n, g1 and g2 of the isolated single Sérsics (the galaxies with a true n and shape), per
+    S/N bin; the target (issue 21): n's coverage within ±5 points at S/N 10-30."""
+    bins = rp.snr_bin(results["snr"].to_numpy(float))
+    print("isolated single Sérsics: n, g1, g2   (target: n's coverage within ±5 points at S/N 10-30)")
+    print(rp.HEADER + "   verdict")
+    for name in ("sersic_n", "g1", "g2"):
+        for label_bin in rp.SNR_BINS:
+            stats = rp.statistics(results[rows & (bins == label_bin)], "default", name)
+            judged = ""
+            if name == "sersic_n" and label_bin == "10-30" and stats.get("n"):
+                missed = [f"{lv}% {'low' if stats[f'cov{lv}'] < lv else 'high'}" for lv in (68, 95)
+                          if abs(stats[f"cov{lv}"] - lv) > 5]
+                judged = "met" if not missed else "NOT met: " + ", ".join(missed)
+            print(rp.stats_row(rp.SHORT[name], label_bin, stats, False, judged))
+    print()
+
+
+def star_table(results: pd.DataFrame) -> None:
+    """``flag_star`` against the truth: stars flagged (completeness) and galaxies flagged (the
+    galaxies lost), per S/N bin, and the galaxies flagged per true r½."""
+    if "default.flag_star" not in results:
+        return
+    flagged, star = results["default.flag_star"].to_numpy(bool), (results["kind"] == "star").to_numpy()
+    bins = rp.snr_bin(results["snr"].to_numpy(float))
+    print("flag_star against the truth, per S/N bin:")
+    print(f"  {'S/N':>8}{'stars':>7}{'flagged':>9}{'galaxies':>10}{'flagged':>9}{'purity':>8}")
+    for label in ("<10", *rp.SNR_BINS):
+        inside = bins == ("" if label == "<10" else label)
+        s, g = star & inside, ~star & inside
+        purity = 100 * (flagged & s).sum() / (flagged & inside).sum() if (flagged & inside).any() else np.nan
+        print(f"  {label:>8}{s.sum():>7}{(100 * (flagged & s).sum() / max(s.sum(), 1)):>8.1f}%{g.sum():>10}"
+              f"{(100 * (flagged & g).sum() / max(g.sum(), 1)):>8.2f}%{purity:>7.1f}%")
+    radius = results["true_half_light_radius"].to_numpy(float)
+    print("  galaxies flagged per true r½ (S/N >= 10): " + ", ".join(
+        f"{lo:g}-{hi:g}\" {100 * flagged[m].mean():.1f}% of {m.sum()}" for lo, hi in ((0, 0.2), (0.2, 0.3), (0.3, 0.5),
+                                                                                      (0.5, np.inf))
+        for m in [~star & (radius >= lo) & (radius < hi) & (results["snr"].to_numpy(float) >= 10)] if m.any()))
+    print()
 
 
 def tables(results: pd.DataFrame, meta: dict) -> None:
@@ -179,6 +237,8 @@ def tables(results: pd.DataFrame, meta: dict) -> None:
                     verdicts.append(judged)
                 print(rp.stats_row(rp.SHORT[name], label_bin, stats, True, judged))
         print()
+    shape_table(results, sets["isolated"] & (results["kind"] == "sersic").to_numpy())
+    star_table(results)
     truly = results["true_blendedness"].to_numpy(float) > TRULY_BLENDED
     flagged = _flag(results)
     print(f"flag_blended against the truth (truly blended: true_blendedness > {TRULY_BLENDED:g}), per S/N bin:")
@@ -205,6 +265,7 @@ def main() -> None:
     parser.add_argument("--bulge-fraction", type=float, default=0.3)
     parser.add_argument("--blended-fraction", type=float, default=0.5)
     parser.add_argument("--psf-size", type=int, default=63)
+    parser.add_argument("--star-fraction", type=float, default=0.1, help="cutouts holding a star instead")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", default="survey", help="the model measured: a shipped name or a run directory")
     parser.add_argument("--save", type=Path, help="write the merged truth + catalog table here (Parquet)")

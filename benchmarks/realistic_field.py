@@ -273,7 +273,10 @@ def match_field(truth: pd.DataFrame, detections: pd.DataFrame) -> tuple[pd.DataF
         for j, near in enumerate(cKDTree(txy).query_ball_point(txy, radius)):
             crowded[j] = any(k != j and snr[k] >= NEIGHBOUR_RATIO * snr[j] for k in near)
     truth = truth.assign(found=t_match >= 0, lost_in_blend=lost_in_blend, split=split, crowded=crowded)
-    detections = detections.assign(matched=d_match >= 0, spurious=d_spurious, fragment=d_fragment, blend=d_blend)
+    matched = d_match >= 0
+    detections = detections.assign(matched=matched, spurious=d_spurious, fragment=d_fragment, blend=d_blend,
+                                   truth_kind=np.where(matched, truth["kind"].to_numpy()[d_match], ""),
+                                   truth_snr=np.where(matched, truth["snr"].to_numpy(float)[d_match], np.nan))
     return truth, detections
 
 
@@ -366,10 +369,26 @@ def tables(truth: pd.DataFrame, detections: pd.DataFrame, meta: dict) -> None:
     if len(missed):
         print(f"compact galaxies of S/N >= 10 missed: {len(missed)}, median S/N {missed['snr'].median():.1f}, "
               f"median r½ {missed['r_half'].median():.2f}\", lost in a blend {missed['lost_in_blend'].sum()}")
+    star_flags(detections)
     failed = [f"S/N {label}: {100 * c:.1f}%" for label, c in verdicts if c < TARGET]
     print(f"\nTarget, completeness >= {100 * TARGET:g}% in every S/N bin >= 10 for galaxies of r½ <= {COMPACT}\": "
           + ("met (" + ", ".join(f"{label} {100 * c:.1f}%" for label, c in verdicts) + ")" if not failed
              else "NOT met: " + ", ".join(failed)))
+
+
+def star_flags(detections: pd.DataFrame) -> None:
+    """``flag_star`` of the matched detections, per S/N bin of the truth they matched: the
+    share of the stars flagged, and of the galaxies."""
+    if "flag_star" not in detections:
+        return
+    flagged = detections["flag_star"].to_numpy(bool)
+    kind, snr = detections["truth_kind"].to_numpy(), detections["truth_snr"].to_numpy(float)
+    print("\nflag_star of matched detections, per S/N bin of their truth: stars flagged | galaxies flagged")
+    for label, (lo, hi) in SNR_EDGES.items():
+        inside = (snr >= lo) & (snr < hi)
+        star, galaxy = inside & (kind == "star"), inside & (kind != "star") & (kind != "")
+        print(f"  {label:>7}  {star.sum():>6} stars {100 * flagged[star].mean() if star.any() else np.nan:>6.1f}%"
+              f"   {galaxy.sum():>6} galaxies {100 * flagged[galaxy].mean() if galaxy.any() else np.nan:>6.2f}%")
 
 
 def side_by_side(runs: dict[str, tuple[pd.DataFrame, pd.DataFrame]], meta: dict) -> None:

@@ -6,6 +6,7 @@ How honest `galcae infer`'s catalog is there: bias, scatter and error-bar covera
     python benchmarks/realistic_psf.py --n 600 --workers 2 --save rp.parquet
     python benchmarks/realistic_psf.py --from rp.parquet        # the tables again, no rerun
     python benchmarks/realistic_psf.py --check-truth            # bulge + disk r½ definition check
+    python benchmarks/realistic_psf.py --model runs/mine        # another model than the shipped `survey`
 
 What is simulated (with GalSim here, not with galcae.simulate, so that the data are drawn by
 other code than the training simulator), in the survey model's setup (`configs/survey.yaml`):
@@ -338,9 +339,10 @@ def write_inputs(work: Path, stamps: np.ndarray, psfs: np.ndarray, truth: pd.Dat
     return paths
 
 
-def run_catalogs(paths: dict, work: Path, workers: int, chunk_size: int | None) -> tuple[dict, dict, dict]:
+def run_catalogs(paths: dict, work: Path, workers: int, chunk_size: int | None, model: str = "survey"
+                 ) -> tuple[dict, dict, dict]:
     """The three runs: ({run: catalog DataFrame}, {run: seconds}, {run: traceback} of failed ones)."""
-    model = resolve_model("survey")
+    model = resolve_model(model)
     setups = {"no_refine": (InferOptions(refine_snr=None), {"psf": paths["psf"]}),
               "psf_image": (InferOptions(refine_snr=MODEL_DEFAULT), {"psf": paths["psf"]}),
               "moffat_fit": (InferOptions(refine_snr=MODEL_DEFAULT), {"conditions": paths["conditions"]}),
@@ -576,6 +578,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=3000, help="galaxies simulated")
     parser.add_argument("--seed", type=int, default=2027)
+    parser.add_argument("--model", default="survey", help="the model measured: a shipped name or a run directory")
     parser.add_argument("--workers", type=int, default=2, help="processes rendering, and galcae's workers")
     parser.add_argument("--bulge-fraction-of-sample", type=float, default=0.5,
                         help="share of bulge + disk galaxies (the rest single Sérsics)")
@@ -614,10 +617,11 @@ def main() -> None:
         work = args.keep or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         catalogs, seconds, failed = run_catalogs(write_inputs(work, stamps, psfs, truth), work, args.workers,
-                                                 args.chunk_size)
+                                                 args.chunk_size, args.model)
     meta = {"seconds": seconds, "failed": failed, "workers": args.workers, "seed": args.seed,
             "moffat_seconds": float(truth["moffat_seconds"].mean()),
-            "refine_snr": read_card(model_paths(resolve_model("survey"))[1]).refine_snr_for(MODEL_DEFAULT)}
+            "model": args.model,
+            "refine_snr": read_card(model_paths(resolve_model(args.model))[1]).refine_snr_for(MODEL_DEFAULT)}
     results = merged(truth, catalogs)
     if args.save:
         save(args.save, results, meta)
@@ -625,7 +629,7 @@ def main() -> None:
     print()
     report(results, meta)
     if args.fit_floors:
-        floors_report(results)
+        floors_report(results, args.model)
 
 
 # --- the model-error floors ---------------------------------------------------------------------
@@ -639,7 +643,7 @@ def floor_for_coverage(miss: np.ndarray, err: np.ndarray, scale, target: float =
     return 0.0 if covered(0.0) >= 0 else float(brentq(covered, 0.0, 10.0))
 
 
-def floors_report(results: pd.DataFrame) -> None:
+def floors_report(results: pd.DataFrame, model: str = "survey") -> None:
     """The floors (galcae.estimate.refine's model error) that give the `default, PSF image`
     run's refined rows at S/N >= 30 68% coverage, from their errors without the model card's
     floors: for flux and r½ on the bulge + disk galaxies (real galaxies are not single
@@ -647,7 +651,7 @@ def floors_report(results: pd.DataFrame) -> None:
     for n, g1 and g2 on the single Sérsics (the only ones with a true n and g)."""
     from galcae.estimate.refine import RELATIVE_FLOOR
 
-    card_floors = read_card(model_paths(resolve_model("survey"))[1]).refinement.model_error
+    card_floors = read_card(model_paths(resolve_model(model))[1]).refinement.model_error
     rows = results[(results[f"{JUDGED}.refined"] == True) & (results["snr"] >= 30)]  # noqa: E712
     floors = {}
     print("\nModel-error floors for 68% coverage of the refined rows at S/N >= 30, flux and r½ on "

@@ -11,11 +11,13 @@ import pyarrow as pa
 from ..config import SimConfig, to_dict
 from ..estimate.fit import OK, fit_images
 from ..estimate.neighbours import neighbour_light, propagated_covariance
+from ..estimate.stellarity import STAR_FLAG, STELLARITY_COLUMNS
 from ..params import FIT_PARAMETERS, unit_of
 from ..physics import psf_rows, sky_level_for_sigma
 from .chunks import build_catalog
 from .segment import SEGMENT_COLUMNS, SEGMENT_FLAGS, mask_neighbours
 from .stamps import STAMP_FLAGS, clean
+from .stars import stellarity
 from .writers import Column, catalog_path, flag_columns, id_columns, write_part
 
 #: Per-row flags of a classical-fit catalog.
@@ -36,7 +38,8 @@ def catalog_columns(has_field: bool) -> list[Column]:
              ("blendedness", pa.float64(), "", SEGMENT_COLUMNS["blendedness"]),
              ("neighbours_modelled", pa.int64(), "", "neighbours whose fitted models were subtracted before the "
                                                      "fit, their covariance added to the errors")]
-    return cols + flag_columns(FLAGS)
+    cols += [(name, pa.float64(), "", text) for name, text in STELLARITY_COLUMNS.items()]
+    return cols + flag_columns({**FLAGS, **STAR_FLAG})
 
 
 def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: int, first_id: int,
@@ -56,7 +59,10 @@ def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: in
                         psf_images=stamps.psf, mask=ready.mask)
     if models is not None:
         widen_for_neighbours(fitted, models, modelled, ready.mask, cfg, given, stamps.psf)
+    stars = stellarity(cfg, ready, conditions, {k: np.asarray(fitted[k])[todo] for k in ("x", "y", "flux")}, todo,
+                       stamps.psf)
     table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **segments.flags, **fitted,
+             **stars,
              "n_neighbours": segments.n_neighbours, "blendedness": segments.blendedness,
              "neighbours_modelled": np.zeros(n, np.int64) if models is None else _put(models.count, modelled, n)}
     table["status"] = table["status"].astype(str)

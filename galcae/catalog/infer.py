@@ -20,6 +20,7 @@ from ..card import MODEL_DEFAULT, model_paths
 from ..checkpoint import TrainedModel, load_model
 from ..conditions import condition_table
 from ..estimate.cae import check_samples, measure, uncertainty_method
+from ..estimate.stellarity import STAR_FLAG, STELLARITY_COLUMNS
 from ..outputs import atomic_file
 from ..params import CONDITIONS, unit_of
 from ..physics import psf_rows
@@ -27,6 +28,7 @@ from .chunks import build_catalog
 from .segment import SEGMENT_COLUMNS, SEGMENT_FLAGS, fill_with_sky, mask_neighbours
 from .sources import InputError
 from .stamps import STAMP_FLAGS, CleanStamps, clean
+from .stars import stellarity
 from .writers import Column, atomic_save, catalog_path, flag_columns, id_columns, write_part
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,8 @@ def catalog_columns(model: TrainedModel, has_field: bool, refine: bool = False) 
                                                 "widened by its square root"),
                  ("neighbours_modelled", pa.int64(), "", "neighbours whose fitted models were subtracted "
                                                          "before the refining fit (0 where not refined)")]
-    return cols + flag_columns({**FLAGS, **(REFINE_FLAGS if refine else {})})
+    cols += [(name, pa.float64(), "", text) for name, text in STELLARITY_COLUMNS.items()]
+    return cols + flag_columns({**FLAGS, **STAR_FLAG, **(REFINE_FLAGS if refine else {})})
 
 
 # --- the per-chunk work ------------------------------------------------------------------
@@ -184,8 +187,9 @@ def infer_chunk(meta_path: str, sha: str, options: InferOptions, chunk, number: 
         result["flag_poor_fit"] = result.pop("poor_fit")
         hidden = result.pop("hidden_neighbours")
 
+    stars = stellarity(model.card.training_set, ready, conditions, result, ~skip, stamps.psf)
     table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **segments.flags,
-             **conditions, "n_neighbours": segments.n_neighbours, "blendedness": segments.blendedness}
+             **conditions, "n_neighbours": segments.n_neighbours, "blendedness": segments.blendedness, **stars}
     if options.refine_snr is not None:  # neighbours the refinement found merged with the galaxy
         table["n_neighbours"] = table["n_neighbours"].copy()
         table["n_neighbours"][~skip] += hidden

@@ -103,6 +103,24 @@ def derivatives_at(cfg: SimConfig, conditions: dict, values: dict, psf: np.ndarr
     return derivatives, weight
 
 
+def models_at(cfg: SimConfig, conditions: dict, values: dict, psf: np.ndarray | None = None) -> np.ndarray:
+    """``(N, H, W)`` noiseless model images at physical ``values`` (one array per
+    :data:`FIT_PARAMETERS`), drawn as :func:`fit_batch` draws them (its grids and PSFs)."""
+    n = len(values["flux"])
+    conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
+    out = np.zeros((n, cfg.stamp_size, cfg.stamp_size), np.float32)
+    pads = smallest_grids(cfg, conditions, values, psf is not None)
+    for pad in np.unique(pads):
+        rows = np.flatnonzero(pads == pad)
+        problem = _Problem(np.ones((len(rows), cfg.stamp_size, cfg.stamp_size), np.float32), cfg,
+                           {k: v[rows] for k, v in conditions.items()}, psf_rows(psf, rows), float(pad))
+        phi = _to_fitted(torch.as_tensor(np.stack([np.asarray(values[k], float)[rows] for k in FIT_PARAMETERS], 1),
+                                         dtype=torch.float32))
+        with torch.no_grad():
+            out[rows] = problem.model(phi, torch.arange(len(rows))).numpy()
+    return out
+
+
 #: The FFT grids the fit draws on, in stamps per side: the smallest whose wrap-around keeps
 #: a stamp's model within :data:`WRAP_TOLERANCE` of the full grid's (the renderer's
 #: default, 4), in units of its noise (``sqrt(sum(diff² / variance))``, as

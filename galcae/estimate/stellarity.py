@@ -1,0 +1,88 @@
+"""Stars among the galaxies: SExtractor's ``spread_model`` (Desai et al. 2012, ApJ 757, 83).
+
+A star is the PSF; a galaxy is wider. ``spread_model`` compares how well the stamp matches
+the PSF ``P`` at the source's centre and a slightly wider model ``G`` (the PSF convolved with
+a round exponential of scale length FWHM/16), through the linear discriminant
+
+    spread_model = (G·x) / (P·x) - (G·P) / (P·P)
+
+(dot products over the unmasked pixels): about 0 for a point source whatever its flux, positive
+for a resolved one, negative for a source sharper than the PSF (a cosmic ray, a bad PSF). Its
+error propagates the sky noise. It needs no fit, only the PSF, which the catalog has for the
+refinement anyway (PSF images, or the Moffat of the conditions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: The exponential's scale length in units of the PSF's FWHM (Desai et al. 2012).
+SCALE_LENGTH = 1.0 / 16.0
+#: An exponential's half-light radius in units of its scale length.
+EXPONENTIAL_HALF_LIGHT = 1.6783469900166608
+#: The "point source" drawn as the PSF: a Sérsic this small (arcsec) is the PSF to float32.
+POINT = 1e-3
+#: ``flag_star`` where ``spread_model + STAR_ERRORS * spread_model_err < STAR_THRESHOLD``: a
+#: source whose width is, within its errors, the PSF's (see docs/catalog.md for completeness
+#: and purity on simulated stars and galaxies).
+STAR_THRESHOLD = 0.002
+STAR_ERRORS = 5.0 / 3.0
+
+#: The catalog columns of stellarity, with their descriptions.
+STELLARITY_COLUMNS = {
+    "spread_model": "SExtractor's spread_model: how much wider than the PSF the source is (about 0 for a "
+                    "star, positive for a galaxy, negative for a source sharper than the PSF)",
+    "spread_model_err": "1-sigma uncertainty of spread_model from the sky noise",
+}
+STAR_FLAG = {"flag_star": f"a point source: spread_model + {STAR_ERRORS:.3g} spread_model_err < {STAR_THRESHOLD:g} "
+                          "(a star, or a galaxy too small to resolve); its galaxy parameters mean little"}
+
+
+def spread_model(sim, images: np.ndarray, noise_sigma: np.ndarray, conditions: dict, centres: dict,
+                 mask: np.ndarray | None = None, psf: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``spread_model``, ``spread_model_err`` and ``flag_star`` of ``(N, H, W)`` sky-subtracted
+    stamps with per-stamp ``noise_sigma`` (ADU). ``centres``: each source's ``x``, ``y`` (and
+    ``flux``, which sets the FFT grid). ``conditions``: ``psf_fwhm`` (the exponential's scale)
+    and, without PSF images, ``psf_beta`` (as :func:`galcae.estimate.refine.stamp_conditions`
+    gives them); ``psf``: PSF images, one for all or one per stamp. ``mask``ed pixels do not
+    count. NaN (and no flag) where a stamp or its centre is not finite."""
+    from ..physics import sky_level_for_sigma
+    from .batchfit import models_at
+
+    n = len(images)
+    x, y = (np.asarray(centres[k], float) for k in ("x", "y"))
+    fwhm = np.asarray(conditions["psf_fwhm"], float)
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(fwhm) & np.isfinite(noise_sigma) & (noise_sigma > 0)
+    out = {"spread_model": np.full(n, np.nan), "spread_model_err": np.full(n, np.nan),
+           "flag_star": np.zeros(n, bool)}
+    if not ok.any():
+        return out
+    rows = np.flatnonzero(ok)
+    flux = np.clip(np.nan_to_num(np.asarray(centres.get("flux", np.ones(n)), float)[rows], nan=1.0), 1.0, None)
+    given = {k: np.asarray(v, float)[rows] for k, v in conditions.items()}
+    if "sky_level" not in given:  # it sets the grid the models are drawn on
+        given["sky_level"] = sky_level_for_sigma(noise_sigma[rows], sim.noise.gain, sim.noise.read_noise)
+    base = {"flux": flux, "sersic_n": np.ones(len(rows)), "g1": np.zeros(len(rows)), "g2": np.zeros(len(rows)),
+            "x": x[rows], "y": y[rows]}
+    image_psf = None if psf is None else (psf if np.ndim(psf) == 2 else psf[rows])
+    point = models_at(sim, given, {**base, "half_light_radius": np.full(len(rows), POINT)}, image_psf)
+    wider = models_at(sim, given, {**base, "half_light_radius": fwhm[rows] * SCALE_LENGTH * EXPONENTIAL_HALF_LIGHT},
+                      image_psf)
+    data = np.nan_to_num(np.asarray(images[rows], np.float64))
+    keep = np.ones(data.shape, bool) if mask is None else ~np.asarray(mask[rows], bool)
+    P, G = point * keep, wider * keep
+
+    def dot(a, b):
+        return np.einsum("nij,nij->n", a, b, dtype=np.float64)
+
+    px, gx, gp, pp, gg = dot(P, data), dot(G, data), dot(G, P), dot(P, P), dot(G, G)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = gx / px - gp / pp
+        variance = noise_sigma[rows] ** 2 * (gg * px**2 - 2 * gp * gx * px + pp * gx**2) / px**4
+        error = np.sqrt(np.clip(variance, 0, None))
+    usable = px > 0  # a stamp with no light where the PSF is has no spread
+    out["spread_model"][rows] = np.where(usable, value, np.nan)
+    out["spread_model_err"][rows] = np.where(usable, error, np.nan)
+    with np.errstate(invalid="ignore"):
+        out["flag_star"][rows] = usable & (value + STAR_ERRORS * error < STAR_THRESHOLD)
+    return out
