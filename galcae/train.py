@@ -281,6 +281,17 @@ def _check_fresh(dataset: Dataset, cfg: TrainConfig) -> None:
 MASK_STREAM = 7
 
 
+def as_the_model_saw_them(model: TrainedModel, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Stamps, in place, as a model trained with ``mask_neighbours`` saw its training stamps
+    (segmented, the other sources' pixels sky noise; no detector defects): what its error
+    model and its evaluation must be measured on. Others are returned as they are."""
+    if model.card.raw.get("train_config", {}).get("mask_neighbours"):
+        from .catalog.segment import neighbours_as_sky
+
+        neighbours_as_sky(images, rng)
+    return images
+
+
 def _training_data(dataset: Dataset, cfg: TrainConfig) -> TrainingData:
     """The split, the images (checked finite) and the conditions of a dataset."""
     train_ids, test_ids = split_indices(dataset, cfg)

@@ -7,7 +7,9 @@
    variance-head recalibration, training ranges) with the current code; ``--calibration
    SET`` fits the recalibration on SET instead (a larger held-out simulation: bins of
    1,000 galaxies rather than 300); with ``--refine-snr S --refine-calibration N`` also
-   the recalibration of refined rows' errors, on the first N galaxies of SET refined above S;
+   the recalibration of refined rows' errors, on the first N galaxies of SET without a
+   neighbour refined above S (a neighbour's own uncertainty is added after it). A model
+   trained with ``mask_neighbours`` is measured on stamps masked as it saw them;
    ``--model-error JSON`` adds the refined errors' model-error floors (measured on realistic
    galaxies by ``benchmarks/realistic_psf.py --fit-floors``);
 3. evaluates on HELDOUT, a dataset the model never saw (``galcae evaluate``: R², coverage,
@@ -32,7 +34,7 @@ from galcae.demo import calibration_text, comparison_table, disentanglement_text
 from galcae.estimate.cae import measure
 from galcae.estimate.refine import calibrate_fit_errors
 from galcae.evaluate import evaluate_run
-from galcae.train import SPLIT, calibrate_variance, conditioning_inputs, error_model
+from galcae.train import MASK_STREAM, SPLIT, as_the_model_saw_them, calibrate_variance, conditioning_inputs, error_model
 
 
 def main() -> None:
@@ -71,7 +73,8 @@ def main() -> None:
     split = json.loads((args.run / SPLIT).read_text())
     train, test = split["train"], split["test"]
     images = dataset.load_images(test)
-    conditions = conditioning_inputs(dataset, images, model.conditions, test)
+    conditions = conditioning_inputs(dataset, images, model.conditions, test)  # measured as read, as infer does
+    as_the_model_saw_them(model, images, np.random.default_rng([len(test), MASK_STREAM]))
     parts = [conditioning_inputs(dataset, dataset.load_images(train[i:i + 4096]), model.conditions,
                                  train[i:i + 4096]) for i in range(0, len(train), 4096)]  # in blocks
     train_conditions = {n: np.concatenate([p[n] for p in parts]) for n in model.conditions}
@@ -86,16 +89,20 @@ def main() -> None:
         ids = calibration.usable
         images = calibration.load_images(ids)
         conditions = conditioning_inputs(calibration, images, model.conditions, ids)
+        raw = images.copy()  # the refinement fits the stamps as read, with the neighbours' pixels masked
+        as_the_model_saw_them(model, images, np.random.default_rng([len(ids), MASK_STREAM]))
         model.meta["variance_calibration"] = calibrate_variance(
             model, images, model.scaling.to_latent({n: calibration.params[n][ids] for n in model.supervised}),
             conditions, per_bin=1000)
         model.meta["variance_calibration_set"] = {"path": str(args.calibration), "n_galaxies": len(ids)}
-        if args.refine_calibration:  # the first N of the stamps and conditions already at hand
-            n = args.refine_calibration
-            ids, images, conditions = ids[:n], images[:n], {k: v[:n] for k, v in conditions.items()}
+        if args.refine_calibration:  # the first N isolated galaxies of the stamps at hand
+            alone = np.flatnonzero(calibration.params.get("nb_flux", np.zeros(len(calibration)))[ids] <= 0)
+            keep = alone[:args.refine_calibration]
+            ids, images, raw = ids[keep], images[keep], raw[keep]
+            conditions = {k: v[keep] for k, v in conditions.items()}
             model.card = ModelCard.from_dict(model.meta)  # the recalibrated variance head measures
             fitted, refined = calibrate_fit_errors(
-                model.card.training_set, images, conditions, measure(model, images, conditions),
+                model.card.training_set, raw, conditions, measure(model, images, conditions),
                 {n: calibration.params[n][ids] for n in model.supervised}, args.refine_snr, args.workers)
             model.meta["refine_calibration"] = fitted.to_dict()
             model.meta["refine_calibration_set"] = {"path": str(args.calibration), "n_galaxies": len(ids),

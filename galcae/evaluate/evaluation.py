@@ -17,7 +17,7 @@ from ..dataset import PARAMS, Dataset
 from ..estimate.refine import refine_blocks
 from ..outputs import atomic_directory, output_lock
 from ..params import FIT_PARAMETERS, OK, RENDER_CONDITIONS
-from ..train import SPLIT, split_indices, train_config_of
+from ..train import SPLIT, as_the_model_saw_them, split_indices, train_config_of
 from . import comparison, figures
 from .calibration import calibration_table, latent_errors, worst_miss
 from .disentangle import remeasured_traversals, sky_free
@@ -206,10 +206,7 @@ def held_out(run_dir: Path, model, dataset_path, test_fraction: float | None) ->
     params = dataset.params
     images = dataset.load_images(test_ids)
     dataset.check_finite_images(images, test_ids)
-    if model.card.raw.get("train_config", {}).get("mask_neighbours"):  # as the model saw them in training
-        from ..catalog.segment import neighbours_as_sky
-
-        neighbours_as_sky(images, np.random.default_rng([len(test_ids), 7]))
+    as_the_model_saw_them(model, images, np.random.default_rng([len(test_ids), 7]))
     return dataset, HeldOut(train_ids, test_ids, images, {n: params[n][test_ids] for n in names},
                             params["snr"][test_ids],
                             {n: params[n][test_ids] for n in model.conditions if n in params}, same_dataset)
