@@ -68,6 +68,9 @@ BATCH = 512
 POOR_FIT_SIGMA = 5.0
 #: Turns of fitting a neighbour found in the galaxy fit's residual and the galaxy again.
 HIDDEN_TURNS = 3
+#: Turns of fitting the segmentation's neighbours on the data less the galaxy's model, and
+#: the galaxy again on the data less theirs.
+NEIGHBOUR_TURNS = 2
 #: Fitted parameters whose model-error floor is a fraction of the value.
 RELATIVE_FLOOR = ("flux", "half_light_radius", "sersic_n")
 
@@ -204,10 +207,21 @@ def _fit_with_neighbours(data: np.ndarray, sim: SimConfig, given: dict, start: d
     and the galaxy fitted again. Returns the fit, all the neighbours modelled, the galaxies'
     masks and how many neighbours each had hidden."""
     models = neighbour_light(data, sim, given, neighbours, psf)
-    data = data - models.light
-    fit = fit_batch(data, sim, given, start, max_steps=max_steps, psf=psf, mask=mask, models=True)
-    fitted = np.isfinite(fit["x"]) & np.isfinite(fit["y"])
+    fit = fit_batch(data - models.light, sim, given, start, max_steps=max_steps, psf=psf, mask=mask, models=True)
     galaxy = np.nan_to_num(fit.pop("model"))
+    # The neighbours were fitted with the galaxy's wings still in their pixels, which their
+    # models then took from the galaxy: they and the galaxy are fitted in turn, each on the
+    # data less the other's model.
+    for _ in range(NEIGHBOUR_TURNS if models.count.any() else 0):
+        previous = models.count > 0
+        models = neighbour_light(data - galaxy, sim, given, neighbours, psf)
+        again = np.flatnonzero(previous | (models.count > 0))
+        refit = _refit(data - models.light, sim, given, start, max_steps, psf, mask, again)
+        galaxy[again] = np.nan_to_num(refit.pop("model"))
+        for key, value in refit.items():
+            fit[key][again] = value
+    data = data - models.light
+    fitted = np.isfinite(fit["x"]) & np.isfinite(fit["y"])
     hidden, grown = hidden_neighbours(data - galaxy, noise_sigma, fit["x"], fit["y"], mask, fitted)
     mask = np.zeros(data.shape, bool) if mask is None else mask.copy()
     found = neighbour_light(data - galaxy, sim, given, hidden, psf)
@@ -218,14 +232,18 @@ def _fit_with_neighbours(data: np.ndarray, sim: SimConfig, given: dict, start: d
     for turn in range(HIDDEN_TURNS if len(again) else 0):
         if turn:
             found = neighbour_light(data - galaxy, sim, given, hidden, psf)
-        refit = fit_batch(data[again] - found.light[again], sim,
-                          {k: np.broadcast_to(v, (len(data),))[again] for k, v in given.items()},
-                          {k: np.asarray(v)[again] for k, v in start.items()}, max_steps=max_steps,
-                          psf=psf_rows(psf, again), mask=mask[again], models=True)
+        refit = _refit(data - found.light, sim, given, start, max_steps, psf, mask, again)
         galaxy[again] = np.nan_to_num(refit.pop("model"))
         for key, value in refit.items():
             fit[key][again] = value
     return fit, merged(models, found), mask, found.count
+
+
+def _refit(data: np.ndarray, sim: SimConfig, given: dict, start: dict, max_steps: int, psf, mask, rows) -> dict:
+    """The galaxy fit (with its model images) of the stamps ``rows`` of ``data`` again, from ``start``."""
+    return fit_batch(data[rows], sim, {k: np.broadcast_to(v, (len(data),))[rows] for k, v in given.items()},
+                     {k: np.asarray(v)[rows] for k, v in start.items()}, max_steps=max_steps,
+                     psf=psf_rows(psf, rows), mask=None if mask is None else mask[rows], models=True)
 
 
 def _with_moments(start: dict, sim: SimConfig, images, conditions, rows) -> dict:
