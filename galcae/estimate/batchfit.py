@@ -85,17 +85,9 @@ def derivatives_at(cfg: SimConfig, conditions: dict, values: dict, psf: np.ndarr
     radius, log n, g1, g2, x, y) and ``(N, H, W)`` inverse noise sigmas (0 where ``mask``ed).
     The pieces of a Fisher matrix: ``J = derivatives * weight``, ``F = J J^T``."""
     n = len(values["flux"])
-    conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
     derivatives = np.zeros((n, len(FITTED), cfg.stamp_size, cfg.stamp_size), np.float32)
     weight = np.zeros((n, cfg.stamp_size, cfg.stamp_size), np.float32)
-    pads = smallest_grids(cfg, conditions, values, psf is not None)
-    for pad in np.unique(pads):
-        rows = np.flatnonzero(pads == pad)
-        problem = _Problem(np.ones((len(rows), cfg.stamp_size, cfg.stamp_size), np.float32), cfg,
-                           {k: v[rows] for k, v in conditions.items()}, psf_rows(psf, rows), float(pad),
-                           None if mask is None else mask[rows])
-        phi = _to_fitted(torch.as_tensor(np.stack([np.asarray(values[k], float)[rows] for k in FIT_PARAMETERS], 1),
-                                         dtype=torch.float32))
+    for rows, problem, phi in _problems_at(cfg, conditions, values, psf, mask):
         with torch.no_grad():
             image, drawn = problem.model(phi, torch.arange(len(rows)), derivatives=True)
             variance = pixel_variance(image, problem.sky_level[:, None, None], cfg.noise.gain, cfg.noise.read_noise)
@@ -106,19 +98,27 @@ def derivatives_at(cfg: SimConfig, conditions: dict, values: dict, psf: np.ndarr
 def models_at(cfg: SimConfig, conditions: dict, values: dict, psf: np.ndarray | None = None) -> np.ndarray:
     """``(N, H, W)`` noiseless model images at physical ``values`` (one array per
     :data:`FIT_PARAMETERS`), drawn as :func:`fit_batch` draws them (its grids and PSFs)."""
+    out = np.zeros((len(values["flux"]), cfg.stamp_size, cfg.stamp_size), np.float32)
+    for rows, problem, phi in _problems_at(cfg, conditions, values, psf, None):
+        with torch.no_grad():
+            out[rows] = problem.model(phi, torch.arange(len(rows))).numpy()
+    return out
+
+
+def _problems_at(cfg: SimConfig, conditions: dict, values: dict, psf, mask):
+    """``(rows, problem, phi)`` for each FFT grid of the stamps at ``values``: their renderer
+    and conditions (:class:`_Problem`, with blank data) and their fitted coordinates."""
     n = len(values["flux"])
     conditions = {k: np.broadcast_to(np.asarray(v, float), (n,)) for k, v in conditions.items()}
-    out = np.zeros((n, cfg.stamp_size, cfg.stamp_size), np.float32)
     pads = smallest_grids(cfg, conditions, values, psf is not None)
     for pad in np.unique(pads):
         rows = np.flatnonzero(pads == pad)
         problem = _Problem(np.ones((len(rows), cfg.stamp_size, cfg.stamp_size), np.float32), cfg,
-                           {k: v[rows] for k, v in conditions.items()}, psf_rows(psf, rows), float(pad))
+                           {k: v[rows] for k, v in conditions.items()}, psf_rows(psf, rows), float(pad),
+                           None if mask is None else mask[rows])
         phi = _to_fitted(torch.as_tensor(np.stack([np.asarray(values[k], float)[rows] for k in FIT_PARAMETERS], 1),
                                          dtype=torch.float32))
-        with torch.no_grad():
-            out[rows] = problem.model(phi, torch.arange(len(rows))).numpy()
-    return out
+        yield rows, problem, phi
 
 
 #: The FFT grids the fit draws on, in stamps per side: the smallest whose wrap-around keeps
