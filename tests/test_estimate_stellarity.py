@@ -95,3 +95,16 @@ def test_the_flag_holds_across_the_seeing(fwhm):
                    stamp(galsim.Convolve(galsim.Sersic(n=1, half_light_radius=0.4, flux=3e4), psf), noise_seed=2)],
                   conditions=conditions)
     assert list(out["flag_star"]) == [True, False]
+
+
+def test_a_model_without_a_centre_gets_the_stamps_light_centre():
+    """For a model that does not measure x, y, spread_model is taken at the light's first
+    moments (unmasked pixels above 2 sigma): a bright star away from the centre is found there."""
+    from galcae.catalog.stars import light_centres
+
+    images = np.stack([stamp(PSF.withFlux(3e4), x=20.5, y=40.5, noise_seed=1)])
+    mask = np.zeros(images.shape, bool)
+    centre = light_centres(images, np.array([SIGMA]), mask)
+    assert centre["x"][0] == pytest.approx(20.5, abs=0.1) and centre["y"][0] == pytest.approx(40.5, abs=0.1)
+    blank = light_centres(np.zeros((1, 64, 64), np.float32), np.array([SIGMA]), mask)
+    assert np.isnan(blank["x"][0])
