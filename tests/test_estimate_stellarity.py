@@ -99,7 +99,7 @@ def test_the_flag_holds_across_the_seeing(fwhm):
 
 def test_a_model_without_a_centre_gets_the_stamps_light_centre():
     """For a model that does not measure x, y, spread_model is taken at the light's first
-    moments (unmasked pixels above 2 sigma): a bright star away from the centre is found there."""
+    moments around its brightest spot: a bright star away from the centre is found there."""
     from galcae.catalog.stars import light_centres
 
     images = np.stack([stamp(PSF.withFlux(3e4), x=20.5, y=40.5, noise_seed=1)])
