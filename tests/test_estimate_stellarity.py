@@ -108,3 +108,19 @@ def test_a_model_without_a_centre_gets_the_stamps_light_centre():
     assert centre["x"][0] == pytest.approx(20.5, abs=0.1) and centre["y"][0] == pytest.approx(40.5, abs=0.1)
     blank = light_centres(np.zeros((1, 64, 64), np.float32), np.array([SIGMA]), mask)
     assert np.isnan(blank["x"][0])
+
+
+def test_a_source_the_model_resolves_is_not_measured_for_a_star():
+    """A catalog skips spread_model where r½ is 2 sigma above 0.3": such a source is no star."""
+    from types import SimpleNamespace
+
+    from galcae.catalog.stars import stellarity
+
+    images = np.stack([stamp(galaxy(1.0, 3e4), noise_seed=1), stamp(PSF.withFlux(3e4), noise_seed=2)])
+    ready = SimpleNamespace(images=images, noise_sigma=np.full(2, SIGMA), mask=np.zeros(images.shape, bool))
+    conditions = {"psf_fwhm": np.full(2, FWHM), "psf_beta": np.full(2, BETA), "sky_level": np.full(2, SKY)}
+    centres = {"x": np.full(2, 32.3), "y": np.full(2, 31.6), "flux": np.full(2, 3e4),
+               "half_light_radius": np.array([1.0, 0.16]), "half_light_radius_err": np.array([0.05, 0.05])}
+    out = stellarity(SIM, ready, conditions, centres, np.ones(2, bool), None)
+    assert np.isnan(out["spread_model"][0]) and not out["flag_star"][0]
+    assert out["flag_star"][1]

@@ -59,8 +59,8 @@ def fit_chunk(cfg: SimConfig, adapt_size: bool, max_nfev: int, chunk, number: in
                         psf_images=stamps.psf, mask=ready.mask)
     if models is not None:
         widen_for_neighbours(fitted, models, modelled, ready.mask, cfg, given, stamps.psf)
-    stars = stellarity(cfg, ready, conditions, {k: np.asarray(fitted[k])[todo] for k in ("x", "y", "flux")}, todo,
-                       stamps.psf)
+    found = ("x", "y", "flux", "half_light_radius", "half_light_radius_err")
+    stars = stellarity(cfg, ready, conditions, {k: np.asarray(fitted[k])[todo] for k in found}, todo, stamps.psf)
     table = {"id": np.arange(first_id, first_id + n), **stamps.columns, **ready.flags, **segments.flags, **fitted,
              **stars,
              "n_neighbours": segments.n_neighbours, "blendedness": segments.blendedness,

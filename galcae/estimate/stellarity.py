@@ -28,6 +28,9 @@ POINT = 1e-3
 STAR_THRESHOLD = 0.002
 STAR_ERRORS = 5.0 / 3.0
 
+#: The side (pixels) of the window around the source on which spread_model is measured.
+WINDOW = 32
+
 #: The catalog columns of stellarity, with their descriptions.
 STELLARITY_COLUMNS = {
     "spread_model": "SExtractor's spread_model: how much wider than the PSF the source is (about 0 for a "
@@ -46,6 +49,8 @@ def spread_model(sim, images: np.ndarray, noise_sigma: np.ndarray, conditions: d
     and, without PSF images, ``psf_beta`` (as :func:`galcae.estimate.refine.stamp_conditions`
     gives them); ``psf``: PSF images, one for all or one per stamp. ``mask``ed pixels do not
     count. NaN (and no flag) where a stamp or its centre is not finite."""
+    import dataclasses
+
     from ..physics import sky_level_for_sigma
     from .batchfit import models_at
 
@@ -62,15 +67,22 @@ def spread_model(sim, images: np.ndarray, noise_sigma: np.ndarray, conditions: d
     given = {k: np.asarray(v, float)[rows] for k, v in conditions.items()}
     if "sky_level" not in given:  # it sets the grid the models are drawn on
         given["sky_level"] = sky_level_for_sigma(noise_sigma[rows], sim.noise.gain, sim.noise.read_noise)
+    # P and G are drawn on a window around the source, not the whole stamp: a quarter of the
+    # pixels and of the FFTs, and beyond it they hold little of the discriminant.
+    side = min(WINDOW, sim.stamp_size)
+    corner_x, corner_y = (np.clip(np.floor(v[rows]).astype(int) - side // 2, -side, sim.stamp_size)
+                          for v in (x, y))
+    data, keep = _windows(images[rows], None if mask is None else mask[rows], corner_x, corner_y, side)
     base = {"flux": flux, "sersic_n": np.ones(len(rows)), "g1": np.zeros(len(rows)), "g2": np.zeros(len(rows)),
-            "x": x[rows], "y": y[rows]}
-    image_psf = None if psf is None else (psf if np.ndim(psf) == 2 else psf[rows])
-    point = models_at(sim, given, {**base, "half_light_radius": np.full(len(rows), POINT)}, image_psf)
-    wider = models_at(sim, given, {**base, "half_light_radius": fwhm[rows] * SCALE_LENGTH * EXPONENTIAL_HALF_LIGHT},
-                      image_psf)
-    data = np.nan_to_num(np.asarray(images[rows], np.float64))
-    keep = np.ones(data.shape, bool) if mask is None else ~np.asarray(mask[rows], bool)
-    P, G = point * keep, wider * keep
+            "x": x[rows] - corner_x, "y": y[rows] - corner_y}
+    image_psf = None if psf is None else _central(psf if np.ndim(psf) == 2 else psf[rows], side - 1)
+    window = dataclasses.replace(sim, stamp_size=side)
+    # P and G drawn in one batch: each distinct PSF's transform is made once for both
+    radius = np.concatenate([np.full(len(rows), POINT), fwhm[rows] * SCALE_LENGTH * EXPONENTIAL_HALF_LIGHT])
+    both = models_at(window, {k: np.tile(v, 2) for k, v in given.items()},
+                     {**{k: np.tile(v, 2) for k, v in base.items()}, "half_light_radius": radius},
+                     image_psf if image_psf is None or np.ndim(image_psf) == 2 else np.concatenate([image_psf] * 2))
+    P, G = both[:len(rows)] * keep, both[len(rows):] * keep
 
     def dot(a, b):
         return np.einsum("nij,nij->n", a, b, dtype=np.float64)
@@ -86,3 +98,30 @@ def spread_model(sim, images: np.ndarray, noise_sigma: np.ndarray, conditions: d
     with np.errstate(invalid="ignore"):
         out["flag_star"][rows] = usable & (value + STAR_ERRORS * error < STAR_THRESHOLD)
     return out
+
+
+def _windows(images: np.ndarray, mask: np.ndarray | None, corner_x: np.ndarray, corner_y: np.ndarray,
+             side: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(data, keep)``: the ``side``-pixel windows of ``images`` whose lower-left corners
+    are at ``corner_x``, ``corner_y``; pixels off the stamp, masked or not finite are not kept."""
+    n, height, width = images.shape
+    data, keep = np.zeros((n, side, side)), np.zeros((n, side, side), bool)
+    for i, (x0, y0) in enumerate(zip(corner_x, corner_y)):
+        xa, xb, ya, yb = max(x0, 0), min(x0 + side, width), max(y0, 0), min(y0 + side, height)
+        if xa >= xb or ya >= yb:
+            continue
+        cut = images[i, ya:yb, xa:xb]
+        good = np.isfinite(cut) if mask is None else np.isfinite(cut) & ~mask[i, ya:yb, xa:xb]
+        data[i, ya - y0:yb - y0, xa - x0:xb - x0] = np.where(good, cut, 0.0)
+        keep[i, ya - y0:yb - y0, xa - x0:xb - x0] = good
+    return data, keep
+
+
+def _central(psf: np.ndarray, side: int) -> np.ndarray:
+    """PSF images cut to their central ``side`` pixels where larger (spread_model is blind to
+    their normalisation; the window's models then miss only the far wings)."""
+    size = psf.shape[-1]
+    if size <= side:
+        return psf
+    start = (size - side) // 2
+    return psf[..., start:start + side, start:start + side]
