@@ -53,16 +53,26 @@ def draw_parameters(cfg: SimConfig) -> dict[str, np.ndarray]:
 
 
 def _galaxies(rng, cfg: SimConfig, n: int) -> dict[str, np.ndarray]:
-    """The :data:`SIMULATED` parameters of ``n`` galaxies of the config's population: each over
-    its range, or (``cosmos``) flux from the counts' power law and the shape jointly from the
-    COSMOS galaxies, the orientation and centre over their ranges."""
-    if cfg.population.kind == "uniform":
-        return {name: _drawn(rng, cfg, name, n) for name in SIMULATED}
-    table = {"flux": draw_flux(rng, n, cfg.ranges.flux, cfg.population.flux_slope)}
-    table.update(draw_shapes(rng, n, cfg.ranges, cfg.population.smoothing))
-    for name in ("position_angle", "x", "y"):
+    """The :data:`SIMULATED` parameters of ``n`` galaxies of the config's population: the flux
+    over its range (or, ``cosmos``, from the counts' power law), the shape (:func:`_shapes`),
+    the centre over its range."""
+    table = {"flux": (_drawn(rng, cfg, "flux", n) if cfg.population.kind == "uniform"
+                      else draw_flux(rng, n, cfg.ranges.flux, cfg.population.flux_slope))}
+    table.update(_shapes(rng, cfg, n))
+    for name in ("x", "y"):
         table[name] = _drawn(rng, cfg, name, n)
     return {name: table[name] for name in SIMULATED}
+
+
+def _shapes(rng, cfg: SimConfig, n: int) -> dict[str, np.ndarray]:
+    """Half-light radius, Sérsic n, ellipticity and position angle of ``n`` galaxies (or
+    neighbours): each over its range, or (``cosmos``) the first three jointly from the COSMOS
+    galaxies; the angle over its range."""
+    if cfg.population.kind == "uniform":
+        return {name: _drawn(rng, cfg, name, n)
+                for name in ("half_light_radius", "sersic_n", "ellipticity", "position_angle")}
+    return {**draw_shapes(rng, n, cfg.ranges, cfg.population.smoothing),
+            "position_angle": _drawn(rng, cfg, "position_angle", n)}
 
 
 #: The truth table's columns of a stamp's neighbour: ``nb_`` and the galaxy's parameter.
@@ -74,12 +84,7 @@ def _neighbours(rng, cfg: SimConfig, table: dict) -> dict[str, np.ndarray]:
     its size, profile and shape drawn as the galaxies' are (a single Sérsic), its flux a log-uniform multiple of
     the galaxy's, its centre a uniform distance and direction from the galaxy's."""
     n, spec = len(table["flux"]), cfg.neighbours
-    shape = ("half_light_radius", "sersic_n", "ellipticity", "position_angle")
-    if cfg.population.kind == "uniform":
-        out = {name: _drawn(rng, cfg, name, n) for name in shape}
-    else:
-        out = {**draw_shapes(rng, n, cfg.ranges, cfg.population.smoothing),
-               "position_angle": _drawn(rng, cfg, "position_angle", n)}
+    out = _shapes(rng, cfg, n)
     present = rng.random(n) < spec.fraction
     ratio = 10.0 ** rng.uniform(*np.log10(spec.flux_ratio), n)
     out["flux"] = np.where(present, table["flux"] * ratio, 0.0)
