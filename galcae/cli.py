@@ -106,13 +106,13 @@ def train(dataset, overrides, out, config, resume, init, overwrite):
               help="Processes for the classical fits and bounds.")
 def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, no_refine, workers):
     """Evaluate RUN on the held-out galaxies of DATASET; write RUN/eval/ (metrics, figures, report)."""
-    from .demo import calibration_text, comparison_table, disentanglement_text, r2_table
+    from .demo import calibration_text, claims_text, comparison_table, disentanglement_text, r2_table
     from .evaluate import evaluate_run
 
     metrics = evaluate_run(run, dataset, sweeps, classical=classical, workers=workers, bound=bound,
                            remeasure=not no_remeasure, refine_snr=_refine_choice(refine_snr, no_refine))
     for text in (r2_table(metrics), comparison_table(metrics), calibration_text(metrics),
-                 disentanglement_text(metrics)):
+                 disentanglement_text(metrics), claims_text(metrics)):
         if text:
             click.echo(text)
     click.echo(f"Report: {run}/eval/report.html")

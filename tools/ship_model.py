@@ -30,7 +30,7 @@ from galcae.card import ModelCard
 from galcae.checkpoint import META, load_model, save_model
 from galcae.config import read_yaml
 from galcae.dataset import Dataset
-from galcae.demo import calibration_text, comparison_table, disentanglement_text, r2_table
+from galcae.demo import calibration_text, claims_text, comparison_table, disentanglement_text, r2_table
 from galcae.estimate.cae import measure
 from galcae.estimate.refine import calibrate_fit_errors
 from galcae.evaluate import evaluate_run
@@ -117,7 +117,7 @@ def main() -> None:
                            workers=args.workers, test_fraction=args.test_fraction,
                            remeasure=not args.no_remeasure, refine_snr=args.refine_snr)
     for text in (r2_table(metrics), comparison_table(metrics), calibration_text(metrics),
-                 disentanglement_text(metrics)):
+                 disentanglement_text(metrics), claims_text(metrics)):
         print(text, end="\n\n")
 
     out = Path(__file__).resolve().parents[1] / "galcae" / "models" / args.name

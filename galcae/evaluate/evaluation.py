@@ -18,7 +18,7 @@ from ..estimate.refine import refine_blocks
 from ..outputs import atomic_directory, output_lock
 from ..params import FIT_PARAMETERS, OK, RENDER_CONDITIONS
 from ..train import SPLIT, as_the_model_saw_them, split_indices, train_config_of
-from . import comparison, figures
+from . import claims, comparison, figures
 from .calibration import calibration_table, latent_errors, worst_miss
 from .disentangle import remeasured_traversals, sky_free
 from .metrics import binned_error_summary, error_summary, r2, r2_log10
@@ -27,8 +27,10 @@ from .report import write_report
 
 log = logging.getLogger(__name__)
 
-#: Lowest S/N of the galaxy the latent traversals start from (any, if no test galaxy has it).
+#: Lowest S/N of the galaxies the latent traversals start from (any, if no test galaxy has it).
 TRAVERSAL_MIN_SNR = 30.0
+#: Test galaxies whose traversals are re-measured (Fig. 4's numbers are their medians).
+TRAVERSAL_GALAXIES = 5
 #: Training images used to fit the PCA baseline (enough for 64 stable components).
 PCA_MAX_TRAIN = 20000
 
@@ -55,9 +57,10 @@ def controlled_set(path) -> Dataset:
     return sweep
 
 
-def _sweep_section(model, path, sweep: Dataset) -> tuple[dict, dict]:
+def _sweep_section(model, path, sweep: Dataset, test_std: dict) -> tuple[dict, dict]:
     """Latents of the controlled set ``sweep`` (opened from ``path``) against its swept
-    parameter (Fig. 3) and their R²."""
+    parameter (Fig. 3), their R² and the claims' numbers (``test_std``: each supervised
+    latent's spread over the test galaxies)."""
     parameter = sweep.config.sweep.parameter
     ok = sweep.usable
     values = sweep.params[parameter][ok]
@@ -69,6 +72,11 @@ def _sweep_section(model, path, sweep: Dataset) -> tuple[dict, dict]:
         metrics[f"r2_linear_z_{name}"] = float(np.corrcoef(values, zk)[0, 1] ** 2)
         metrics[f"r2_linear_z_{name}_vs_log"] = float(np.corrcoef(np.log10(values), zk)[0, 1] ** 2) \
             if np.all(values > 0) else None
+    metrics["claims"] = claims.sweep_claims(values, latents, parameter, test_std)
+    if parameter in model.supervised:
+        bound = claims.resolvable_up_to(sweep, parameter)
+        metrics["claims"]["resolvable_up_to"] = bound.pop("up_to")
+        metrics["claims"]["crb"] = bound
     return {"parameter": parameter, "values": values, "latents": latents}, metrics
 
 
@@ -155,11 +163,14 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
     with output_lock(run_dir / "eval"), atomic_directory(run_dir / "eval", overwrite=True) as out:
         fig_dir = out / "figures"
         _reconstruction_figure(model, test, n_examples, fig_dir)
+        metrics["reconstruction"] = reconstruction_section(model, dataset, test)
         if sweeps:
-            sections = [_sweep_section(model, path, sweep) for path, sweep in sweeps]
+            test_std = dict(zip(model.supervised, predicted["latents"][:, :len(model.supervised)].std(0)))
+            sections = [_sweep_section(model, path, sweep, test_std) for path, sweep in sweeps]
             figures.controlled_sweeps([s for s, _ in sections], fig_dir / "fig3_controlled.png")
             metrics["controlled"] = {s["parameter"]: m for s, m in sections}
         metrics.update(traversal_sections(model, dataset, test, predicted["latents"], remeasure, fig_dir))
+        metrics["claims"] = claims.verdicts(metrics)
         _summary_figures(metrics, test, predicted, model.supervised, arrays, fig_dir)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         write_report(out / "report.html", metrics, model.meta, fig_dir, loss_png=run_dir / "loss.png")
@@ -295,40 +306,58 @@ def _reconstruction_figure(model, test: HeldOut, n_examples: int, fig_dir: Path)
                             titles=[f"S/N {s:.0f}" for s in test.snr[position]])
 
 
+def reconstruction_section(model, dataset: Dataset, test: HeldOut) -> dict:
+    """Fig. 2's numbers: the reconstructions' shapes and residual chi² per pixel."""
+    reconstructions = model.reconstruct(test.images, test.conditions)
+    galaxies = sky_free(reconstructions) if model.network.arch.decoder == "conv" else reconstructions
+    return claims.reconstruction_claims(test.images, reconstructions, galaxies, test.snr,
+                                        claims.input_variance(dataset, test.ids, reconstructions),
+                                        dataset.config.pixel_scale)
+
+
 def traversal_sections(model, dataset: Dataset, test: HeldOut, z: np.ndarray, remeasure: bool,
                        fig_dir: Path) -> dict:
     """Fig. 4 (decoded latent traversals, measured on the images) and, with ``remeasure``,
-    the classical fit of each decoded image (the disentanglement numbers)."""
+    the classical fit of each decoded image of :data:`TRAVERSAL_GALAXIES` test galaxies
+    (the disentanglement numbers: the first galaxy's in detail, the medians as claims)."""
     names = model.supervised
-    # Traverse from the test galaxy whose supervised latents are closest to the median of
+    # Traverse from the test galaxies whose supervised latents are closest to the median of
     # those with S/N >= 30: the decoded images of a galaxy near the detection limit are
     # too faint for the classical fit to re-measure (the fits ran past their time limit).
     pool = np.flatnonzero(test.snr >= TRAVERSAL_MIN_SNR)
     pool = pool if len(pool) else np.arange(len(z))
     zp = z[pool, :len(names)]
-    centre = pool[np.argmin(np.abs(zp - np.median(zp, 0)).sum(1))]
+    typical = pool[np.argsort(np.abs(zp - np.median(zp, 0)).sum(1), kind="stable")][:TRAVERSAL_GALAXIES]
     steps = np.linspace(-1.5, 1.5, 7)
-    centre_conditions = {k: float(v[0]) for k, v in condition_table(
-        model.conditions, test.images[centre:centre + 1],
-        {k: v[centre] for k, v in test.conditions.items()}).items()}
-    rows, measured = _traversal_section(model, z[centre], steps, dataset.config.pixel_scale, centre_conditions)
+
+    def conditions_of(i):
+        return {k: float(v[0]) for k, v in condition_table(
+            model.conditions, test.images[i:i + 1], {k: v[i] for k, v in test.conditions.items()}).items()}
+
+    centre = typical[0]
+    rows, measured = _traversal_section(model, z[centre], steps, dataset.config.pixel_scale, conditions_of(centre))
     figures.traversals(rows, steps, model.normalization.softening, fig_dir / "fig4_traversals.png")
     out = {"traversal": measured}
     if not remeasure:
         return out
-    row = {k: float(v[test.ids[centre]]) for k, v in dataset.params.items() if k in RENDER_CONDITIONS}
-    remeasured = remeasured_traversals(model, z[centre], centre_conditions, dataset.config.for_galaxy(row),
-                                       np.linspace(-1, 1, 5))
-    figures.remeasured_traversals(remeasured, fig_dir / "disentanglement.png")
-    traversals = remeasured["traversals"]
-    out["disentanglement"] = {
-        "galaxy": int(test.ids[centre]), "method": "classical fit of each decoded image",
-        "failed_fits": int(sum(s != OK for t in traversals.values() for s in t["fit_status"])),
-        "fits": int(sum(len(t["fit_status"]) for t in traversals.values())),
-        **{name: {"response": t["response"], "leak_crb_units": t["leak"], "leak_parameter": t["leak_parameter"],
-                  "own_change_crb_units": t["own_change"], "cross_talk": t["cross_talk"]}
-           for name, t in traversals.items()},
-        "detail": remeasured}
+    summaries = []
+    for i in typical:
+        row = {k: float(v[test.ids[i]]) for k, v in dataset.params.items() if k in RENDER_CONDITIONS}
+        remeasured = remeasured_traversals(model, z[i], conditions_of(i), dataset.config.for_galaxy(row),
+                                           np.linspace(-1, 1, 5))
+        traversals = remeasured["traversals"]
+        summaries.append({
+            "galaxy": int(test.ids[i]), "method": "classical fit of each decoded image",
+            "failed_fits": int(sum(s != OK for t in traversals.values() for s in t["fit_status"])),
+            "fits": int(sum(len(t["fit_status"]) for t in traversals.values())),
+            **{name: {"response": t["response"], "leak_crb_units": t["leak"], "leak_parameter": t["leak_parameter"],
+                      "own_change_crb_units": t["own_change"], "cross_talk": t["cross_talk"]}
+               for name, t in traversals.items()}})
+        if i == centre:
+            figures.remeasured_traversals(remeasured, fig_dir / "disentanglement.png")
+            detail = remeasured
+    out["disentanglement"] = {**summaries[0], "detail": detail, "others": summaries[1:]}
+    out["traversal_claims"] = claims.traversal_claims(summaries)
     return out
 
 

@@ -1,0 +1,78 @@
+"""The paper's claims for Figs. 2-4 as numbers with targets and verdicts."""
+
+import galsim
+import numpy as np
+import pytest
+
+from galcae.evaluate import claims
+
+
+def test_binned_medians_are_equal_count():
+    values = np.arange(100.0)
+    centres, medians, counts = claims.binned_medians(values, 2 * values, n_bins=10)
+    assert counts.tolist() == [10] * 10
+    np.testing.assert_allclose(medians, 2 * centres)
+
+
+def test_monotonic_up_to_stops_at_the_first_fall():
+    centres = np.arange(1.0, 7.0)
+    assert claims.monotonic_up_to(centres, np.array([0, 1, 2, 3, 4, 5.0])) == 6.0
+    assert claims.monotonic_up_to(centres, np.array([0, 1, 2, 1.5, 4, 5.0])) == 3.0
+
+
+def test_a_latent_that_ignores_the_sweep_is_flat_and_one_that_follows_it_is_not():
+    rng = np.random.default_rng(0)
+    flux = np.linspace(500, 50000, 200)
+    ignoring = {"flux": np.log10(flux), "half_light_radius": 0.01 * rng.normal(size=200)}
+    following = {"flux": np.log10(flux), "half_light_radius": -np.log10(flux)}
+    std = {"flux": 1.0, "half_light_radius": 1.0}
+    flat = claims.sweep_claims(flux, ignoring, "flux", std)
+    assert flat["other_range_in_std"] < 0.1
+    assert flat["own_monotonic_up_to"] == pytest.approx(np.median(flux[-20:]))
+    leaking = claims.sweep_claims(flux, following, "flux", std)
+    assert leaking["other_range_in_std"] == pytest.approx(np.log10(np.median(flux[-20:]))
+                                                          - np.log10(np.median(flux[:20])), rel=1e-3)
+    assert leaking["other"]["half_light_radius"]["change_in_std"] < -1
+
+
+def _galaxy(g1, g2, flux=1e4):
+    gal = galsim.Exponential(half_light_radius=1.0, flux=flux).shear(g1=g1, g2=g2)
+    return gal.drawImage(nx=48, ny=48, scale=0.2).array
+
+
+def test_reconstructions_that_keep_the_shapes_score_r2_one_and_round_blurs_do_not():
+    shears = [(-0.3, 0.1), (0.2, -0.2), (0.0, 0.3), (0.35, 0.05), (-0.1, -0.3)]
+    images = np.array([_galaxy(*g) for g in shears])
+    variance = np.ones_like(images)
+    snr = np.full(len(images), 100.0)
+    same = claims.reconstruction_claims(images, images, images, snr, variance, 0.2)
+    assert same["shape"]["r2_g1"] == pytest.approx(1.0) and same["shape"]["r2_g2"] == pytest.approx(1.0)
+    assert same["chi2_per_pixel"][-1]["chi2_per_pixel"] == 0.0 and same["chi2_per_pixel"][-1]["n"] == 5
+    round_ = np.array([_galaxy(0, 0)] * len(images))
+    blurred = claims.reconstruction_claims(images, round_, round_, snr, variance, 0.2)
+    assert blurred["shape"]["r2_g1"] < 0 and blurred["chi2_per_pixel"][-1]["chi2_per_pixel"] > 0
+
+
+def test_faint_galaxies_are_not_scored_for_shape():
+    images = np.array([_galaxy(0.2, 0.1)] * 4)
+    out = claims.reconstruction_claims(images, images, images, np.full(4, 5.0), np.ones_like(images), 0.2)
+    assert out["shape"]["n"] == 0 and out["shape"]["r2_g1"] is None
+
+
+def test_traversal_claims_are_medians_over_galaxies():
+    galaxies = [{"galaxy": i, "flux": {"response": r, "cross_talk": c}}
+                for i, (r, c) in enumerate([(1.0, 0.1), (0.9, 0.2), (0.2, 3.0)])]
+    out = claims.traversal_claims(galaxies)
+    assert out["flux"] == {"galaxies": 3, "response_median": 0.9, "cross_talk_median": 0.2}
+
+
+def test_verdicts_compare_each_number_with_its_target():
+    metrics = {"reconstruction": {"shape": {"r2_g1": 0.9, "r2_g2": 0.5}},
+               "controlled": {"flux": {"claims": {"other_range_in_std": 2.8, "own_monotonic_up_to": 50000.0,
+                                                  "resolvable_up_to": 40000.0}}},
+               "traversal_claims": {"half_light_radius": {"galaxies": 5, "response_median": -0.02,
+                                                          "cross_talk_median": 6.9}}}
+    rows = {(r["figure"], r["measure"]): r["verdict"] for r in claims.verdicts(metrics)}
+    verdicts = list(rows.values())
+    assert verdicts == ["holds", "does not hold", "does not hold", "holds", "does not hold", "does not hold"]
+    assert all(r["sentence"] == claims.SENTENCES[r["figure"]] for r in claims.verdicts(metrics))
