@@ -294,10 +294,15 @@ class TrainConfig:
     # column, a saturated star, a cosmic ray; galcae.catalog.segment.bad_pixel_masks) that is
     # masked and filled as galcae infer fills a MASK HDU's pixels.
     bad_pixels: float = 0.0
+    # The pixels' map into [0, 1] for the BCE: "asinh" (noise-level pixels linear, bright
+    # cores compressed; galcae.scaling.PixelNormalization) or "linear" (one scale for all).
+    pixel_stretch: str = "asinh"
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 
     def __post_init__(self):
         _check_range(self.epochs, "epochs", 1, 100000)
+        _check(self.pixel_stretch in ("asinh", "linear"), "pixel_stretch",
+               f"'{self.pixel_stretch}' is not one of 'asinh', 'linear'")
         _check_range(self.batch_size, "batch_size", 1, 65536)
         _check_range(self.learning_rate, "learning_rate", 1e-8, 1.0)
         _check(self.lr_schedule in ("cosine", "constant"), "lr_schedule",

@@ -47,14 +47,7 @@ def run_demo(out="demo_output", *, full: bool = False, workers: int = 2, overwri
         raise FileExistsError(f"{out} already exists; choose another directory or pass --overwrite")
     start = time.perf_counter()
     echo("Simulating 1,000 galaxies (paper, Table 1) and the controlled sets ...")
-    simulate_dataset(load_stage("simulate", "paper"), out / "dataset", workers=workers,
-                     overwrite=overwrite)
-    sweeps = []
-    for parameter in SWEPT:
-        sweeps.append(out / f"sweep_{parameter}")
-        sweep_cfg = load_stage("simulate", "paper", [f"n_galaxies={SWEEP_GALAXIES}",
-                                                     f"sweep.parameter={parameter}"])
-        simulate_dataset(sweep_cfg, sweeps[-1], workers=workers, overwrite=overwrite)
+    sweeps = simulate_paper_sets(out, workers, overwrite)
     echo(f"Training the CAE ({train_cfg.epochs} epochs) ...")
     train_model(out / "dataset", out / "run", train_cfg, overwrite=overwrite)
     echo("Evaluating on the held-out galaxies ...")
@@ -66,6 +59,19 @@ def run_demo(out="demo_output", *, full: bool = False, workers: int = 2, overwri
     echo(claims_text(metrics))
     echo(f"Done in {time.perf_counter() - start:.0f} s. Report: {out / 'run' / 'eval' / 'report.html'}")
     return metrics
+
+
+def simulate_paper_sets(out: Path, workers: int = 2, overwrite: bool = False) -> list[Path]:
+    """The paper's 1,000 galaxies in ``out/dataset`` and its controlled sets (Fig. 3) in
+    ``out/sweep_<parameter>``; returns the controlled sets' paths."""
+    simulate_dataset(load_stage("simulate", "paper"), out / "dataset", workers=workers, overwrite=overwrite)
+    sweeps = []
+    for parameter in SWEPT:
+        sweeps.append(out / f"sweep_{parameter}")
+        sweep_cfg = load_stage("simulate", "paper", [f"n_galaxies={SWEEP_GALAXIES}",
+                                                     f"sweep.parameter={parameter}"])
+        simulate_dataset(sweep_cfg, sweeps[-1], workers=workers, overwrite=overwrite)
+    return sweeps
 
 
 def r2_table(metrics: dict) -> str:

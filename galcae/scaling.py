@@ -25,11 +25,16 @@ class PixelNormalization:
     high: float  # asinh value mapped to 1
 
     @classmethod
-    def fit(cls, images: np.ndarray, noise_sigma: float) -> "PixelNormalization":
-        """Map ``-5 sigma`` to 0 and 1.2 x the brightest training pixel's stretch to 1."""
-        peak = float(np.nanmax(images))
-        return cls(softening=float(noise_sigma), low=float(np.arcsinh(-5.0)),
-                   high=float(1.2 * np.arcsinh(max(peak, 5.0 * noise_sigma) / noise_sigma)))
+    def fit(cls, images: np.ndarray, noise_sigma: float, stretch: str = "asinh") -> "PixelNormalization":
+        """Map ``-5 sigma`` to 0 and 1.2 x the brightest training pixel's stretch to 1.
+
+        ``stretch="linear"``: the same map with the softening far above every pixel, where
+        asinh is a straight line (one scale for all pixels: the sky noise and faint wings
+        then sit within a few thousandths of 0)."""
+        peak = max(float(np.nanmax(images)), 5.0 * noise_sigma)
+        softening = float(noise_sigma) if stretch == "asinh" else 1e3 * peak
+        return cls(softening=softening, low=float(np.arcsinh(-5.0 * noise_sigma / softening)),
+                   high=float(1.2 * np.arcsinh(peak / softening)))
 
     def forward(self, pixels):
         """ADU -> ``[0, 1]`` (numpy or torch)."""
@@ -41,6 +46,11 @@ class PixelNormalization:
         """``[0, 1]`` -> ADU (numpy or torch)."""
         lib = _lib(u)
         return lib.sinh(u * (self.high - self.low) + self.low) * self.softening
+
+    @property
+    def noise_sigma(self) -> float:
+        """The training set's sky noise (ADU), which ``-5 sigma -> 0`` fixed: the scale of figures."""
+        return float(-np.sinh(self.low) * self.softening / 5.0)
 
     @property
     def ceiling(self) -> float:

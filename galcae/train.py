@@ -339,7 +339,8 @@ def _starting_model(run_dir: Path, dataset: Dataset, cfg: TrainConfig, data: Tra
     train = data.train_ids
     conditioning = (ParameterScaling.fit({k: v[train] for k, v in data.conditions.items()},
                                          cfg.conditions, ("noise_sigma",)) if cfg.conditions else None)
-    return TrainedModel(network, PixelNormalization.fit(data.images[train], noise_sigma(dataset, train)),
+    return TrainedModel(network, PixelNormalization.fit(data.images[train], noise_sigma(dataset, train),
+                                                        cfg.pixel_stretch),
                         ParameterScaling.fit(data.train_params, cfg.supervised, cfg.log_scaled), meta,
                         conditioning)
 

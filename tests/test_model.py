@@ -276,3 +276,19 @@ def test_sersic_decoder_without_free_latents_draws_galsims_galaxy(sersic):
         theta = {k: float(v[i]) for k, v in physical.items()}
         expected = render(cfg.for_galaxy({k: conditions[k][i] for k in conditions}), theta)
         assert np.abs(decoded[i] - expected).max() < 5e-3 * expected.max() + 0.05, i
+
+
+def test_a_linear_pixel_stretch_is_one_scale_for_every_pixel():
+    """`pixel_stretch: linear` maps ADU to [0, 1] along a straight line and back; both stretches
+    keep the sky noise they were fitted with (the figures' scale)."""
+    from galcae.scaling import PixelNormalization
+
+    images = np.random.default_rng(0).normal(0, 10, (4, 8, 8))
+    images[0, 4, 4] = 5000
+    linear = PixelNormalization.fit(images, 10.0, "linear")
+    u = linear.forward(np.array([0.0, 1000.0, 2000.0, 4000.0]))
+    np.testing.assert_allclose(np.diff(u), [u[1] - u[0], u[1] - u[0], 2 * (u[1] - u[0])], rtol=1e-6)
+    np.testing.assert_allclose(linear.inverse(linear.forward(np.array([-20.0, 0.0, 4000.0]))),
+                               [-20.0, 0.0, 4000.0], atol=1e-3)
+    for stretch in ("asinh", "linear"):
+        assert PixelNormalization.fit(images, 10.0, stretch).noise_sigma == pytest.approx(10.0)

@@ -302,7 +302,7 @@ def _reconstruction_figure(model, test: HeldOut, n_examples: int, fig_dir: Path)
     figures.reconstructions(test.images[position],
                             model.reconstruct(test.images[position],
                                               {k: v[position] for k, v in test.conditions.items()}),
-                            model.normalization.softening, fig_dir / "fig2_reconstructions.png",
+                            model.normalization.noise_sigma, fig_dir / "fig2_reconstructions.png",
                             titles=[f"S/N {s:.0f}" for s in test.snr[position]])
 
 
@@ -336,7 +336,7 @@ def traversal_sections(model, dataset: Dataset, test: HeldOut, z: np.ndarray, re
 
     centre = typical[0]
     rows, measured = _traversal_section(model, z[centre], steps, dataset.config.pixel_scale, conditions_of(centre))
-    figures.traversals(rows, steps, model.normalization.softening, fig_dir / "fig4_traversals.png")
+    figures.traversals(rows, steps, model.normalization.noise_sigma, fig_dir / "fig4_traversals.png")
     out = {"traversal": measured}
     if not remeasure:
         return out
