@@ -158,8 +158,8 @@ def claims_text(metrics: dict) -> str:
     if not metrics.get("claims"):
         return ""
     lines = ["The paper's claims, measured (report: the paper's sentences)",
-             f"{'figure':<8}{'measured':<72}{'value':>9}  {'target':<24}verdict"]
+             f"{'figure':<8}{'measured':<72}{'value':>9}  {'target':<30}verdict"]
     for c in metrics["claims"]:
         value = "" if c["value"] is None else f"{c['value']:.3g}"
-        lines.append(f"{c['figure']:<8}{c['measure']:<72}{value:>9}  {c['target']:<24}{c['verdict'] or '-'}")
+        lines.append(f"{c['figure']:<8}{c['measure']:<72}{value:>9}  {c['target']:<30}{c['verdict'] or '-'}")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import galsim
 import numpy as np
+from scipy import ndimage
 
 from ..estimate.crb import cramer_rao
 from ..params import FIT_PARAMETERS
@@ -100,10 +101,16 @@ def resolvable_up_to(sweep, parameter: str, n_bins: int = SWEEP_BINS) -> dict:
 
 
 def ellipticity(image: np.ndarray, pixel_scale: float) -> tuple[float, float]:
-    """Second-moment (adaptive, HSM) shear of an image; NaN where HSM fails."""
+    """Second-moment (adaptive, HSM) shear of an image; NaN where HSM fails.
+
+    HSM starts from the brightest spot of the smoothed image, not the stamp's centre: the
+    paper's galaxies lie anywhere on the stamp (from its centre, HSM failed on 49 of 64)."""
+    smooth = ndimage.gaussian_filter(np.asarray(image, np.float64), 2.0)
+    row, col = np.unravel_index(np.argmax(smooth), smooth.shape)
     try:
-        shape = galsim.hsm.FindAdaptiveMom(galsim.Image(np.ascontiguousarray(image, np.float64),
-                                                        scale=pixel_scale), strict=True).observed_shape
+        shape = galsim.hsm.FindAdaptiveMom(galsim.Image(np.ascontiguousarray(image, np.float64), scale=pixel_scale),
+                                           guess_centroid=galsim.PositionD(col + 1.0, row + 1.0),
+                                           strict=True).observed_shape
     except (galsim.GalSimHSMError, galsim.GalSimError, ValueError):
         return np.nan, np.nan
     return float(shape.g1), float(shape.g2)
