@@ -30,6 +30,7 @@ from galcae.train import train_model
 
 #: One `train:` change each, from the candidates of the issue: the loss weights, the pixel
 #: stretch, the target scaling, augmentation, the residual-latent dropout, training length.
+#: (The latent heads are already the appendix's: z_phys linear, z_res ReLU.)
 VARIANTS = {
     "paper preset": [],
     "lambda_l1=0.1": ["lambda_l1=0.1"],
@@ -40,6 +41,11 @@ VARIANTS = {
     "log10 flux target": ["log_scaled=[flux,half_light_radius]"],
     "no augmentation": ["augment=false"],
     "res_dropout=0.5": ["res_dropout=0.5"],
+    "100 epochs": ["epochs=100"],
+    # Not a setting of the paper's: new galaxies every epoch (the PyTorch renderer), the same
+    # number per epoch. Tests whether 909 training galaxies are too few to tell a galaxy's
+    # size from its surface brightness.
+    "fresh galaxies": ["fresh_galaxies=true"],
 }
 
 
