@@ -509,9 +509,9 @@ def flag_table(results: pd.DataFrame, run: str) -> None:
 def timing_table(results: pd.DataFrame, meta: dict) -> None:
     """Each run's wall time and refined stamps; the PSF-image run against the Moffat one."""
     seconds, failed = meta["seconds"], meta.get("failed", {})
-    print(f"Wall time ({meta['workers']} worker(s), {len(results)} stamps, refinement above S/N "
-          f"{meta['refine_snr']:g}; galcae fits a Moffat to each PSF image given, "
-          f"{1e3 * meta['moffat_seconds']:.0f} ms on a core):")
+    refined = "no refinement" if meta["refine_snr"] is None else f"refinement above S/N {meta['refine_snr']:g}"
+    print(f"Wall time ({meta['workers']} worker(s), {len(results)} stamps, {refined}; galcae fits a Moffat "
+          f"to each PSF image given, {1e3 * meta['moffat_seconds']:.0f} ms on a core):")
     print(f"  {'run':<24}{'seconds':>9}{'refined':>9}{'s / refined':>13}{'over baseline':>15}")
     added = {}
     for key, label in {**RUNS, **TIMING_RUNS}.items():
