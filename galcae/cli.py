@@ -121,8 +121,8 @@ def evaluate(run, dataset, sweeps, classical, bound, no_remeasure, refine_snr, n
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="[MODEL] INPUT...")
 @click.option("-m", "--model", "model_name", default=None,
-              help="A shipped model by name (survey) or a run directory / model file; without "
-                   "it, the first argument is the model.")
+              help="A shipped model by name (survey; survey-v1, the previous one) or a run directory / "
+                   "model file; without it, the first argument is the model.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(),
               help="Catalog to write: .parquet or .fits.")
 @click.option("--psf-fwhm", type=click.FloatRange(0, min_open=True), default=None,
@@ -177,7 +177,8 @@ def infer(inputs, model_name, out, psf_fwhm, psf_beta, psf, conditions, samples,
     """Measure every galaxy of INPUT... with a model into a catalog.
 
     MODEL: `--model survey` (shipped with galcae: seven parameters, any seeing from 0.5 to
-    1.2 arcsec) or a run directory / model file of your own. INPUT: FITS cubes (N x H x W),
+    1.2 arcsec; trained on realistic galaxies; `survey-v1`: the previous one) or a run
+    directory / model file of your own. INPUT: FITS cubes (N x H x W),
     FITS stamps or directories / globs of them, datasets from `galcae simulate`, or FITS
     fields (sources are detected and cut out). Re-running an interrupted command resumes it.
     """

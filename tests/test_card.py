@@ -94,3 +94,12 @@ def test_the_shipped_card_has_model_error_floors_with_their_provenance():
     card = read_card(model_paths("survey")[1])
     assert set(card.refinement.model_error) == {"flux", "half_light_radius"}
     assert "realistic_psf.py" in card.raw["refine_model_error"]["calibrated_on"]
+
+
+def test_the_previous_survey_model_stays_loadable_by_name():
+    """survey-v1, the survey model before the realistic retraining, is shipped beside `survey`."""
+    old, new = load_model("survey-v1", device="cpu"), load_model("survey", device="cpu")
+    assert old.card.provenance.shipped["name"] == "survey-v1" and new.card.provenance.shipped["name"] == "survey"
+    assert old.supervised == new.supervised
+    assert old.card.raw["weights_sha256"] != new.card.raw["weights_sha256"]
+    assert old.card.refine_snr_for(MODEL_DEFAULT) == new.card.refine_snr_for(MODEL_DEFAULT) == 25.0

@@ -139,15 +139,17 @@ def test_refinement_measures_the_snr_of_bright_stamps(shipped_refinement):
 
 
 def test_refined_rows_report_the_fits_reduced_chi2(shipped_refinement):
-    """A Sérsic galaxy under its true PSF and noise fits to chi²/dof 1 (± 0.06, 2.5 sigma for
-    4,089 degrees of freedom); unrefined rows have none."""
+    """A Sérsic galaxy under its true PSF and noise fits to chi²/dof 1 over its pixels (a few
+    hundred for these r½ of 0.4-1": each within 0.15, about 2 sigma, and their median within
+    0.05); unrefined rows have none."""
     from galcae.physics import sky_sigma
 
     t = shipped_refinement
     noise = sky_sigma(t.truth["sky_level"], 1.0, 5.0)  # the survey preset's gain and read noise
     done = refine(t.model.card.training_set, t.images, {**t.conditions, "noise_sigma": noise}, t.cae, min_snr=30)
     assert np.isnan(done["chi2_dof"][0])
-    assert np.all(np.abs(done["chi2_dof"][BRIGHT] - 1) < 0.06), done["chi2_dof"]
+    assert np.all(np.abs(done["chi2_dof"][BRIGHT] - 1) < 0.15), done["chi2_dof"]
+    assert abs(np.median(done["chi2_dof"][BRIGHT]) - 1) < 0.05, done["chi2_dof"]
 
 
 def test_refined_errors_are_smaller_than_the_caes(shipped_refinement):
