@@ -338,6 +338,8 @@ class TrainConfig:
             missing = [n for n in DRAWN if n not in self.supervised + self.conditions]
             _check(not missing, "decoder", f"sersic draws from {', '.join(DRAWN)}: "
                    f"add {', '.join(missing)} to supervised or conditions")
+            # Its residual is added in units of the stretch's softening, the sky noise for asinh.
+            _check(self.pixel_stretch == "asinh", "pixel_stretch", "the sersic decoder needs 'asinh'")
         _check_range(self.bad_pixels, "bad_pixels", 0.0, 1.0)
         _check(self.bad_pixels == 0 or self.mask_neighbours, "bad_pixels", "needs mask_neighbours: true")
         for key in ("augment", "predict_variance", "fresh_galaxies", "mask_neighbours"):

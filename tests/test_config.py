@@ -67,7 +67,10 @@ def test_out_of_range_values_name_their_key(override, key):
     (lambda: TrainConfig(nll_beta=0.5), "nll_beta.*predict_variance"),
     (lambda: TrainConfig(nll_beta=2.0, predict_variance=True), "nll_beta"),
     (lambda: load_stage("train", "paper", ["channels=[]"]), "channels"),
-], ids=["test_fraction", "supervised", "nll_beta_without_variance", "nll_beta_above_1", "channels"])
+    (lambda: load_stage("train", "paper", ["pixel_stretch=log"]), "pixel_stretch"),
+    (lambda: load_stage("train", "survey", ["pixel_stretch=linear"]), "pixel_stretch.*sersic"),
+], ids=["test_fraction", "supervised", "nll_beta_without_variance", "nll_beta_above_1", "channels",
+        "pixel_stretch", "linear_stretch_with_sersic_decoder"])
 def test_train_values_are_validated(make, message):
     """Training hyper-parameters outside their ranges are refused by name."""
     with pytest.raises(ConfigError, match=message):

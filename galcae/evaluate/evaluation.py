@@ -162,8 +162,9 @@ def evaluate_run(run_dir, dataset_path, sweeps=(), *, n_examples: int = 8, class
                                           {n: predicted[n][:bound] for n in model.supervised}, workers, extra))
     with output_lock(run_dir / "eval"), atomic_directory(run_dir / "eval", overwrite=True) as out:
         fig_dir = out / "figures"
-        _reconstruction_figure(model, test, n_examples, fig_dir)
-        metrics["reconstruction"] = reconstruction_section(model, dataset, test)
+        reconstructions = model.reconstruct(test.images, test.conditions)
+        _reconstruction_figure(model, test, reconstructions, n_examples, fig_dir)
+        metrics["reconstruction"] = reconstruction_section(model, dataset, test, reconstructions)
         if sweeps:
             test_std = dict(zip(model.supervised, predicted["latents"][:, :len(model.supervised)].std(0)))
             sections = [_sweep_section(model, path, sweep, test_std) for path, sweep in sweeps]
@@ -294,21 +295,19 @@ def _refined(model, test: HeldOut, predicted: dict, n: int, refine_snr, workers:
     return {"cae+fit": values}
 
 
-def _reconstruction_figure(model, test: HeldOut, n_examples: int, fig_dir: Path) -> None:
+def _reconstruction_figure(model, test: HeldOut, reconstructions: np.ndarray, n_examples: int,
+                           fig_dir: Path) -> None:
     """Fig. 2: test galaxies spread in S/N, their reconstructions and residuals."""
     examples = test.ids[np.argsort(test.snr)][np.linspace(0, len(test.ids) - 1,
                                                           min(n_examples, len(test.ids))).astype(int)]
     position = np.searchsorted(test.ids, examples)
-    figures.reconstructions(test.images[position],
-                            model.reconstruct(test.images[position],
-                                              {k: v[position] for k, v in test.conditions.items()}),
-                            model.normalization.noise_sigma, fig_dir / "fig2_reconstructions.png",
+    figures.reconstructions(test.images[position], reconstructions[position], model.normalization.noise_sigma,
+                            fig_dir / "fig2_reconstructions.png",
                             titles=[f"S/N {s:.0f}" for s in test.snr[position]])
 
 
-def reconstruction_section(model, dataset: Dataset, test: HeldOut) -> dict:
+def reconstruction_section(model, dataset: Dataset, test: HeldOut, reconstructions: np.ndarray) -> dict:
     """Fig. 2's numbers: the reconstructions' shapes and residual chi² per pixel."""
-    reconstructions = model.reconstruct(test.images, test.conditions)
     galaxies = sky_free(reconstructions) if model.network.arch.decoder == "conv" else reconstructions
     return claims.reconstruction_claims(test.images, reconstructions, galaxies, test.snr,
                                         claims.input_variance(dataset, test.ids, reconstructions),
