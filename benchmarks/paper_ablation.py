@@ -46,6 +46,10 @@ VARIANTS = {
     # number per epoch. Tests whether 909 training galaxies are too few to tell a galaxy's
     # size from its surface brightness.
     "fresh galaxies": ["fresh_galaxies=true"],
+    # Not the paper's architecture: the smallest changes to it. A linear head over the
+    # flattened local features cannot form a ratio such as light over peak; a hidden layer can.
+    "head_hidden=256": ["head_hidden=256"],
+    "channels=[32,64,128]": ["channels=[32,64,128]"],
 }
 
 
