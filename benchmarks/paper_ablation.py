@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from galcae.config import load_stage
-from galcae.demo import DEMO_EPOCHS, simulate_paper_sets
+from galcae.demo import DEMO_EPOCHS, SWEPT, simulate_paper_sets
 from galcae.evaluate import evaluate_run
 from galcae.train import train_model
 
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     sweeps = simulate_paper_sets(args.out, args.workers) if not (args.out / "dataset").exists() else \
-        [args.out / "sweep_flux", args.out / "sweep_half_light_radius"]
+        [args.out / f"sweep_{parameter}" for parameter in SWEPT]
     results = [run_variant(args.out, sweeps, name, VARIANTS[name], args.epochs, not args.no_remeasure,
                            args.workers) for name in args.variants]
     limit = results[0]["controlled"]["half_light_radius"]["claims"].get("resolvable_up_to")

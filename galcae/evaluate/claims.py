@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..estimate.crb import cramer_rao
-from ..params import FIT_PARAMETERS
+from ..params import FIT_PARAMETERS, RENDER_CONDITIONS
 from ..physics import make_psf, pixel_variance
 from .metrics import SNR_BINS, r2
 
@@ -89,7 +89,7 @@ def resolvable_up_to(sweep, parameter: str, n_bins: int = SWEEP_BINS) -> dict:
     sigmas = []
     for c in centres:
         row = {k: float(v[ok][np.argmin(np.abs(values - c))]) for k, v in sweep.params.items()
-               if k in (*FIT_PARAMETERS, "sky_level", "psf_fwhm", "psf_beta")}
+               if k in (*FIT_PARAMETERS, *RENDER_CONDITIONS)}
         cfg = sweep.config.for_galaxy(row)
         sigmas.append(cramer_rao(cfg, {k: row[k] for k in FIT_PARAMETERS}, psf=make_psf(cfg))[parameter])
     sigmas = np.array(sigmas)
