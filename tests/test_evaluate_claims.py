@@ -69,10 +69,24 @@ def test_traversal_claims_are_medians_over_galaxies():
 def test_verdicts_compare_each_number_with_its_target():
     metrics = {"reconstruction": {"shape": {"r2_g1": 0.9, "r2_g2": 0.5}},
                "controlled": {"flux": {"claims": {"other_range_in_std": 2.8, "own_monotonic_up_to": 50000.0,
-                                                  "resolvable_up_to": 40000.0}}},
+                                                  "resolvable_up_to": 40000.0,
+                                                  "other": {"half_light_radius": {"power_law_index": -0.5}}}}},
                "traversal_claims": {"half_light_radius": {"galaxies": 5, "response_median": -0.02,
                                                           "cross_talk_median": 6.9}}}
     rows = {(r["figure"], r["measure"]): r["verdict"] for r in claims.verdicts(metrics)}
     verdicts = list(rows.values())
-    assert verdicts == ["holds", "does not hold", "does not hold", "holds", "does not hold", "does not hold"]
+    assert verdicts == ["holds", "does not hold", "does not hold", None, "holds", "does not hold", "does not hold"]
     assert all(r["sentence"] == claims.SENTENCES[r["figure"]] for r in claims.verdicts(metrics))
+
+
+def test_a_radius_read_off_the_surface_brightness_follows_flux_to_the_minus_one_half():
+    flux = np.linspace(500, 50000, 200)
+    z = {"flux": np.log10(flux), "half_light_radius": -0.5 * np.log10(flux)}
+    std = {"flux": 1.0, "half_light_radius": 1.0}
+    read_off = {"flux": flux, "half_light_radius": 1.0 * (flux / 1e4) ** -0.5}
+    constant = {"flux": flux, "half_light_radius": np.full(200, 1.0)}
+    index = claims.sweep_claims(flux, z, "flux", std, read_off)["other"]["half_light_radius"]["power_law_index"]
+    assert index == pytest.approx(-0.5, abs=1e-3)
+    flat = claims.sweep_claims(flux, z, "flux", std, constant)["other"]["half_light_radius"]
+    assert flat["power_law_index"] == pytest.approx(0.0, abs=1e-9)
+    assert "power_law_index" not in claims.sweep_claims(flux, z, "flux", std)["other"]["half_light_radius"]

@@ -57,20 +57,27 @@ def monotonic_up_to(centres: np.ndarray, medians: np.ndarray) -> float:
     return float(centres[falls[0]] if len(falls) else centres[-1])
 
 
-def sweep_claims(values: np.ndarray, latents: dict, parameter: str, test_std: dict) -> dict:
+def sweep_claims(values: np.ndarray, latents: dict, parameter: str, test_std: dict,
+                 predicted: dict | None = None) -> dict:
     """Fig. 3 numbers of one controlled set.
 
     ``latents``: each supervised latent over the sweep; ``test_std``: each latent's standard
-    deviation over the test galaxies (the unit in which "flat" is judged)."""
+    deviation over the test galaxies (the unit in which "flat" is judged); ``predicted``: the
+    latents in physical units, for the power law an unwanted dependence follows (on the
+    flux sweep, r½ ∝ flux^-0.5 is a radius read off the surface brightness alone)."""
     out = {}
     for name, z in latents.items():
         centres, medians, _ = binned_medians(values, z)
         if name == parameter:
             out["own_monotonic_up_to"] = monotonic_up_to(centres, medians)
-        else:
-            out.setdefault("other", {})[name] = {
-                "range_in_std": float((medians.max() - medians.min()) / test_std[name]),
-                "change_in_std": float((medians[-1] - medians[0]) / test_std[name])}
+            continue
+        other = out.setdefault("other", {})[name] = {
+            "range_in_std": float((medians.max() - medians.min()) / test_std[name]),
+            "change_in_std": float((medians[-1] - medians[0]) / test_std[name])}
+        if predicted is not None and np.all(values > 0):
+            _, physical, _ = binned_medians(values, predicted[name])
+            if np.all(physical > 0):
+                other["power_law_index"] = float(np.polyfit(np.log(centres), np.log(physical), 1)[0])
     others = out.get("other", {})
     out["other_range_in_std"] = max((o["range_in_std"] for o in others.values()), default=None)
     return out
@@ -181,6 +188,11 @@ def verdicts(metrics: dict) -> list[dict]:
             value = claims["other_range_in_std"]
             add("fig3", f"sweep of {parameter}: range of the other latent, in its test-set std",
                 value, f"< {FLAT_WITHIN_STD}", value < FLAT_WITHIN_STD)
+        for other, numbers in claims.get("other", {}).items():
+            if numbers.get("power_law_index") is not None:  # why, not a claim: no verdict
+                add("fig3", f"sweep of {parameter}: predicted {other} ∝ {parameter}^k, k",
+                    numbers["power_law_index"], "0 (-0.5: surface brightness)"
+                    if parameter == "flux" else "0", None)
         if "own_monotonic_up_to" in claims:
             limit = claims.get("resolvable_up_to")
             value = claims["own_monotonic_up_to"]

@@ -72,7 +72,8 @@ def _sweep_section(model, path, sweep: Dataset, test_std: dict) -> tuple[dict, d
         metrics[f"r2_linear_z_{name}"] = float(np.corrcoef(values, zk)[0, 1] ** 2)
         metrics[f"r2_linear_z_{name}_vs_log"] = float(np.corrcoef(np.log10(values), zk)[0, 1] ** 2) \
             if np.all(values > 0) else None
-    metrics["claims"] = claims.sweep_claims(values, latents, parameter, test_std)
+    predicted = model.scaling.to_physical(z[:, :len(model.supervised)])
+    metrics["claims"] = claims.sweep_claims(values, latents, parameter, test_std, predicted)
     if parameter in model.supervised:
         bound = claims.resolvable_up_to(sweep, parameter)
         metrics["claims"]["resolvable_up_to"] = bound.pop("up_to")
