@@ -70,6 +70,9 @@ DATA_VARIANTS = {
     "centred + 100 epochs": ("centred galaxies", ["epochs=100"]),
     "centred + head_hidden=256": ("centred galaxies", ["head_hidden=256"]),
     "centred + channels=[32,64,128]": ("centred galaxies", ["channels=[32,64,128]"]),
+    # Everything that helped at once: how far the paper's network (plus a block) can get.
+    "centred + channels + fresh, 100 epochs": ("centred galaxies", ["channels=[32,64,128]",
+                                                                     "fresh_galaxies=true", "epochs=100"]),
 }
 
 
