@@ -65,6 +65,11 @@ VARIANTS = {
 #: 64-pixel stamp; a detection's cutout is centred to a pixel or two.
 DATASETS = {
     "centred galaxies": ["ranges.x=[30,34]", "ranges.y=[30,34]"],
+    # As the survey models' training sets draw them: as many bright and compact galaxies as
+    # faint and large ones (each decade of flux and size alike).
+    "centred, log-uniform flux and r½": ["ranges.x=[30,34]", "ranges.y=[30,34]",
+                                        "log_uniform=[flux,half_light_radius]"],
+    "log-uniform flux and r½": ["log_uniform=[flux,half_light_radius]"],
 }
 #: Variants on such data: (dataset, `train:` overrides). With centred galaxies the best of
 #: the one-change runs are tried again on top.
@@ -74,6 +79,8 @@ DATA_VARIANTS = {
     "centred + 100 epochs": ("centred galaxies", ["epochs=100"]),
     "centred + head_hidden=256": ("centred galaxies", ["head_hidden=256"]),
     "centred + channels=[32,64,128]": ("centred galaxies", ["channels=[32,64,128]"]),
+    "centred, log-uniform flux and r½": ("centred, log-uniform flux and r½", []),
+    "log-uniform flux and r½": ("log-uniform flux and r½", []),
     # Everything that helped at once: how far the paper's network (plus a block) can get.
     "centred + channels + fresh, 100 epochs": ("centred galaxies", ["channels=[32,64,128]",
                                                                      "fresh_galaxies=true", "epochs=100"]),
