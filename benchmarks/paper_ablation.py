@@ -63,13 +63,14 @@ VARIANTS = {
 #: Other data than the demo's: `simulate:` overrides, each on its own 1,000 galaxies (same
 #: seed), evaluated on the same controlled sets. Table 1 puts the centre anywhere on the
 #: 64-pixel stamp; a detection's cutout is centred to a pixel or two.
+CENTRED = ["ranges.x=[30,34]", "ranges.y=[30,34]"]
+#: As the survey models' training sets draw them: as many bright and compact galaxies as
+#: faint and large ones (each decade of flux and size alike).
+LOG_UNIFORM = ["log_uniform=[flux,half_light_radius]"]
 DATASETS = {
-    "centred galaxies": ["ranges.x=[30,34]", "ranges.y=[30,34]"],
-    # As the survey models' training sets draw them: as many bright and compact galaxies as
-    # faint and large ones (each decade of flux and size alike).
-    "centred, log-uniform flux and r½": ["ranges.x=[30,34]", "ranges.y=[30,34]",
-                                        "log_uniform=[flux,half_light_radius]"],
-    "log-uniform flux and r½": ["log_uniform=[flux,half_light_radius]"],
+    "centred galaxies": CENTRED,
+    "centred, log-uniform flux and r½": CENTRED + LOG_UNIFORM,
+    "log-uniform flux and r½": LOG_UNIFORM,
 }
 #: Variants on such data: (dataset, `train:` overrides). With centred galaxies the best of
 #: the one-change runs are tried again on top.
@@ -91,11 +92,10 @@ def slug(name: str) -> str:
     return name.replace(" ", "_").replace("=", "-")
 
 
-def variant_dataset(out: Path, name: str, workers: int) -> Path:
-    """The demo's dataset, or a data variant's own (simulated once)."""
-    if name not in DATA_VARIANTS:
+def variant_dataset(out: Path, data: str | None, workers: int) -> Path:
+    """The demo's dataset (``data`` None), or the one of :data:`DATASETS` (simulated once)."""
+    if data is None:
         return out / "dataset"
-    data = DATA_VARIANTS[name][0]
     dataset = out / f"dataset-{slug(data)}"
     if not dataset.exists():
         simulate_dataset(load_stage("simulate", "paper", DATASETS[data]), dataset, workers=workers)
@@ -108,15 +108,14 @@ def run_variant(out: Path, sweeps, name: str, epochs: int, remeasure: bool, work
     result = run / "ablation.json"
     if result.exists():
         return json.loads(result.read_text())
-    overrides = VARIANTS[name] if name in VARIANTS else DATA_VARIANTS[name][1]
-    dataset = variant_dataset(out, name, workers)
+    data, overrides = DATA_VARIANTS.get(name, (None, VARIANTS.get(name)))
+    dataset = variant_dataset(out, data, workers)
     cfg = load_stage("train", "paper", [f"epochs={epochs}", *overrides])
     start = time.perf_counter()
     train_model(dataset, run, cfg, overwrite=True)
     seconds = time.perf_counter() - start
     metrics = evaluate_run(run, dataset, sweeps, classical=0, remeasure=remeasure, workers=workers)
-    simulate = DATASETS[DATA_VARIANTS[name][0]] if name in DATA_VARIANTS else []
-    summary = {"name": name, "overrides": overrides, "simulate": simulate, "epochs": cfg.epochs,
+    summary = {"name": name, "overrides": overrides, "simulate": DATASETS.get(data, []), "epochs": cfg.epochs,
                "train_seconds": seconds,
                **{k: metrics.get(k) for k in ("r2", "controlled", "reconstruction", "traversal_claims")}}
     result.write_text(json.dumps(summary, indent=2))
