@@ -161,6 +161,8 @@ def celestial_wcs(header: fits.Header, where: str):
     that wcslib cannot use is refused with its first line."""
     import warnings
 
+    if "CTYPE1" not in header and "CTYPE2" not in header:  # no celestial axes (nor astropy.wcs's import)
+        return None
     from astropy.wcs import WCS, FITSFixedWarning
 
     try:
@@ -178,11 +180,11 @@ def celestial_wcs(header: fits.Header, where: str):
 
 def check_pixel_scale(header: fits.Header, where: str, pixel_scale: float) -> None:
     """Refuse an image whose celestial WCS pixel scale differs from the model's by > 2 %."""
-    from astropy.wcs.utils import proj_plane_pixel_scales
-
     wcs = celestial_wcs(header, where)
     if wcs is None:
         return
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
     scale = float(np.mean(proj_plane_pixel_scales(wcs)) * 3600.0)
     if abs(scale / pixel_scale - 1.0) > 0.02:
         raise InputError(f"{where}: pixel scale {scale:.4g} arcsec differs from the model's "

@@ -344,9 +344,10 @@ def _moffat_transforms(renderer: SersicRenderer, given: dict) -> tuple[torch.Ten
 def _levenberg_marquardt(problem: _Problem, phi: torch.Tensor, state: _State, limits, active: torch.Tensor,
                          max_steps: int, tolerance: float) -> torch.Tensor:
     """Damped Gauss-Newton steps of the ``active`` stamps, ``phi`` and ``state`` updated in
-    place; returns which stamps converged. A step is drawn without derivatives; they are drawn
-    again only where it was accepted (a rejected step's stamp retries from the same normal
-    equations with more damping)."""
+    place; returns which stamps converged. A step is drawn with its derivatives: from the
+    CAE's start most steps are accepted, and drawing the image alone, then the derivatives
+    again where accepted, took 1.12 times as long (a rejected step's stamp retries from the
+    same normal equations with more damping)."""
     lower, upper = limits
     damping = torch.full((len(phi),), 1e-3)
     converged = torch.zeros(len(phi), dtype=torch.bool)
@@ -367,7 +368,7 @@ def _levenberg_marquardt(problem: _Problem, phi: torch.Tensor, state: _State, li
         step = torch.linalg.solve(hessian + damping[active, None, None] * diagonal,
                                   gradient[:, :, None])[:, :, 0]
         trial = (phi[active] + step).clamp(lower, upper)
-        image = problem.model(trial, active)
+        image, derivatives = problem.model(trial, active, derivatives=True)
         trial_chi2 = problem.chi2(image, active)
         better = trial_chi2 < state.chi2[active]
         gain = state.chi2[active] - trial_chi2
@@ -376,13 +377,14 @@ def _levenberg_marquardt(problem: _Problem, phi: torch.Tensor, state: _State, li
         state.model[active] = torch.where(better[:, None, None], image, state.model[active])
         damping[active] = torch.where(better, damping[active] / 3, damping[active] * 4).clamp(1e-7, 1e7)
         # Also converged: a step that gains less than ``tolerance`` in chi² (of 1 for 1
-        # sigma; float32 chi² of a few thousand cannot resolve less). Drawn again where the
-        # step was accepted: to go on from there or, for a converged stamp, for its errors.
+        # sigma; float32 chi² of a few thousand cannot resolve less). Where the step was
+        # accepted, its derivatives are the normal equations: to go on from there or, for a
+        # converged stamp, for its errors.
         done = better & (gain < tolerance)
         converged[active[done]] = True
         moved = active[better]
         if len(moved):
-            problem.normal_equations(state, moved, *problem.model(phi[moved], moved, derivatives=True))
+            problem.normal_equations(state, moved, image[better], derivatives[better])
         active = active[~done]
     return converged
 

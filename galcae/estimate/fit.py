@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import TYPE_CHECKING
 
-import galsim
 import numpy as np
-from scipy.optimize import least_squares
 
 from ..config import ConfigError, SimConfig
 from ..params import FAILED, FIT_PARAMETERS, MAX_NFEV, OK, PARAMETERS
 from ..physics import make_psf, pixel_variance, psf_from_image, psf_rows, render
+
+if TYPE_CHECKING:  # GalSim and scipy.optimize are imported where this fit runs: about a second that the
+    import galsim  # batch fit and spread_model, which only need the bounds, need not pay
 
 
 def bounds(cfg: SimConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -36,6 +38,8 @@ def bounds(cfg: SimConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def initial_guess(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject) -> dict[str, float]:
     """Flux, size, shape and centre from HSM adaptive moments (plain moments if HSM fails)."""
+    import galsim
+
     size = cfg.stamp_size
     total = float(np.sum(image))
     guess = {"flux": max(total, 10.0), "half_light_radius": 1.0, "sersic_n": 1.5,
@@ -83,6 +87,9 @@ def fit_stamp(image: np.ndarray, cfg: SimConfig, psf: galsim.GSObject | None = N
     when n and the radius run away; the only non-deterministic outcome) stops with its
     status saying so, and is flagged as failed.
     """
+    import galsim
+    from scipy.optimize import least_squares
+
     psf = psf if psf is not None else make_psf(cfg)
     start = time.perf_counter()
     keep = np.ones(image.shape, bool) if mask is None else ~np.asarray(mask, bool)

@@ -30,6 +30,9 @@ STAR_ERRORS = 5.0 / 3.0
 
 #: The side (pixels) of the window around the source on which spread_model is measured.
 WINDOW = 32
+#: Stamps measured together: their float64 windows stay in the CPU's cache (4,096 at a time
+#: took 2.5 times as long per stamp as 1,024).
+BLOCK = 512
 
 #: The catalog columns of stellarity, with their descriptions.
 STELLARITY_COLUMNS = {
@@ -49,40 +52,55 @@ def spread_model(sim, images: np.ndarray, noise_sigma: np.ndarray, conditions: d
     and, without PSF images, ``psf_beta`` (as :func:`galcae.estimate.refine.stamp_conditions`
     gives them); ``psf``: PSF images, one for all or one per stamp. ``mask``ed pixels do not
     count. NaN (and no flag) where a stamp or its centre is not finite."""
+    from ..physics import psf_rows
+
+    n = len(images)
+    out = {"spread_model": np.full(n, np.nan), "spread_model_err": np.full(n, np.nan),
+           "flag_star": np.zeros(n, bool)}
+    x, y = (np.asarray(centres[k], float) for k in ("x", "y"))
+    fwhm = np.asarray(conditions["psf_fwhm"], float)
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(fwhm) & np.isfinite(noise_sigma) & (noise_sigma > 0)
+    per_stamp = lambda v, rows: np.broadcast_to(np.asarray(v, float), (n,))[rows]  # noqa: E731
+    found = np.flatnonzero(ok)
+    for first in range(0, len(found), BLOCK):
+        rows = found[first:first + BLOCK]
+        part = _spread_model(sim, images[rows], noise_sigma[rows],
+                             {k: per_stamp(v, rows) for k, v in conditions.items()},
+                             {k: per_stamp(v, rows) for k, v in centres.items()},
+                             None if mask is None else mask[rows], psf_rows(psf, rows))
+        for key, values in part.items():
+            out[key][rows] = values
+    return out
+
+
+def _spread_model(sim, images, noise_sigma, conditions, centres, mask, psf) -> dict[str, np.ndarray]:
+    """:func:`spread_model` of stamps whose centres, PSF and noise are all finite."""
     import dataclasses
 
     from ..physics import sky_level_for_sigma
     from .batchfit import models_at
 
     n = len(images)
-    x, y = (np.asarray(centres[k], float) for k in ("x", "y"))
-    fwhm = np.asarray(conditions["psf_fwhm"], float)
-    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(fwhm) & np.isfinite(noise_sigma) & (noise_sigma > 0)
-    out = {"spread_model": np.full(n, np.nan), "spread_model_err": np.full(n, np.nan),
-           "flag_star": np.zeros(n, bool)}
-    if not ok.any():
-        return out
-    rows = np.flatnonzero(ok)
-    flux = np.clip(np.nan_to_num(np.asarray(centres.get("flux", np.ones(n)), float)[rows], nan=1.0), 1.0, None)
-    given = {k: np.asarray(v, float)[rows] for k, v in conditions.items()}
+    x, y, fwhm = centres["x"], centres["y"], conditions["psf_fwhm"]
+    flux = np.clip(np.nan_to_num(centres.get("flux", np.ones(n)), nan=1.0), 1.0, None)
+    given = dict(conditions)
     if "sky_level" not in given:  # it sets the grid the models are drawn on
-        given["sky_level"] = sky_level_for_sigma(noise_sigma[rows], sim.noise.gain, sim.noise.read_noise)
+        given["sky_level"] = sky_level_for_sigma(noise_sigma, sim.noise.gain, sim.noise.read_noise)
     # P and G are drawn on a window around the source, not the whole stamp: a quarter of the
     # pixels and of the FFTs, and beyond it they hold little of the discriminant.
     side = min(WINDOW, sim.stamp_size)
-    corner_x, corner_y = (np.clip(np.floor(v[rows]).astype(int) - side // 2, -side, sim.stamp_size)
-                          for v in (x, y))
-    data, keep = _windows(images[rows], None if mask is None else mask[rows], corner_x, corner_y, side)
-    base = {"flux": flux, "sersic_n": np.ones(len(rows)), "g1": np.zeros(len(rows)), "g2": np.zeros(len(rows)),
-            "x": x[rows] - corner_x, "y": y[rows] - corner_y}
-    image_psf = None if psf is None else _central(psf if np.ndim(psf) == 2 else psf[rows], side - 1)
+    corner_x, corner_y = (np.clip(np.floor(v).astype(int) - side // 2, -side, sim.stamp_size) for v in (x, y))
+    data, keep = _windows(images, mask, corner_x, corner_y, side)
+    base = {"flux": flux, "sersic_n": np.ones(n), "g1": np.zeros(n), "g2": np.zeros(n),
+            "x": x - corner_x, "y": y - corner_y}
+    image_psf = None if psf is None else _central(psf, side - 1)
     window = dataclasses.replace(sim, stamp_size=side)
     # P and G drawn in one batch: each distinct PSF's transform is made once for both
-    radius = np.concatenate([np.full(len(rows), POINT), fwhm[rows] * SCALE_LENGTH * EXPONENTIAL_HALF_LIGHT])
+    radius = np.concatenate([np.full(n, POINT), fwhm * SCALE_LENGTH * EXPONENTIAL_HALF_LIGHT])
     both = models_at(window, {k: np.tile(v, 2) for k, v in given.items()},
                      {**{k: np.tile(v, 2) for k, v in base.items()}, "half_light_radius": radius},
                      image_psf if image_psf is None or np.ndim(image_psf) == 2 else np.concatenate([image_psf] * 2))
-    P, G = both[:len(rows)] * keep, both[len(rows):] * keep
+    P, G = both[:n] * keep, both[n:] * keep
 
     def dot(a, b):
         return np.einsum("nij,nij->n", a, b, dtype=np.float64)
@@ -90,14 +108,13 @@ def spread_model(sim, images: np.ndarray, noise_sigma: np.ndarray, conditions: d
     px, gx, gp, pp, gg = dot(P, data), dot(G, data), dot(G, P), dot(P, P), dot(G, G)
     with np.errstate(divide="ignore", invalid="ignore"):
         value = gx / px - gp / pp
-        variance = noise_sigma[rows] ** 2 * (gg * px**2 - 2 * gp * gx * px + pp * gx**2) / px**4
+        variance = noise_sigma ** 2 * (gg * px**2 - 2 * gp * gx * px + pp * gx**2) / px**4
         error = np.sqrt(np.clip(variance, 0, None))
     usable = px > 0  # a stamp with no light where the PSF is has no spread
-    out["spread_model"][rows] = np.where(usable, value, np.nan)
-    out["spread_model_err"][rows] = np.where(usable, error, np.nan)
     with np.errstate(invalid="ignore"):
-        out["flag_star"][rows] = usable & (value + STAR_ERRORS * error < STAR_THRESHOLD)
-    return out
+        star = usable & (value + STAR_ERRORS * error < STAR_THRESHOLD)
+    return {"spread_model": np.where(usable, value, np.nan), "spread_model_err": np.where(usable, error, np.nan),
+            "flag_star": star}
 
 
 def _windows(images: np.ndarray, mask: np.ndarray | None, corner_x: np.ndarray, corner_y: np.ndarray,
@@ -105,16 +122,13 @@ def _windows(images: np.ndarray, mask: np.ndarray | None, corner_x: np.ndarray, 
     """``(data, keep)``: the ``side``-pixel windows of ``images`` whose lower-left corners
     are at ``corner_x``, ``corner_y``; pixels off the stamp, masked or not finite are not kept."""
     n, height, width = images.shape
-    data, keep = np.zeros((n, side, side)), np.zeros((n, side, side), bool)
-    for i, (x0, y0) in enumerate(zip(corner_x, corner_y)):
-        xa, xb, ya, yb = max(x0, 0), min(x0 + side, width), max(y0, 0), min(y0 + side, height)
-        if xa >= xb or ya >= yb:
-            continue
-        cut = images[i, ya:yb, xa:xb]
-        good = np.isfinite(cut) if mask is None else np.isfinite(cut) & ~mask[i, ya:yb, xa:xb]
-        data[i, ya - y0:yb - y0, xa - x0:xb - x0] = np.where(good, cut, 0.0)
-        keep[i, ya - y0:yb - y0, xa - x0:xb - x0] = good
-    return data, keep
+    rows = corner_y[:, None, None] + np.arange(side)[None, :, None]  # (n, side, 1)
+    cols = corner_x[:, None, None] + np.arange(side)[None, None, :]  # (n, 1, side)
+    on = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    at = (np.arange(n)[:, None, None], rows.clip(0, height - 1), cols.clip(0, width - 1))
+    cut = images[at].astype(np.float64)
+    keep = on & np.isfinite(cut) & (True if mask is None else ~mask[at])
+    return np.where(keep, cut, 0.0), keep
 
 
 def _central(psf: np.ndarray, side: int) -> np.ndarray:
