@@ -82,6 +82,10 @@ DATA_VARIANTS = {
     "centred + channels=[32,64,128]": ("centred galaxies", ["channels=[32,64,128]"]),
     "centred, log-uniform flux and r½": ("centred, log-uniform flux and r½", []),
     "log-uniform flux and r½": ("log-uniform flux and r½", []),
+    # Fig. 4's traversal of z[r½] changes the size only if the decoder draws the size from
+    # it: dropping the free latents at the decoder's input makes it (not the paper's).
+    "centred + res_dropout=0.5": ("centred galaxies", ["res_dropout=0.5"]),
+    "centred, log-uniform + res_dropout=0.5": ("centred, log-uniform flux and r½", ["res_dropout=0.5"]),
     # Everything that helped at once: how far the paper's network (plus a block) can get.
     "centred + channels + fresh, 100 epochs": ("centred galaxies", ["channels=[32,64,128]",
                                                                      "fresh_galaxies=true", "epochs=100"]),
