@@ -60,13 +60,12 @@ def spread_model(sim, images: np.ndarray, noise_sigma: np.ndarray, conditions: d
     x, y = (np.asarray(centres[k], float) for k in ("x", "y"))
     fwhm = np.asarray(conditions["psf_fwhm"], float)
     ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(fwhm) & np.isfinite(noise_sigma) & (noise_sigma > 0)
-    per_stamp = lambda v, rows: np.broadcast_to(np.asarray(v, float), (n,))[rows]  # noqa: E731
     found = np.flatnonzero(ok)
     for first in range(0, len(found), BLOCK):
         rows = found[first:first + BLOCK]
         part = _spread_model(sim, images[rows], noise_sigma[rows],
-                             {k: per_stamp(v, rows) for k, v in conditions.items()},
-                             {k: per_stamp(v, rows) for k, v in centres.items()},
+                             {k: np.asarray(v, float)[rows] for k, v in conditions.items()},
+                             {k: np.asarray(v, float)[rows] for k, v in centres.items()},
                              None if mask is None else mask[rows], psf_rows(psf, rows))
         for key, values in part.items():
             out[key][rows] = values
