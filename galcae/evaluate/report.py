@@ -148,7 +148,8 @@ def _claims_html(metrics: dict) -> list[str]:
             _table(["figure", "the paper", "measured", "value", "target", "verdict"], rows),
             "<p>Why the paper's network does not show Figs. 3–4, one setting at a time (loss "
             "weights, pixel stretch, targets, augmentation, training length, where the galaxies "
-            "lie on the stamp): <code>benchmarks/paper_ablation.py</code>, whose table and reading "
+            "lie on the stamp, the free latents dropped at the decoder): "
+            "<code>benchmarks/paper_ablation.py</code>, whose table and reading "
             "are in galcae's <code>docs/results.md</code>.</p>"]
 
 
