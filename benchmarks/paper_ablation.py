@@ -89,6 +89,8 @@ DATA_VARIANTS = {
     "centred, log-uniform + res_dropout=0.8": ("centred, log-uniform flux and r½", ["res_dropout=0.8"]),
     "centred, log-uniform + res_dropout=0.5, 100 epochs": ("centred, log-uniform flux and r½",
                                                            ["res_dropout=0.5", "epochs=100"]),
+    "centred, log-uniform + res_dropout=0.8, 100 epochs": ("centred, log-uniform flux and r½",
+                                                           ["res_dropout=0.8", "epochs=100"]),
     # Everything that helped at once: how far the paper's network (plus a block) can get.
     "centred + channels + fresh, 100 epochs": ("centred galaxies", ["channels=[32,64,128]",
                                                                      "fresh_galaxies=true", "epochs=100"]),
