@@ -33,6 +33,16 @@ def tiny_train(**changes):
     return TrainConfig(**{"epochs": 1, "batch_size": 16, **changes})
 
 
+def tan_wcs(size: int, scale: float) -> WCS:
+    """A TAN WCS centred on an image of ``size`` pixels of ``scale`` arcsec."""
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [150.0, 2.0]
+    wcs.wcs.crpix = [size / 2, size / 2]
+    wcs.wcs.cdelt = [-scale / 3600, scale / 3600]
+    return wcs
+
+
 def write_field(path, positions, size=160, scale=0.2):
     """A noisy field with Sérsic galaxies at ``positions`` (numpy pixel coords), a TAN WCS,
     a VARIANCE and a MASK HDU; returns the WCS."""
@@ -44,11 +54,7 @@ def write_field(path, positions, size=160, scale=0.2):
         gal.drawImage(image, center=galsim.PositionD(x + 1, y + 1), add_to_image=True)
     sky = 100.0
     data = image.array + sky + rng.normal(0, np.sqrt(sky + 25.0), image.array.shape)
-    wcs = WCS(naxis=2)
-    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    wcs.wcs.crval = [150.0, 2.0]
-    wcs.wcs.crpix = [size / 2, size / 2]
-    wcs.wcs.cdelt = [-scale / 3600, scale / 3600]
+    wcs = tan_wcs(size, scale)
     mask = np.zeros(data.shape, np.int16)
     mask[5, 5] = 1
     fits.HDUList([fits.PrimaryHDU(data.astype(np.float32), header=wcs.to_header()),

@@ -9,7 +9,7 @@ from astropy.table import QTable
 
 from galcae.cli import main
 
-from conftest import write_field
+from conftest import tan_wcs, write_field
 
 
 def run(*argv) -> int:
@@ -168,13 +168,6 @@ def test_the_neighbour_index_is_the_nearest_detection_inside_the_cutout():
     assert list(nearest_inside(x[:1], y[:1], 32)) == [-1]
 
 
-def _celestial_header(scale_arcsec: float) -> fits.Header:
-    header = fits.Header()
-    header.update({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0, "CRVAL2": 2.0,
-                   "CRPIX1": 32.0, "CRPIX2": 32.0, "CDELT1": -scale_arcsec / 3600, "CDELT2": scale_arcsec / 3600})
-    return header
-
-
 def test_pixel_scale_checked_only_where_a_celestial_wcs_is():
     """An image's WCS pixel scale must be the model's (2 %); a header without celestial axes
     has none to check (and is not parsed by astropy.wcs)."""
@@ -182,6 +175,6 @@ def test_pixel_scale_checked_only_where_a_celestial_wcs_is():
 
     assert celestial_wcs(fits.Header({"BUNIT": "adu"}), "cube.fits") is None
     check_pixel_scale(fits.Header({"BUNIT": "adu"}), "cube.fits", 0.2)
-    check_pixel_scale(_celestial_header(0.201), "cube.fits", 0.2)
+    check_pixel_scale(tan_wcs(64, 0.201).to_header(), "cube.fits", 0.2)
     with pytest.raises(InputError, match=r"cube.fits\[SCI\]: pixel scale 0.3 arcsec differs"):
-        check_pixel_scale(_celestial_header(0.3), "cube.fits[SCI]", 0.2)
+        check_pixel_scale(tan_wcs(64, 0.3).to_header(), "cube.fits[SCI]", 0.2)
