@@ -91,6 +91,11 @@ DATA_VARIANTS = {
                                                            ["res_dropout=0.5", "epochs=100"]),
     "centred, log-uniform + res_dropout=0.8, 100 epochs": ("centred, log-uniform flux and r½",
                                                            ["res_dropout=0.8", "epochs=100"]),
+    # The shapes first: the free latents are dropped only in the later epochs.
+    "centred, log-uniform + res_dropout=0.8 from half-way": ("centred, log-uniform flux and r½",
+                                                             ["res_dropout=0.8", "res_dropout_from=0.5"]),
+    "centred, log-uniform + res_dropout=0.8 from 30 %": ("centred, log-uniform flux and r½",
+                                                         ["res_dropout=0.8", "res_dropout_from=0.3"]),
     # Everything that helped at once: how far the paper's network (plus a block) can get.
     "centred + channels + fresh, 100 epochs": ("centred galaxies", ["channels=[32,64,128]",
                                                                      "fresh_galaxies=true", "epochs=100"]),

@@ -65,7 +65,7 @@ class TrainedModel:
                                  "(dataset.simulate.pixel_scale in model.json)")
             self.network.renderer = LatentRenderer(
                 self.scaling, self.conditioning, self.normalization,
-                self.network.arch.stamp_size, pixel_scale).to(self.device)
+                self.network.arch.stamp_size, pixel_scale, self.network.arch.decoder_grid).to(self.device)
 
     @property
     def device(self) -> torch.device:

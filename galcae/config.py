@@ -254,6 +254,9 @@ class TrainConfig:
     # Probability of zeroing a galaxy's residual latents at the decoder's input in training
     # (not in the paper; 0 = off): the decoder learns to render from the supervised ones.
     res_dropout: float = 0.0
+    # The share of the epochs trained before res_dropout starts (0: from the first epoch), so
+    # the decoder learns the shapes the free latents carry before it must do without them.
+    res_dropout_from: float = 0.0
     test_fraction: float = 1.0 / 11.0  # the paper's 10:1 train:test split
     seed: int = 0  # split, initialisation and batch order
     latent_dim: int = 64  # supervised + residual latents
@@ -281,6 +284,12 @@ class TrainConfig:
     # galaxy they describe, under the PSF of the conditions, plus a convolutional residual
     # from the free latents (needs all seven parameters and psf_fwhm, psf_beta).
     decoder: str = "conv"
+    # The sersic decoder's residual branch: its widths, mirrored as `channels` are ([] = the
+    # encoder's), and whether it sees the conditions too (then it runs twice a step, for its
+    # zero point); and the FFT grid the galaxy is drawn on, in stamps per side.
+    residual_channels: tuple[int, ...] = ()
+    residual_conditions: bool = True
+    decoder_grid: int = 4
     # Train each epoch on newly drawn galaxies (as many as the train split) instead of the
     # dataset's images: the dataset's priors and conditions, drawn by the PyTorch renderer
     # with the simulation's noise (galcae.fresh). The dataset still gives the preprocessing,
@@ -310,6 +319,8 @@ class TrainConfig:
         _check_range(self.lambda_phys, "lambda_phys", 0.0, 1e6)
         _check_range(self.lambda_l1, "lambda_l1", 0.0, 1e6)
         _check_range(self.res_dropout, "res_dropout", 0.0, 1.0)
+        _check(0.0 <= self.res_dropout_from < 1.0, "res_dropout_from",
+               f"{self.res_dropout_from} is not in [0, 1): the share of epochs before res_dropout starts")
         _check(0.0 < self.test_fraction < 1.0, "test_fraction",
                f"{self.test_fraction} is not strictly between 0 and 1")
         _check_range(self.latent_dim, "latent_dim", len(self.supervised) + 1, 4096)
@@ -332,6 +343,11 @@ class TrainConfig:
         for width in self.channels:
             _check_range(width, "channels", 1, 1024)
         _check_range(self.head_hidden, "head_hidden", 0, 65536)
+        _check(len(self.residual_channels) <= 5, "residual_channels",
+               f"has {len(self.residual_channels)} entries, not 1 to 5 (or none: the encoder's)")
+        for width in self.residual_channels:
+            _check_range(width, "residual_channels", 1, 1024)
+        _check_range(self.decoder_grid, "decoder_grid", 2, 8)
         _check(self.decoder in DECODERS, "decoder",
                f"'{self.decoder}' is not one of {', '.join(repr(d) for d in DECODERS)}")
         if self.decoder == "sersic":

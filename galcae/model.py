@@ -25,6 +25,9 @@ Beyond the paper (all off in its preset, so the paper's network is unchanged):
   the conditions only, adds residual light (in units of the sky noise, zero when the free
   latents are) before the pixel stretch. Moving a supervised latent then changes its
   parameter alone, by construction; the free latents hold what a Sérsic profile does not.
+  ``residual_channels`` (narrower than the encoder's) and ``residual_conditions: false``
+  (free latents only, so the zero point is one image per batch, not a second pass) make
+  that branch, most of a training step, cheaper.
 """
 
 from __future__ import annotations
@@ -53,6 +56,14 @@ class Architecture:
     predict_variance: bool = False  # a log-variance head for the supervised latents
     head_hidden: int = 0  # width of a hidden layer before the latent heads; 0 = linear heads
     decoder: str = "conv"  # "conv" (the paper's) or "sersic" (physical, plus a residual)
+    # The sersic decoder's residual branch and drawing (the conv decoder has neither). The
+    # defaults are the models' up to survey-v2: the branch mirrors the encoder, sees the
+    # conditions, and the galaxy is drawn on a 4-stamp FFT grid.
+    residual_channels: tuple[int, ...] = ()  # its widths, mirrored as `channels` are; () = `channels`
+    # With the conditions as inputs, the branch's zero point (its output for zero free
+    # latents) differs per galaxy and takes a second pass; without, it is one image per batch.
+    residual_conditions: bool = True
+    decoder_grid: int = 4  # the drawn galaxy's FFT grid, in stamps per side
 
     def __post_init__(self):
         if not self.channels:
@@ -60,6 +71,10 @@ class Architecture:
         if self.stamp_size % self.reduction:
             raise ValueError(f"stamp_size {self.stamp_size} is not divisible by {self.reduction}, "
                              f"as {len(self.channels)} poolings need")
+        if self.stamp_size % 2 ** len(self.residual_widths):
+            raise ValueError(f"stamp_size {self.stamp_size} is not divisible by "
+                             f"{2 ** len(self.residual_widths)}, as {len(self.residual_widths)} "
+                             f"residual_channels need")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder '{self.decoder}' is not one of {', '.join(DECODERS)}")
 
@@ -68,12 +83,23 @@ class Architecture:
         """How much the encoder's poolings shrink each side of the image."""
         return 2 ** len(self.channels)
 
+    @property
+    def residual_widths(self) -> tuple[int, ...]:
+        """The sersic decoder's residual branch's widths (mirrored)."""
+        return self.residual_channels or self.channels
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "channels": list(self.channels)}
+        return {**asdict(self), "channels": list(self.channels), "residual_channels": list(self.residual_channels)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Architecture":
-        return cls(**{**data, "channels": tuple(data["channels"])})
+        return cls(**{**data, "channels": tuple(data["channels"]),
+                      "residual_channels": tuple(data.get("residual_channels", ()))})
+
+
+#: The fields of :class:`Architecture` that shape the decoder only: a model may start
+#: (``galcae train --init``) from one whose decoder differs in them, with its encoder's weights.
+DECODER_FIELDS = ("decoder", "residual_channels", "residual_conditions", "decoder_grid")
 
 
 def mirrored_decoder(channels: tuple[int, ...], side: int, n_inputs: int) -> nn.Sequential:
@@ -116,8 +142,10 @@ class CAE(nn.Module):
         self.to_log_var = nn.Linear(seen, arch.n_supervised) if arch.predict_variance else None
         self.renderer = None  # the sersic decoder's LatentRenderer, attached by TrainedModel
         if arch.decoder == "sersic":
-            self.decoder = mirrored_decoder(arch.channels, side, arch.latent_dim - arch.n_supervised
-                                            + arch.n_conditions)
+            widths = arch.residual_widths
+            self.decoder = mirrored_decoder(widths, arch.stamp_size // 2 ** len(widths),
+                                            arch.latent_dim - arch.n_supervised
+                                            + (arch.n_conditions if arch.residual_conditions else 0))
             # The residual starts at zero: the image is the physical one until training says otherwise.
             nn.init.zeros_(self.decoder[-1].weight)
             nn.init.zeros_(self.decoder[-1].bias)
@@ -160,9 +188,13 @@ class CAE(nn.Module):
         # cannot paint a fixed correction (e.g. for the encoder's flux bias) that a traversal
         # of the galaxy would then leave behind.
         free = z[:, n_sup:]
-        both = self.decoder(self.with_conditions(torch.cat([free, torch.zeros_like(free)]),
-                                                 None if c is None else torch.cat([c, c])))
-        return self.renderer(z[:, :n_sup], c, both[:len(z)] - both[len(z):])
+        if self.arch.residual_conditions:
+            both = self.decoder(self.with_conditions(torch.cat([free, torch.zeros_like(free)]),
+                                                     None if c is None else torch.cat([c, c])))
+            residual = both[:len(z)] - both[len(z):]
+        else:  # one zero point for all: the branch does not see the conditions
+            residual = self.decoder(free) - self.decoder(free.new_zeros(1, free.shape[1]))
+        return self.renderer(z[:, :n_sup], c, residual)
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (and conditions) -> ``(B, 1, H, W)`` reconstructions in ``[0, 1]``."""

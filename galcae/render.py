@@ -325,7 +325,7 @@ class LatentRenderer(torch.nn.Module):
     :class:`SersicRenderer`, plus any residual light, through the model's pixel stretch. Its
     constants come from the model's ``model.json`` (the scalings): it has no weights."""
 
-    def __init__(self, scaling, conditioning, normalization, stamp_size: int, pixel_scale: float):
+    def __init__(self, scaling, conditioning, normalization, stamp_size: int, pixel_scale: float, grid: int = 4):
         super().__init__()
         needed = [n for n in DRAWN if n not in scaling.names + (conditioning.names if conditioning else ())]
         if needed:
@@ -333,7 +333,7 @@ class LatentRenderer(torch.nn.Module):
                              f"supervise or condition on {', '.join(needed)} too")
         self.scales = {"latent": scaling, "condition": conditioning}
         self.normalization = normalization
-        self.render = SersicRenderer(stamp_size, pixel_scale)
+        self.render = SersicRenderer(stamp_size, pixel_scale, pad=grid)
 
     def galaxy(self, z_phys: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """``(B, n_supervised)``, ``(B, n_conditions)`` -> the ``(B, H, W)`` galaxies in ADU."""

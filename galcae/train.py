@@ -37,7 +37,7 @@ from .dataset import PARAMS, Dataset
 from .errors import TrainingError
 from .fresh import CHUNK as FRESH_CHUNK
 from .fresh import FreshGalaxies, epoch_seed
-from .model import CAE, Architecture, cae_loss
+from .model import CAE, DECODER_FIELDS, Architecture, cae_loss
 from .outputs import output_lock, refuse_overlap, remove, swap_in
 from .params import ellipticity_from_shear
 from .physics import sky_sigma
@@ -312,7 +312,9 @@ def _architecture(dataset: Dataset, cfg: TrainConfig) -> Architecture:
     return Architecture(stamp_size=dataset.config.stamp_size, latent_dim=cfg.latent_dim,
                         n_supervised=len(cfg.supervised), dropout=cfg.dropout,
                         n_conditions=len(cfg.conditions), predict_variance=cfg.predict_variance,
-                        channels=tuple(cfg.channels), head_hidden=cfg.head_hidden, decoder=cfg.decoder)
+                        channels=tuple(cfg.channels), head_hidden=cfg.head_hidden, decoder=cfg.decoder,
+                        residual_channels=tuple(cfg.residual_channels),
+                        residual_conditions=cfg.residual_conditions, decoder_grid=cfg.decoder_grid)
 
 
 def _starting_model(run_dir: Path, dataset: Dataset, cfg: TrainConfig, data: TrainingData, network: CAE,
@@ -328,11 +330,13 @@ def _starting_model(run_dir: Path, dataset: Dataset, cfg: TrainConfig, data: Tra
     if init is not None:
         initial = _initial_model(init, network.arch, cfg, device)
         weights = initial.network.state_dict()
-        if initial.network.arch.decoder != network.arch.decoder:  # a new decoder: the encoder's weights only
+        theirs, ours = initial.network.arch, network.arch
+        changed = [k for k in DECODER_FIELDS if getattr(theirs, k) != getattr(ours, k)]
+        if changed:  # a new decoder: the encoder's weights only
             weights = {k: v for k, v in weights.items() if not k.startswith("decoder.")}
-            log.info("--init: %s has a %s decoder; its encoder starts a %s one", init,
-                     initial.network.arch.decoder, network.arch.decoder)
-        network.load_state_dict(weights, strict=initial.network.arch.decoder == network.arch.decoder)
+            log.info("--init: %s has a %s decoder; its encoder starts a %s one (differing: %s)", init,
+                     theirs.decoder, ours.decoder, ", ".join(changed))
+        network.load_state_dict(weights, strict=not changed)
         meta["init"] = {"model": str(init), "epoch": initial.epochs_trained,
                         "dataset": initial.meta.get("dataset", {}).get("path")}
         return TrainedModel(network, initial.normalization, initial.scaling, meta, initial.conditioning)
@@ -346,8 +350,7 @@ def _starting_model(run_dir: Path, dataset: Dataset, cfg: TrainConfig, data: Tra
 
 
 def _tensors(model: TrainedModel, dataset: Dataset, cfg: TrainConfig, data: TrainingData) -> Tensors:
-    terms = {"lambda_phys": cfg.lambda_phys, "lambda_l1": cfg.lambda_l1, "nll_beta": cfg.nll_beta,
-             "res_dropout": cfg.res_dropout}
+    terms = {"lambda_phys": cfg.lambda_phys, "lambda_l1": cfg.lambda_l1, "nll_beta": cfg.nll_beta}
     return Tensors(model.to_input(data.images), _targets(model, dataset.params, cfg),
                    _condition_tensor(model, data.conditions), terms)
 
@@ -412,7 +415,8 @@ def _train_epoch(network: CAE, optimizer, batch_order: torch.Generator, batches,
         if cfg.augment:
             k = int(torch.randint(8, (), generator=batch_order))
             x = dihedral(x, k)
-        loss, parts = cae_loss(network, x, y[k], **tensors.terms, c=c)
+        loss, parts = cae_loss(network, x, y[k], **tensors.terms, c=c,
+                               res_dropout=residual_dropout(cfg, epoch))
         if not math.isfinite(parts["loss"]):
             raise TrainingError(f"epoch {epoch + 1}: the loss is {parts['loss']} on the batch "
                                 f"starting at {where}; stopped (the last finished "
@@ -447,7 +451,7 @@ def _initial_model(init, arch: Architecture, cfg: TrainConfig, device) -> Traine
     """The ``--init`` model, checked to be the network ``cfg`` describes."""
     start = load_model(init, device=str(device.type))
     theirs, ours = start.network.arch.to_dict(), arch.to_dict()
-    differs = [k for k in _differing_keys(theirs, ours) if k != "decoder"]  # an encoder can change decoder
+    differs = [k for k in _differing_keys(theirs, ours) if k not in DECODER_FIELDS]  # an encoder can change decoder
     if differs:
         raise ConfigError(f"--init: {init} is a different network ({differs[0]}: {theirs.get(differs[0])!r}, "
                           f"the config has {ours[differs[0]]!r})")
@@ -497,6 +501,11 @@ def learning_rate(cfg: TrainConfig, epoch: int) -> float:
     if cfg.lr_schedule == "constant":
         return cfg.learning_rate
     return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+def residual_dropout(cfg: TrainConfig, epoch: int) -> float:
+    """``res_dropout`` from the epoch ``res_dropout_from`` of the way through, 0 before it."""
+    return cfg.res_dropout if epoch >= cfg.res_dropout_from * cfg.epochs else 0.0
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -69,8 +69,12 @@ def test_out_of_range_values_name_their_key(override, key):
     (lambda: load_stage("train", "paper", ["channels=[]"]), "channels"),
     (lambda: load_stage("train", "paper", ["pixel_stretch=log"]), "pixel_stretch"),
     (lambda: load_stage("train", "survey", ["pixel_stretch=linear"]), "pixel_stretch.*sersic"),
+    (lambda: load_stage("train", "survey", ["residual_channels=[0,8,16]"]), "residual_channels"),
+    (lambda: load_stage("train", "survey", ["decoder_grid=1"]), "decoder_grid"),
+    (lambda: load_stage("train", "paper", ["res_dropout_from=1"]), "res_dropout_from"),
 ], ids=["test_fraction", "supervised", "nll_beta_without_variance", "nll_beta_above_1", "channels",
-        "pixel_stretch", "linear_stretch_with_sersic_decoder"])
+        "pixel_stretch", "linear_stretch_with_sersic_decoder", "residual_channels", "decoder_grid",
+        "res_dropout_from"])
 def test_train_values_are_validated(make, message):
     """Training hyper-parameters outside their ranges are refused by name."""
     with pytest.raises(ConfigError, match=message):

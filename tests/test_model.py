@@ -194,6 +194,44 @@ def test_architecture_round_trips_through_a_dict():
     assert Architecture.from_dict(arch.to_dict()) == arch
 
 
+def test_an_architecture_saved_before_the_residual_fields_loads_as_it_was_built():
+    """A model.json without residual_channels, residual_conditions and decoder_grid (the
+    models up to survey-v2) rebuilds the decoder those models have."""
+    saved = {k: v for k, v in Architecture(**DEEP, decoder="sersic").to_dict().items()
+             if k not in ("residual_channels", "residual_conditions", "decoder_grid")}
+    arch = Architecture.from_dict(saved)
+    assert arch.residual_widths == DEEP["channels"] and arch.residual_conditions and arch.decoder_grid == 4
+    assert Architecture.from_dict(Architecture(**DEEP, residual_channels=(4, 8, 16)).to_dict()).residual_channels \
+        == (4, 8, 16)
+
+
+@pytest.mark.parametrize("conditioned", [True, False], ids=["conditioned", "unconditioned"])
+def test_the_residual_branch_adds_nothing_without_free_latents(conditioned):
+    """The sersic decoder's residual is zero where the free latents are, for any conditions
+    and widths, and not elsewhere; narrower widths and no conditions shape the branch."""
+    torch.manual_seed(0)
+    net = CAE(Architecture(**{**DEEP, "residual_channels": (4, 8, 8)}, decoder="sersic",
+                           residual_conditions=conditioned))
+    torch.nn.init.normal_(net.decoder[-1].weight)  # not the zero it starts at
+    net.renderer = lambda z_phys, c, residual: residual  # the branch alone
+    assert [(m.in_channels, m.out_channels) for m in _convs(net.decoder)] == [(8, 8), (8, 8), (8, 4), (4, 1)]
+    assert net.decoder[0].in_features == 9 + (2 if conditioned else 0)
+    z, c = torch.rand(5, 12) + 0.1, torch.randn(5, 2)
+    z[:2, 3:] = 0
+    residual = net.decode_logits(z, c)
+    assert residual[:2].abs().max() < 1e-6 and residual[2:].abs().amax(dim=(1, 2, 3)).min() > 0
+
+
+def test_residual_dropout_starts_where_its_schedule_says():
+    """res_dropout_from 0.5 of 10 epochs: off for epochs 0-4, on from 5."""
+    from galcae.config import TrainConfig
+    from galcae.train import residual_dropout
+
+    cfg = TrainConfig(epochs=10, res_dropout=0.8, res_dropout_from=0.5)
+    assert [residual_dropout(cfg, e) for e in range(10)] == [0.0] * 5 + [0.8] * 5
+    assert residual_dropout(TrainConfig(res_dropout=0.3), 0) == 0.3
+
+
 @pytest.fixture(scope="module")
 def conditioned_net():
     torch.manual_seed(0)
