@@ -96,6 +96,11 @@ DATA_VARIANTS = {
                                                              ["res_dropout=0.8", "res_dropout_from=0.5"]),
     "centred, log-uniform + res_dropout=0.8 from 30 %": ("centred, log-uniform flux and r½",
                                                          ["res_dropout=0.8", "res_dropout_from=0.3"]),
+    # Each free latent dropped on its own: no one of them can be relied on for the size,
+    # while the shapes may be held by several.
+    "centred, log-uniform + dropout 0.5 on each free latent": ("centred, log-uniform flux and r½",
+                                                               ["res_dropout=0.5", "res_dropout_each=true"]),
+    "centred + dropout 0.5 on each free latent": ("centred galaxies", ["res_dropout=0.5", "res_dropout_each=true"]),
     # Everything that helped at once: how far the paper's network (plus a block) can get.
     "centred + channels + fresh, 100 epochs": ("centred galaxies", ["channels=[32,64,128]",
                                                                      "fresh_galaxies=true", "epochs=100"]),

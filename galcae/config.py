@@ -257,6 +257,8 @@ class TrainConfig:
     # The share of the epochs trained before res_dropout starts (0: from the first epoch), so
     # the decoder learns the shapes the free latents carry before it must do without them.
     res_dropout_from: float = 0.0
+    # Drop each residual latent on its own (standard dropout) instead of a galaxy's all at once.
+    res_dropout_each: bool = False
     test_fraction: float = 1.0 / 11.0  # the paper's 10:1 train:test split
     seed: int = 0  # split, initialisation and batch order
     latent_dim: int = 64  # supervised + residual latents

@@ -208,7 +208,7 @@ class CAE(nn.Module):
 
 def cae_loss(model: CAE, x: torch.Tensor, y_phys: torch.Tensor, lambda_phys: float,
              lambda_l1: float, c: torch.Tensor | None = None, nll_beta: float | None = None,
-             res_dropout: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+             res_dropout: float = 0.0, res_dropout_each: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
     """Eq. 2-5: BCE(x, x_hat) + lambda_phys * MSE(z_phys, y) + lambda_l1 * mean|z_res|,
     plus, with a variance head, lambda_phys * the Gaussian NLL of the residuals.
 
@@ -222,13 +222,19 @@ def cae_loss(model: CAE, x: torch.Tensor, y_phys: torch.Tensor, lambda_phys: flo
     ``res_dropout``: in training mode, the probability that a galaxy's residual latents are
     zeroed at the decoder's input, so the decoder must render it from the supervised latents
     alone and cannot rely on the free ones for what the supervised ones hold.
+    ``res_dropout_each``: drop each residual latent on its own with that probability (the
+    others scaled up, as :class:`torch.nn.Dropout` does) instead of all of a galaxy's at once.
     Returns the total (for backward) and its terms as floats.
     """
     n_sup = model.arch.n_supervised
     if res_dropout and model.training:
         z, log_var = model.heads(model.encoder(x), c)
-        keep = (torch.rand(len(z), 1, device=z.device) >= res_dropout).to(z.dtype)
-        logits = model.decode_logits(torch.cat([z[:, :n_sup], z[:, n_sup:] * keep], dim=1), c)
+        free = z[:, n_sup:]
+        if res_dropout_each:
+            free = F.dropout(free, res_dropout)
+        else:
+            free = free * (torch.rand(len(z), 1, device=z.device) >= res_dropout).to(z.dtype)
+        logits = model.decode_logits(torch.cat([z[:, :n_sup], free], dim=1), c)
     else:
         logits, z, log_var = model(x, c)
     bce = F.binary_cross_entropy_with_logits(logits, x)  # == BCE(sigmoid(logits), x), stabler

@@ -416,7 +416,7 @@ def _train_epoch(network: CAE, optimizer, batch_order: torch.Generator, batches,
             k = int(torch.randint(8, (), generator=batch_order))
             x = dihedral(x, k)
         loss, parts = cae_loss(network, x, y[k], **tensors.terms, c=c,
-                               res_dropout=residual_dropout(cfg, epoch))
+                               res_dropout=residual_dropout(cfg, epoch), res_dropout_each=cfg.res_dropout_each)
         if not math.isfinite(parts["loss"]):
             raise TrainingError(f"epoch {epoch + 1}: the loss is {parts['loss']} on the batch "
                                 f"starting at {where}; stopped (the last finished "

@@ -143,6 +143,27 @@ def test_residual_dropout_changes_the_training_loss():
     assert kept.item() != pytest.approx(total.item(), rel=1e-7, abs=0)
 
 
+def test_dropout_on_each_free_latent_drops_some_and_scales_the_others():
+    """res_dropout_each: each free latent zeroed on its own, the kept ones scaled by 1 / (1 - p)."""
+    net, x, y = _small_net()
+    net.train()
+    seen, decode = {}, net.decode_logits
+
+    def spy(z, c=None):  # the latents the decoder is given
+        seen["z"] = z
+        return decode(z, c)
+
+    net.decode_logits = spy
+    torch.manual_seed(1)
+    cae_loss(net, x, y, 2.0, 0.5, res_dropout=0.5, res_dropout_each=True)
+    with torch.no_grad():
+        free = net.encode(x)[:, 2:]
+    dropped = seen["z"][:, 2:]
+    kept = dropped != 0
+    assert 0 < kept.sum() < (free != 0).sum()
+    torch.testing.assert_close(dropped[kept], 2 * free[kept])
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"stamp_size": 30}, "divisible by 4"),
     ({"stamp_size": 36, "channels": (8, 16, 32)}, "divisible by 8"),
