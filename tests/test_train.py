@@ -135,6 +135,26 @@ def test_init_from_a_conv_model_starts_a_sersic_decoder_from_its_encoder(sersic_
     assert "has a conv decoder; its encoder starts a sersic one (differing: decoder)" in sersic_run.log
 
 
+@pytest.mark.parametrize("changes, new_decoder", [
+    ({"residual_channels": (4, 8, 8), "residual_conditions": False}, True),
+    ({"decoder_grid": 3}, False),
+], ids=["another_residual_branch", "another_grid_only"])
+def test_init_keeps_the_decoders_weights_unless_its_residual_branch_differs(changes, new_decoder, sersic_run,
+                                                                           survey_dataset, tmp_path, caplog):
+    """--init from a sersic model into a narrower, unconditioned residual branch takes the
+    encoder only; into another drawing grid (no weights of its own), everything."""
+    import dataclasses
+    import logging
+
+    from galcae.train import train_config_of
+
+    cfg = dataclasses.replace(train_config_of(sersic_run.path), epochs=1, **changes)
+    with caplog.at_level(logging.INFO, logger="galcae.train"):
+        train_model(survey_dataset.path, tmp_path / "run", cfg, init=sersic_run.path)
+    said = "(differing: residual_widths, residual_conditions)" in caplog.text
+    assert said == new_decoder
+
+
 def test_training_skips_galaxies_that_failed_to_render(failed_renders, tmp_path):
     """Galaxies with a non-ok status never enter the split."""
     copy = failed_renders
