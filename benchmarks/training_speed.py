@@ -10,13 +10,13 @@ in batches of 32 (what galcae uses on CPU: the activations stay in cache) and 1,
 ``survey`` times the survey preset's network and loss as ``galcae train`` builds them
 (:func:`galcae.train.prepare_training`, one epoch after a warm-up epoch, on a survey-config
 dataset of ``--galaxies`` simulated here unless ``--dataset`` is given), side by side: on
-the dataset's images as before issue 20, with the sersic decoder drawing on a smaller FFT
-grid, and on fresh galaxies (``fresh_galaxies``, their drawing counted); then where one
-step's time goes.
+the dataset's images with survey-v2's decoder (before issue 20), drawing on a smaller FFT
+grid (``decoder_grid``), on fresh galaxies (``fresh_galaxies``, their drawing counted), and
+with the preset's decoder (its residual branch at half the encoder's widths, blind to the
+conditions); then where one step's time goes with each decoder.
 """
 
 import argparse
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -92,12 +92,16 @@ def paper(args) -> None:
 # --- the survey network -------------------------------------------------------------------
 
 
-#: (label, the sersic decoder's FFT grid in stamps per side, fresh galaxies)
+#: The survey models' decoder up to survey-v2: the residual branch mirrors the encoder and
+#: sees the conditions (a second pass for its zero point); the galaxy drawn on 4 stamps.
+BEFORE = ["residual_channels=[]", "residual_conditions=true"]
+#: (label, `train:` overrides of the survey preset)
 VARIANTS = [
-    ("dataset images (before issue 20)", 4, False),
-    ("sersic decoder on a 3-stamp grid *", 3, False),
-    ("fresh galaxies every epoch", 4, True),
-    ("fresh galaxies, 3-stamp decoder grid *", 3, True),
+    ("survey-v2's decoder (before issue 20)", [*BEFORE, "decoder_grid=4"]),
+    ("... drawn on a 3-stamp grid", [*BEFORE, "decoder_grid=3"]),
+    ("... on fresh galaxies every epoch", [*BEFORE, "decoder_grid=4", "fresh_galaxies=true"]),
+    ("the preset's: light residual branch, 3 stamps", []),
+    ("... on fresh galaxies every epoch", ["fresh_galaxies=true"]),
 ]
 
 
@@ -106,7 +110,8 @@ def survey(args) -> None:
     from galcae.dataset import Dataset
     from galcae.simulate import simulate_dataset
 
-    cfg = load_stage("train", "survey", [f"batch_size={args.batch_size}", f"device={args.device}"])
+    base = [f"batch_size={args.batch_size}", f"device={args.device}"]
+    cfg = load_stage("train", "survey", base)
     with tempfile.TemporaryDirectory() as tmp:
         if args.dataset:
             dataset = Dataset.open(args.dataset)
@@ -116,42 +121,44 @@ def survey(args) -> None:
             dataset = simulate_dataset(sim, Path(tmp) / "survey")
             print(f"simulated {args.galaxies} survey galaxies with GalSim: "
                   f"{args.galaxies / (time.perf_counter() - t0):.1f} galaxies/s")
-        rates = {label: [] for label, *_ in VARIANTS}
+        rates = [[] for _ in VARIANTS]
         for _ in range(args.repeats):  # rounds, so that a busy machine slows every variant alike
-            for label, grid, fresh in VARIANTS:
-                rates[label].append(epoch_rate(dataset, dataclasses.replace(cfg, fresh_galaxies=fresh), grid))
+            for i, (_, overrides) in enumerate(VARIANTS):
+                rates[i].append(epoch_rate(dataset, load_stage("train", "survey", [*base, *overrides])))
         print(f"\nsurvey network ({', '.join(map(str, cfg.channels))} channels, sersic decoder) on "
               f"{pick_device(args.device).type}, {torch.get_num_threads()} CPU threads, batch {cfg.batch_size}, "
               f"{len(dataset.usable)} galaxies; best of {args.repeats}")
-        before = max(rates[VARIANTS[0][0]])
-        print(f"{'training epoch':<40} {'images/s':>9} {'speed-up':>9}")
-        for label, values in rates.items():
-            print(f"{label:<40} {max(values):>9.1f} {max(values) / before:>8.2f}x")
-        print("* not how galcae trains yet: needs a decoder_grid in the model's architecture")
+        before = max(rates[0])
+        print(f"{'training epoch':<46} {'images/s':>9} {'speed-up':>9}")
+        for (label, _), values in zip(VARIANTS, rates):
+            print(f"{label:<46} {max(values):>9.1f} {max(values) / before:>8.2f}x")
         print(f"\none step of {cfg.batch_size} galaxies, forward + backward (ms, fastest of 3):")
-        breakdown(dataset, cfg)
+        breakdown(dataset, load_stage("train", "survey", [*base, *VARIANTS[0][1]]), cfg)
 
 
-def epoch_rate(dataset, cfg, grid: int) -> float:
+def epoch_rate(dataset, cfg) -> float:
     """Images/s of a training epoch of ``cfg``, after a warm-up epoch."""
     from galcae.train import prepare_training
 
     run = prepare_training(dataset, cfg)
-    use_grid(run.model.network, grid)
     run.epoch(0)
     return run.epoch(1)["images_per_second"]
 
 
-def use_grid(network: CAE, grid: int) -> None:
-    """Draw the sersic decoder's galaxies on a ``grid``-stamp FFT grid."""
-    from galcae.render import SersicRenderer
+def breakdown(dataset, before, preset) -> None:
+    """Where one training step's time goes, for survey-v2's decoder and the preset's."""
+    columns = {"before": step_parts(dataset, before), "preset": step_parts(dataset, preset)}
+    print(f"{'part':<32} {'before':>8} {'preset':>8}")
+    for name in columns["before"]:
+        times = {label: [] for label in columns}
+        for _ in range(3):  # interleaved, the fastest of each kept: a busy machine only slows
+            for label in columns:
+                times[label].append(milliseconds(columns[label][name]))
+        print(f"{name:<32} {min(times['before']):>8.0f} {min(times['preset']):>8.0f}")
 
-    old = network.renderer.render
-    network.renderer.render = SersicRenderer(old.size, old.pixel_scale, pad=grid).to(old.kx.device)
 
-
-def breakdown(dataset, cfg) -> None:
-    """Where one training step's time goes, the sersic decoder drawing on 4 and 3 stamps."""
+def step_parts(dataset, cfg) -> dict:
+    """The parts of a training step of ``cfg`` on a batch of ``dataset``, as callables."""
     from galcae.fresh import FreshGalaxies
     from galcae.train import prepare_training
 
@@ -163,28 +170,15 @@ def breakdown(dataset, cfg) -> None:
     with torch.no_grad():
         z = net.heads(net.encoder(x), c)[0]
     z = z.requires_grad_()
-    free = torch.cat([z[:, n_sup:], torch.zeros_like(z[:, n_sup:])])
     fresh = FreshGalaxies(dataset.config)
     rows = fresh.draw(cfg.batch_size, 0)
-
-    def backward(f):
-        return lambda: f().sum().backward()
-
-    parts = {
-        "encoder and heads": backward(lambda: net.heads(net.encoder(x), c)[0]),
-        "sersic rendering": backward(lambda: net.renderer.galaxy(z[:, :n_sup], c)),
-        "residual decoder (run twice)": backward(lambda: net.decoder(net.with_conditions(free, torch.cat([c, c])))),
+    return {
+        "encoder and heads": lambda: net.heads(net.encoder(x), c)[0].sum().backward(),
+        "sersic rendering": lambda: net.renderer.galaxy(z[:, :n_sup], c).sum().backward(),
+        "decoder (rendering + residual)": lambda: net.decode_logits(z, c).sum().backward(),
         "whole step (loss, Adam)": lambda: step(run, x, y, c),
         "drawing the fresh galaxies": lambda: fresh.images(rows, torch.Generator().manual_seed(0)),
     }
-    print(f"{'part':<32} {'grid 4':>8} {'grid 3':>8}")
-    for name, f in parts.items():
-        times = {4: [], 3: []}
-        for _ in range(3):  # interleaved, the fastest of each kept: a busy machine only slows
-            for grid in times:
-                use_grid(net, grid)
-                times[grid].append(milliseconds(f))
-        print(f"{name:<32} {min(times[4]):>8.0f} {min(times[3]):>8.0f}")
 
 
 def step(run, x, y, c) -> None:
