@@ -88,6 +88,12 @@ class Architecture:
         """The sersic decoder's residual branch's widths (mirrored)."""
         return self.residual_channels or self.channels
 
+    def decoder_differences(self, other: "Architecture") -> list[str]:
+        """What keeps ``other``'s decoder weights from fitting this decoder: its kind or, for
+        the sersic decoder, its residual branch (the drawing grid has no weights)."""
+        shaping = ("decoder",) + (("residual_widths", "residual_conditions") if self.decoder == "sersic" else ())
+        return [k for k in shaping if getattr(self, k) != getattr(other, k)]
+
     def to_dict(self) -> dict:
         return {**asdict(self), "channels": list(self.channels), "residual_channels": list(self.residual_channels)}
 

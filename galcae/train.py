@@ -330,15 +330,11 @@ def _starting_model(run_dir: Path, dataset: Dataset, cfg: TrainConfig, data: Tra
     if init is not None:
         initial = _initial_model(init, network.arch, cfg, device)
         weights = initial.network.state_dict()
-        theirs, ours = initial.network.arch, network.arch
-        # The decoder's weights fit if it is the same kind with the same residual branch
-        # (its drawing grid has no weights).
-        shaping = ("decoder",) + (("residual_widths", "residual_conditions") if ours.decoder == "sersic" else ())
-        changed = [k for k in shaping if getattr(theirs, k) != getattr(ours, k)]
+        changed = network.arch.decoder_differences(initial.network.arch)
         if changed:  # a new decoder: the encoder's weights only
             weights = {k: v for k, v in weights.items() if not k.startswith("decoder.")}
             log.info("--init: %s has a %s decoder; its encoder starts a %s one (differing: %s)", init,
-                     theirs.decoder, ours.decoder, ", ".join(changed))
+                     initial.network.arch.decoder, network.arch.decoder, ", ".join(changed))
         network.load_state_dict(weights, strict=not changed)
         meta["init"] = {"model": str(init), "epoch": initial.epochs_trained,
                         "dataset": initial.meta.get("dataset", {}).get("path")}
