@@ -260,11 +260,11 @@ class Training:
 
 
 def _check_stamp_size(dataset: Dataset, cfg: TrainConfig) -> None:
-    reduction = 2 ** len(cfg.channels)
-    if dataset.config.stamp_size % reduction:
-        raise ConfigError(f"dataset {dataset.path}: stamp_size {dataset.config.stamp_size} "
-                          f"is not divisible by {reduction}, as the CAE's {len(cfg.channels)} "
-                          "poolings need")
+    for key, widths in (("channels", cfg.channels), ("residual_channels", cfg.residual_channels)):
+        reduction = 2 ** len(widths)
+        if dataset.config.stamp_size % reduction:
+            raise ConfigError(f"dataset {dataset.path}: stamp_size {dataset.config.stamp_size} "
+                              f"is not divisible by {reduction}, as the {len(widths)} {key} need")
 
 
 def _check_fresh(dataset: Dataset, cfg: TrainConfig) -> None:

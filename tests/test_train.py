@@ -198,3 +198,18 @@ def test_flipped_and_rotated_images_keep_matching_their_transformed_truth():
         truth = dihedral_params({n: np.array([v]) for n, v in theta.items()}, k, 64)
         expected = render(cfg, {n: float(v[0]) for n, v in truth.items()})
         assert np.abs(moved - expected).max() < 1e-5 * image.max(), k
+
+
+@pytest.mark.parametrize("changes, key", [({"channels": (8,) * 5}, "channels"),
+                                          ({"residual_channels": (8,) * 5}, "residual_channels")])
+def test_a_stamp_size_the_poolings_or_the_residual_branch_cannot_halve_is_refused(changes, key):
+    """48-pixel stamps cannot be halved five times, by the encoder or by the residual branch."""
+    from types import SimpleNamespace
+
+    from galcae.config import TrainConfig
+    from galcae.train import _check_stamp_size
+
+    dataset = SimpleNamespace(path="d48", config=SimpleNamespace(stamp_size=48))
+    with pytest.raises(ConfigError, match=f"d48: stamp_size 48 is not divisible by 32, as the 5 {key} need"):
+        _check_stamp_size(dataset, TrainConfig(**changes))
+    _check_stamp_size(SimpleNamespace(path="d64", config=SimpleNamespace(stamp_size=64)), TrainConfig(**changes))
