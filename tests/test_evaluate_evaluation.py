@@ -3,18 +3,20 @@
 import contextlib
 import io
 import json
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from galcae.cli import main
+from galcae.config import load_stage
 from galcae.evaluate import evaluate_run
 from galcae.evaluate.evaluation import half_light_radius_of
 from galcae.physics import render_noiseless
 from galcae.simulate import simulate_dataset
 
-from conftest import tiny_sim
+from conftest import TINY_SURVEY, tiny_sim
 
 
 def test_half_light_radius_of_a_rendered_galaxy():
@@ -202,3 +204,14 @@ def test_traversals_are_remeasured_on_several_galaxies(tiny_run, tiny_dataset, t
     assert out["traversal_claims"]["flux"] == {"galaxies": 3, "response_median": 0.5,
                                                "cross_talk_median": pytest.approx(0.2)}
     assert (tmp_path / "disentanglement.png").exists()
+
+
+
+def test_a_conditioned_model_is_told_the_sweeps_psf(survey_run, survey_dataset, tmp_path):
+    """A model conditioned on the PSF scores a controlled set with each stamp's PSF from its
+    truth table, as it does the test galaxies (it used to be refused for want of them)."""
+    run = shutil.copytree(survey_run, tmp_path / "run")
+    sweep = simulate_dataset(load_stage("simulate", "paper", TINY_SURVEY + ["n_galaxies=8", "sweep.parameter=flux"]),
+                             tmp_path / "sweep_flux")
+    metrics = evaluate_run(run, survey_dataset.path, [sweep.path], remeasure=False, classical=0)
+    assert metrics["controlled"]["flux"]["n"] == 8

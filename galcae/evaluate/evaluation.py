@@ -17,7 +17,7 @@ from ..dataset import PARAMS, Dataset
 from ..estimate.refine import refine_blocks
 from ..outputs import atomic_directory, output_lock
 from ..params import FIT_PARAMETERS, OK, RENDER_CONDITIONS
-from ..train import SPLIT, as_the_model_saw_them, split_indices, train_config_of
+from ..train import SPLIT, as_the_model_saw_them, conditioning_inputs, split_indices, train_config_of
 from . import claims, comparison, figures
 from .calibration import calibration_table, latent_errors, worst_miss
 from .disentangle import remeasured_traversals, sky_free
@@ -64,7 +64,9 @@ def _sweep_section(model, path, sweep: Dataset, test_std: dict) -> tuple[dict, d
     parameter = sweep.config.sweep.parameter
     ok = sweep.usable
     values = sweep.params[parameter][ok]
-    z = model.encode(sweep.load_images(ok))
+    images = sweep.load_images(ok)
+    # A conditioned model is told each stamp's PSF, as for the test galaxies.
+    z = model.encode(images, conditioning_inputs(sweep, images, model.conditions, ok) if model.conditions else None)
     latents = {name: z[:, k] for k, name in enumerate(model.supervised)}
     metrics = {"dataset": str(path), "n": int(ok.size)}
     for name, zk in latents.items():
