@@ -68,13 +68,10 @@ class Architecture:
     def __post_init__(self):
         if not self.channels:
             raise ValueError("channels is empty: the encoder needs at least one convolution")
-        if self.stamp_size % self.reduction:
-            raise ValueError(f"stamp_size {self.stamp_size} is not divisible by {self.reduction}, "
-                             f"as {len(self.channels)} poolings need")
-        if self.stamp_size % 2 ** len(self.residual_widths):
-            raise ValueError(f"stamp_size {self.stamp_size} is not divisible by "
-                             f"{2 ** len(self.residual_widths)}, as {len(self.residual_widths)} "
-                             f"residual_channels need")
+        for widths, what in ((self.channels, "poolings"), (self.residual_widths, "residual_channels")):
+            if self.stamp_size % 2 ** len(widths):
+                raise ValueError(f"stamp_size {self.stamp_size} is not divisible by {2 ** len(widths)}, "
+                                 f"as {len(widths)} {what} need")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder '{self.decoder}' is not one of {', '.join(DECODERS)}")
 

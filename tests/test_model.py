@@ -167,7 +167,8 @@ def test_dropout_on_each_free_latent_drops_some_and_scales_the_others():
 @pytest.mark.parametrize("changes, message", [
     ({"stamp_size": 30}, "divisible by 4"),
     ({"stamp_size": 36, "channels": (8, 16, 32)}, "divisible by 8"),
-], ids=["two_poolings", "three_poolings"])
+    ({"stamp_size": 36, "residual_channels": (8, 16, 32)}, "divisible by 8, as 3 residual_channels"),
+], ids=["two_poolings", "three_poolings", "three_residual_blocks"])
 def test_stamp_size_must_allow_the_poolings(changes, message):
     """A stamp size the 2x2 poolings (one per conv block) cannot halve evenly is refused."""
     with pytest.raises(ValueError, match=message):
