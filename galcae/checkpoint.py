@@ -57,15 +57,16 @@ class TrainedModel:
 
     def __post_init__(self):
         if self.network.arch.decoder == "sersic":  # the physical decoder draws through the scalings
-            from .render import LatentRenderer
+            from .render import LatentRenderer, training_psf
 
-            pixel_scale = self.meta.get("dataset", {}).get("simulate", {}).get("pixel_scale")
-            if pixel_scale is None:
+            simulate = self.meta.get("dataset", {}).get("simulate", {})
+            if simulate.get("pixel_scale") is None:
                 raise ValueError("the sersic decoder needs the training set's pixel_scale "
                                  "(dataset.simulate.pixel_scale in model.json)")
             self.network.renderer = LatentRenderer(
-                self.scaling, self.conditioning, self.normalization,
-                self.network.arch.stamp_size, pixel_scale, self.network.arch.decoder_grid).to(self.device)
+                self.scaling, self.conditioning, self.normalization, self.network.arch.stamp_size,
+                simulate["pixel_scale"], self.network.arch.decoder_grid,
+                training_psf(simulate, self.conditions)).to(self.device)
 
     @property
     def device(self) -> torch.device:

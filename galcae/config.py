@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
-from .params import DERIVED, DRAWN, MODEL_CONDITIONS, PARAMETERS, SIMULATED
+from .params import DERIVED, FIT_PARAMETERS, MODEL_CONDITIONS, PARAMETERS, SIMULATED
 
 
 def _check(condition: bool, key: str, message: str) -> None:
@@ -353,9 +353,10 @@ class TrainConfig:
         _check(self.decoder in DECODERS, "decoder",
                f"'{self.decoder}' is not one of {', '.join(repr(d) for d in DECODERS)}")
         if self.decoder == "sersic":
-            missing = [n for n in DRAWN if n not in self.supervised + self.conditions]
-            _check(not missing, "decoder", f"sersic draws from {', '.join(DRAWN)}: "
-                   f"add {', '.join(missing)} to supervised or conditions")
+            # The PSF may be left out of the conditions when the training set has one PSF.
+            missing = [n for n in FIT_PARAMETERS if n not in self.supervised]
+            _check(not missing, "decoder", f"sersic draws from {', '.join(FIT_PARAMETERS)}: "
+                   f"add {', '.join(missing)} to supervised")
             # Its residual is added in units of the stretch's softening, the sky noise for asinh.
             _check(self.pixel_stretch == "asinh", "pixel_stretch", "the sersic decoder needs 'asinh'")
         _check_range(self.bad_pixels, "bad_pixels", 0.0, 1.0)

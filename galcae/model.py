@@ -191,11 +191,11 @@ class CAE(nn.Module):
         # cannot paint a fixed correction (e.g. for the encoder's flux bias) that a traversal
         # of the galaxy would then leave behind.
         free = z[:, n_sup:]
-        if self.arch.residual_conditions:
+        if self.arch.residual_conditions and c is not None:
             both = self.decoder(self.with_conditions(torch.cat([free, torch.zeros_like(free)]),
                                                      None if c is None else torch.cat([c, c])))
             residual = both[:len(z)] - both[len(z):]
-        else:  # one zero point for all: the branch does not see the conditions
+        else:  # one zero point for all: the branch does not see the conditions (or has none)
             residual = self.decoder(free) - self.decoder(free.new_zeros(1, free.shape[1]))
         return self.renderer(z[:, :n_sup], c, residual)
 

@@ -323,11 +323,17 @@ class LatentRenderer(torch.nn.Module):
     """Supervised latents (and standardised conditions) -> the normalised image the CAE's
     ``sersic`` decoder draws: the latents' physical parameters through
     :class:`SersicRenderer`, plus any residual light, through the model's pixel stretch. Its
-    constants come from the model's ``model.json`` (the scalings): it has no weights."""
+    constants come from the model's ``model.json`` (the scalings): it has no weights.
 
-    def __init__(self, scaling, conditioning, normalization, stamp_size: int, pixel_scale: float, grid: int = 4):
+    ``psf``: the PSF parameters the conditions do not give, fixed (the training set's one
+    PSF, as :func:`training_psf` reads it; ``psf_beta`` None for a Gaussian)."""
+
+    def __init__(self, scaling, conditioning, normalization, stamp_size: int, pixel_scale: float, grid: int = 4,
+                 psf: dict | None = None):
         super().__init__()
-        needed = [n for n in DRAWN if n not in scaling.names + (conditioning.names if conditioning else ())]
+        self.fixed = dict(psf or {})
+        given = scaling.names + (conditioning.names if conditioning else ()) + tuple(self.fixed)
+        needed = [n for n in DRAWN if n not in given]
         if needed:
             raise ValueError(f"the sersic decoder draws from {', '.join(DRAWN)}: "
                              f"supervise or condition on {', '.join(needed)} too")
@@ -335,14 +341,38 @@ class LatentRenderer(torch.nn.Module):
         self.normalization = normalization
         self.render = SersicRenderer(stamp_size, pixel_scale, pad=grid)
 
-    def galaxy(self, z_phys: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """``(B, n_supervised)``, ``(B, n_conditions)`` -> the ``(B, H, W)`` galaxies in ADU."""
-        p = {**self.scales["condition"].to_physical(c.to(z_phys.dtype)),
-             **self.scales["latent"].to_physical(z_phys)}
+    def galaxy(self, z_phys: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        """``(B, n_supervised)``, ``(B, n_conditions)`` or None -> the ``(B, H, W)`` galaxies in ADU."""
+        p = {k: (None if v is None else z_phys.new_full((len(z_phys),), v)) for k, v in self.fixed.items()}
+        if c is not None:
+            p.update(self.scales["condition"].to_physical(c.to(z_phys.dtype)))
+        p.update(self.scales["latent"].to_physical(z_phys))
         return self.render(p).to(z_phys.dtype)
 
-    def forward(self, z_phys: torch.Tensor, c: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def forward(self, z_phys: torch.Tensor, c: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
         """The galaxy plus ``residual`` ``(B, 1, H, W)``, in units of the sky noise (the
         stretch's softening), as ``(B, 1, H, W)`` logits of the normalised image."""
         adu = self.galaxy(z_phys, c).unsqueeze(1) + residual * self.normalization.softening
         return self.normalization.forward(adu).clamp(1e-6, 1 - 1e-6).logit()
+
+
+def training_psf(simulate: dict, conditions: tuple[str, ...]) -> dict:
+    """The PSF parameters a model's conditions leave out, fixed at its training set's one PSF
+    (``simulate``: the set's ``simulate`` config as saved in ``model.json``): ``psf_fwhm``,
+    and ``psf_beta`` (None for a Gaussian). A PSF that varies over the set must be a
+    condition: drawn at one value, the decoder would be wrong for every other galaxy."""
+    psf = simulate.get("psf", {})
+    gaussian = psf.get("profile", "gaussian") == "gaussian"
+    fixed = {}
+    for name, key in (("psf_fwhm", "fwhm"), ("psf_beta", "beta")):
+        if name in conditions:
+            continue
+        if name == "psf_beta" and gaussian:
+            fixed[name] = None
+            continue
+        value = psf.get(key)
+        if not isinstance(value, (int, float)):
+            raise ValueError(f"the sersic decoder draws each galaxy through its PSF, and the training "
+                             f"set's psf.{key} is {value!r}, not one value: add {name} to the conditions")
+        fixed[name] = float(value)
+    return fixed

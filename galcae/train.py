@@ -203,6 +203,7 @@ def prepare_training(dataset: Dataset, cfg: TrainConfig, run_dir: Path | None = 
     times its :meth:`Training.epoch`."""
     _check_stamp_size(dataset, cfg)
     _check_fresh(dataset, cfg)
+    _check_decoder_psf(dataset, cfg)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)  # before the network is built: its initial weights
     data = _training_data(dataset, cfg)
@@ -265,6 +266,17 @@ def _check_stamp_size(dataset: Dataset, cfg: TrainConfig) -> None:
         if dataset.config.stamp_size % reduction:
             raise ConfigError(f"dataset {dataset.path}: stamp_size {dataset.config.stamp_size} "
                               f"is not divisible by {reduction}, as the {len(widths)} {key} need")
+
+
+def _check_decoder_psf(dataset: Dataset, cfg: TrainConfig) -> None:
+    """The sersic decoder draws through the PSF: a condition, or the dataset's only one."""
+    if cfg.decoder == "sersic":
+        from .render import training_psf
+
+        try:
+            training_psf(to_dict(dataset.config), tuple(cfg.conditions))
+        except ValueError as err:
+            raise ConfigError(f"decoder: dataset {dataset.path}: {err}") from None
 
 
 def _check_fresh(dataset: Dataset, cfg: TrainConfig) -> None:

@@ -13,6 +13,8 @@ from galcae.config import (
     to_dict,
 )
 
+from conftest import SEVEN
+
 
 def test_paper_simulate_preset_is_table_1():
     """The shipped paper preset holds Table 1's ranges and the documented unstated values."""
@@ -167,10 +169,12 @@ def test_unknown_condition_is_refused_by_name():
         TrainConfig(conditions=("seeing",))
 
 
-def test_sersic_decoder_needs_all_seven_parameters_and_the_psf():
-    """The physical decoder renders a galaxy: it needs the seven parameters and the PSF supervised."""
-    with pytest.raises(ConfigError, match="decoder.*add sersic_n, g1, g2, x, y, psf_fwhm, psf_beta"):
+def test_sersic_decoder_needs_all_seven_parameters_supervised():
+    """The physical decoder renders a galaxy: it needs its seven parameters supervised (the
+    PSF comes from the conditions or the training set, checked when training starts)."""
+    with pytest.raises(ConfigError, match="decoder.*add sersic_n, g1, g2, x, y to supervised"):
         TrainConfig(decoder="sersic", supervised=("flux", "half_light_radius"))
+    TrainConfig(decoder="sersic", supervised=SEVEN)  # no PSF conditions: one PSF in the set
 
 
 def test_unknown_decoder_is_refused():

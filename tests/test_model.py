@@ -6,9 +6,13 @@ import torch
 
 from galcae.checkpoint import load_model
 from galcae.conditions import stamp_noise_sigma
-from galcae.config import load_stage
+from galcae.config import ConfigError, load_stage, to_dict
 from galcae.model import CAE, Architecture, cae_loss
 from galcae.physics import render
+from galcae.render import training_psf
+from galcae.train import train_model
+
+from conftest import SEVEN, tiny_sim, tiny_train
 
 
 @pytest.fixture(scope="module")
@@ -352,3 +356,39 @@ def test_a_linear_pixel_stretch_is_one_scale_for_every_pixel():
                                [-20.0, 0.0, 4000.0], atol=1e-3)
     for stretch in ("asinh", "linear"):
         assert PixelNormalization.fit(images, 10.0, stretch).noise_sigma == pytest.approx(10.0)
+
+
+def test_the_psf_a_sersic_decoder_draws_through_comes_from_its_training_set():
+    """Left out of the conditions, the PSF is the training set's one: a Gaussian's FWHM (no
+    beta), a Moffat's FWHM and beta; one that varies over the set must be a condition."""
+    paper = to_dict(load_stage("simulate", "paper"))
+    assert training_psf(paper, ()) == {"psf_fwhm": 0.7, "psf_beta": None}
+    moffat = to_dict(load_stage("simulate", "paper", ["psf.profile=moffat", "psf.beta=2.5"]))
+    assert training_psf(moffat, ()) == {"psf_fwhm": 0.7, "psf_beta": 2.5}
+    survey = to_dict(load_stage("simulate", "survey"))
+    assert training_psf(survey, ("psf_fwhm", "psf_beta")) == {}
+    with pytest.raises(ValueError, match="psf.fwhm is .*not one value: add psf_fwhm to the conditions"):
+        training_psf(survey, ("psf_beta",))
+
+
+def test_an_unconditioned_sersic_decoder_draws_galsims_galaxy_through_the_sets_psf(tiny_dataset, tmp_path):
+    """Trained on one Gaussian PSF without conditions (the paper's data), the sersic decoder
+    with no free latents draws what GalSim draws through that PSF."""
+    model = train_model(tiny_dataset.path, tmp_path / "run", tiny_train(decoder="sersic", supervised=SEVEN))
+    model = load_model(tmp_path / "run", device="cpu")
+    assert model.conditions == ()
+    z = model.encode(tiny_dataset.load_images()[:3])
+    z[:, 7:] = 0
+    decoded = model.decode(z)
+    cfg = tiny_sim()
+    physical = model.scaling.to_physical(z[:, :7])
+    for i in range(3):
+        expected = render(cfg, {k: float(v[i]) for k, v in physical.items()})
+        assert np.abs(decoded[i] - expected).max() < 5e-3 * expected.max() + 0.05, i
+
+
+def test_a_sersic_decoder_on_a_varying_psf_needs_it_as_a_condition(survey_dataset, tmp_path):
+    """On galaxies seen through different PSFs, an unconditioned sersic decoder is refused
+    before training, naming the dataset and the condition to add."""
+    with pytest.raises(ConfigError, match=f"decoder: dataset {survey_dataset.path}.*add psf_fwhm to the conditions"):
+        train_model(survey_dataset.path, tmp_path / "run", tiny_train(decoder="sersic", supervised=SEVEN))
