@@ -70,13 +70,19 @@ def test_verdicts_compare_each_number_with_its_target():
     metrics = {"reconstruction": {"shape": {"r2_g1": 0.9, "r2_g2": 0.5}},
                "controlled": {"flux": {"claims": {"other_range_in_std": 2.8, "own_monotonic_up_to": 50000.0,
                                                   "resolvable_up_to": 40000.0,
-                                                  "other": {"half_light_radius": {"power_law_index": -0.5}}}}},
+                                                  "other": {"half_light_radius": {"range_in_std": 2.8,
+                                                                                  "power_law_index": -0.5}}}}},
                "traversal_claims": {"half_light_radius": {"galaxies": 5, "response_median": -0.02,
                                                           "cross_talk_median": 6.9}}}
     rows = {(r["figure"], r["measure"]): r["verdict"] for r in claims.verdicts(metrics)}
     verdicts = list(rows.values())
     assert verdicts == ["holds", "does not hold", "does not hold", None, "holds", "does not hold", "does not hold"]
     assert all(r["sentence"] == claims.SENTENCES[r["figure"]] for r in claims.verdicts(metrics))
+    assert ("fig3", "sweep of flux: range of z[half_light_radius], in its test-set std") in rows
+    # With more supervised latents, the one that moves most is named.
+    metrics["controlled"]["flux"]["claims"]["other"]["sersic_n"] = {"range_in_std": 0.4}
+    assert any(r["measure"] == "sweep of flux: range of z[half_light_radius], the other latent that moves most, "
+               "in its test-set std" for r in claims.verdicts(metrics))
 
 
 def test_a_radius_read_off_the_surface_brightness_follows_flux_to_the_minus_one_half():

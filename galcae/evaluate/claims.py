@@ -185,8 +185,11 @@ def verdicts(metrics: dict) -> list[dict]:
     for parameter, sweep in metrics.get("controlled", {}).items():
         claims = sweep.get("claims", {})
         if claims.get("other_range_in_std") is not None:
-            value = claims["other_range_in_std"]
-            add("fig3", f"sweep of {parameter}: range of the other latent, in its test-set std",
+            value, others = claims["other_range_in_std"], claims.get("other", {})
+            largest = max(others, key=lambda n: others[n]["range_in_std"], default=None)
+            which = ("the other latent" if largest is None else f"z[{largest}]"
+                     + (", the other latent that moves most" if len(others) > 1 else ""))
+            add("fig3", f"sweep of {parameter}: range of {which}, in its test-set std",
                 value, f"< {FLAT_WITHIN_STD}", value < FLAT_WITHIN_STD)
         for other, numbers in claims.get("other", {}).items():
             if numbers.get("power_law_index") is not None:  # why, not a claim: no verdict
