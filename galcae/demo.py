@@ -139,7 +139,9 @@ def disentanglement_text(metrics: dict) -> str:
         return ""
     d = metrics["disentanglement"]
     lines = [f"Latent traversals re-measured with the classical fit (test galaxy {d['galaxy']}; "
-             f"{d['failed_fits']} of {d['fits']} fits failed and are left out): "
+             f"{d['failed_fits']} of {d['fits']} fits failed and are left out"
+             + (f", as are {d['outside_bounds']} steps that leave the fit's bounds" if d.get("outside_bounds") else "")
+             + "): "
              "response = fitted / encoded change (1 ideal); own = largest change of the moved "
              "parameter and leak = of another, in Cramér–Rao sigmas (leak <= 1: within the "
              "noise); cross-talk = leak / own (step-independent)",

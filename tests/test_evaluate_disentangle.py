@@ -110,3 +110,33 @@ def test_cross_talk_of_known_fits(known_fits):
 def test_response_of_known_fits_follows_the_latent(known_fits):
     """The fitted flux grows with the encoded flux: a positive response, every fit 'ok'."""
     assert known_fits["response"] > 0 and known_fits["fit_status"] == ["ok"] * 3
+
+
+def test_a_step_outside_the_fits_bounds_is_not_fitted_and_not_scored(tiny_run, tiny_dataset, monkeypatch):
+    """A step that moves r½ beyond the fit's upper bound is not fitted: a fit pinned at the
+    bound would score a perfect decoder's response below 1 and a leak into the flux."""
+    import galcae.evaluate.disentangle as disentangle
+    from galcae.estimate.fit import bounds
+    from galcae.params import FIT_PARAMETERS
+
+    model = load_model(tiny_run)
+    cfg = tiny_dataset.config
+    r_max = bounds(cfg)[1][FIT_PARAMETERS.index("half_light_radius")]
+    z0 = model.encode(tiny_dataset.load_images([0]))[0]
+    # The radius latent placed so that the last of three steps of +-1 lands beyond the bound.
+    z0[1] = model.scaling.to_latent({"half_light_radius": np.array([0.8 * r_max]),
+                                     "flux": np.array([1e4])})[0, 1]
+    fitted = []
+
+    def fit_stamp(image, cfg, psf, max_seconds=None):  # the truth, as a perfect fit would give it
+        fitted.append(1)
+        return {**dict.fromkeys(FIT_PARAMETERS, 1.0), "status": "ok"}
+
+    monkeypatch.setattr(disentangle, "fit_stamp", fit_stamp)
+    monkeypatch.setattr(disentangle, "cramer_rao", lambda cfg, theta, psf=None: dict.fromkeys(FIT_PARAMETERS, 1.0))
+    galaxy_cfg = cfg.for_galaxy({k: v[0] for k, v in tiny_dataset.params.items()})
+    radius = disentangle.remeasured_traversals(model, z0, {}, galaxy_cfg,
+                                               np.linspace(-1, 1, 3))["traversals"]["half_light_radius"]
+    assert radius["intended"][2] > r_max and radius["fit_status"][2] == disentangle.OUTSIDE
+    assert radius["fit_status"][:2] == ["ok", "ok"] and len(fitted) == 5  # 3 flux steps, 2 radius steps
+    assert np.isnan(radius["change_in_crb_units"]["flux"][2])

@@ -7,9 +7,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..estimate.crb import cramer_rao
-from ..estimate.fit import fit_stamp
+from ..estimate.fit import bounds, fit_stamp
 from ..params import FIT_PARAMETERS
 from ..physics import make_psf
+
+#: The status of a step the fit cannot measure: the moved parameter's encoded value lies
+#: outside the fit's bounds (e.g. an r½ over 0.4 of the stamp), where a fit pinned at the
+#: bound would pass for a response below 1 and a leak into the other parameters.
+OUTSIDE = "not fitted: outside the fit's bounds"
 
 
 def sky_free(images: np.ndarray) -> np.ndarray:
@@ -34,23 +39,30 @@ def remeasured_traversals(model, z0: np.ndarray, conditions: dict, galaxy_cfg, s
     parameter's own largest change in bound units, and the cross-talk, leak / own change:
     the leak per bound-unit of intended change, which does not depend on the step size (a
     step that moves the parameter by 3 sigma keeps the others within the noise if the
-    cross-talk is below 1/3). A fit that takes over ``max_seconds`` counts as failed.
+    cross-talk is below 1/3). A fit that takes over ``max_seconds`` counts as failed; a
+    step whose moved parameter leaves the fit's bounds is not fitted (:data:`OUTSIDE`).
     """
     psf = make_psf(galaxy_cfg)
     n = len(steps)
     cond = {k: np.full(n, float(v)) for k, v in conditions.items()}
     centre = int(np.argmin(np.abs(steps)))
     names = model.supervised
+    lower, upper = (dict(zip(FIT_PARAMETERS, b)) for b in bounds(galaxy_cfg))
     out = {}
     sigma = None
     for k, name in enumerate(names):
         z = np.repeat(np.asarray(z0, np.float32)[None, :], n, axis=0)
         z[:, k] += steps
+        intended = model.scaling.to_physical(z[:, :len(names)])[name]
+        measurable = ((intended > lower[name]) & (intended < upper[name]) if name in lower
+                      else np.ones(n, bool))
         images = model.decode(z, cond)
         if model.network.arch.decoder == "conv":  # the sersic decoder draws no sky at all
             images = sky_free(images)
-        fits = [fit_stamp(im, galaxy_cfg, psf, max_seconds=max_seconds) for im in images]
-        values = {q: np.array([f[q] for f in fits]) for q in FIT_PARAMETERS}
+        fits = [fit_stamp(im, galaxy_cfg, psf, max_seconds=max_seconds) if ok
+                else {**dict.fromkeys(FIT_PARAMETERS, np.nan), "status": OUTSIDE}
+                for im, ok in zip(images, measurable)]
+        values = {q: np.array([f[q] for f in fits], float) for q in FIT_PARAMETERS}
         if sigma is None:  # the bound of the unmoved decoded galaxy: its parameters' noise
             reference = {q: float(values[q][centre]) for q in FIT_PARAMETERS}
             finite = all(np.isfinite(v) for v in reference.values())
@@ -58,7 +70,6 @@ def remeasured_traversals(model, z0: np.ndarray, conditions: dict, galaxy_cfg, s
             sigma = (cramer_rao(galaxy_cfg, reference, psf=psf) if finite
                      else dict.fromkeys(FIT_PARAMETERS, np.nan))
         change = {q: ((values[q] - values[q][centre]) / sigma[q]).tolist() for q in FIT_PARAMETERS}
-        intended = model.scaling.to_physical(z[:, :len(names)])[name]
         response = None
         usable = np.isfinite(values[name]) if name in values else np.zeros(n, bool)
         if usable.sum() >= 2:  # slope of fitted against encoded value, over the fits that worked

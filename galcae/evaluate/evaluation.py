@@ -20,7 +20,7 @@ from ..params import FIT_PARAMETERS, OK, RENDER_CONDITIONS
 from ..train import SPLIT, as_the_model_saw_them, conditioning_inputs, split_indices, train_config_of
 from . import claims, comparison, figures
 from .calibration import calibration_table, latent_errors, worst_miss
-from .disentangle import remeasured_traversals, sky_free
+from .disentangle import OUTSIDE, remeasured_traversals, sky_free
 from .metrics import binned_error_summary, error_summary, r2, r2_log10
 from .pca import pca_baseline
 from .report import write_report
@@ -350,7 +350,8 @@ def traversal_sections(model, dataset: Dataset, test: HeldOut, z: np.ndarray, re
         traversals = remeasured["traversals"]
         summaries.append({
             "galaxy": int(test.ids[i]), "method": "classical fit of each decoded image",
-            "failed_fits": int(sum(s != OK for t in traversals.values() for s in t["fit_status"])),
+            "failed_fits": int(sum(s not in (OK, OUTSIDE) for t in traversals.values() for s in t["fit_status"])),
+            "outside_bounds": int(sum(s == OUTSIDE for t in traversals.values() for s in t["fit_status"])),
             "fits": int(sum(len(t["fit_status"]) for t in traversals.values())),
             **{name: {"response": t["response"], "leak_crb_units": t["leak"], "leak_parameter": t["leak_parameter"],
                       "own_change_crb_units": t["own_change"], "cross_talk": t["cross_talk"]}

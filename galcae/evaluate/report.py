@@ -201,7 +201,10 @@ def _disentanglement_html(metrics: dict) -> list[str]:
     others = d.get("others", [])
     return ["<h2>Disentanglement, re-measured</h2><p>Each supervised latent of test galaxy "
             f"{d['galaxy']} (and, for the medians above, of {len(others)} more) is moved by ±1 "
-            "(latent units); every decoded image is fitted with the classical Sérsic fit. "
+            "(latent units); every decoded image is fitted with the classical Sérsic fit "
+            "(a step that takes the moved parameter outside the fit's bounds, such as an r½ "
+            "over 0.4 of the stamp, is not fitted and is left out"
+            + (f": {d['outside_bounds']} of {d['fits']} steps" if d.get("outside_bounds") else "") + "). "
             "Response: the fitted change of the moved parameter over the change its latent "
             "encodes (1 is ideal). Leak: the largest "
             "change of any other parameter, in units of that parameter's Cramér–Rao bound "
