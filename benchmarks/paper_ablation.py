@@ -5,7 +5,7 @@ Every variant is the `paper` preset trained on the same 1,000 galaxies with the 
 other data (centred galaxies) with or without one more change; then evaluated as the demo
 evaluates (no classical fits of the test galaxies; the traversals of five test galaxies
 re-measured by the classical fit unless --no-remeasure). Runs already in OUT are reused,
-so the table can be built over several sessions.
+so the table can be built over several sessions (`--reevaluate` evaluates them again).
 
     python benchmarks/paper_ablation.py --out ablation                    # every variant
     python benchmarks/paper_ablation.py --out ablation --variants "paper preset" "lambda_l1=0.1"
@@ -109,6 +109,12 @@ DATA_VARIANTS = {
     "centred + dropout 0.5 on each free latent": ("centred galaxies", ["res_dropout=0.5", "res_dropout_each=true"]),
     "centred + physical decoder": ("centred galaxies", PHYSICAL),
     "centred, log-uniform + physical decoder": ("centred, log-uniform flux and r½", PHYSICAL),
+    "centred, log-uniform + physical decoder, log10 flux target": (
+        "centred, log-uniform flux and r½", PHYSICAL + ["log_scaled=[flux,half_light_radius]"]),
+    "centred, log-uniform + physical decoder, 100 epochs": ("centred, log-uniform flux and r½",
+                                                            PHYSICAL + ["epochs=100"]),
+    "centred, log-uniform + physical decoder, channels=[32,64,128]": (
+        "centred, log-uniform flux and r½", PHYSICAL + ["channels=[32,64,128]"]),
     # Everything that helped at once: how far the paper's network (plus a block) can get.
     "centred + channels + fresh, 100 epochs": ("centred galaxies", ["channels=[32,64,128]",
                                                                      "fresh_galaxies=true", "epochs=100"]),
@@ -129,22 +135,31 @@ def variant_dataset(out: Path, data: str | None, workers: int) -> Path:
     return dataset
 
 
-def run_variant(out: Path, sweeps, name: str, epochs: int, remeasure: bool, workers: int) -> dict:
-    """Train and evaluate one variant (or read its saved result)."""
+EVALUATED = ("r2", "controlled", "reconstruction", "traversal_claims")
+
+
+def run_variant(out: Path, sweeps, name: str, epochs: int, remeasure: bool, workers: int,
+                reevaluate: bool = False) -> dict:
+    """Train and evaluate one variant (or read its saved result; ``reevaluate``: evaluate its
+    saved run again, as the evaluation is now, keeping its training time)."""
     run = out / "runs" / slug(name)
     result = run / "ablation.json"
-    if result.exists():
-        return json.loads(result.read_text())
     data, overrides = DATA_VARIANTS.get(name, (None, VARIANTS.get(name)))
+    if result.exists() and not reevaluate:
+        return json.loads(result.read_text())
     dataset = variant_dataset(out, data, workers)
-    cfg = load_stage("train", "paper", [f"epochs={epochs}", *overrides])
+    if result.exists():
+        summary = json.loads(result.read_text())
+    else:
+        cfg = load_stage("train", "paper", [f"epochs={epochs}", *overrides])
+        start = time.perf_counter()
+        train_model(dataset, run, cfg, overwrite=True)
+        summary = {"name": name, "overrides": overrides, "simulate": DATASETS.get(data, []), "epochs": cfg.epochs,
+                   "train_seconds": time.perf_counter() - start}
     start = time.perf_counter()
-    train_model(dataset, run, cfg, overwrite=True)
-    seconds = time.perf_counter() - start
     metrics = evaluate_run(run, dataset, sweeps, classical=0, remeasure=remeasure, workers=workers)
-    summary = {"name": name, "overrides": overrides, "simulate": DATASETS.get(data, []), "epochs": cfg.epochs,
-               "train_seconds": seconds,
-               **{k: metrics.get(k) for k in ("r2", "controlled", "reconstruction", "traversal_claims")}}
+    summary.update({k: metrics.get(k) for k in EVALUATED}, evaluate_seconds=time.perf_counter() - start,
+                   evaluated=time.strftime("%Y-%m-%d"))
     result.write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -228,13 +243,15 @@ def main() -> None:
                         choices=[*VARIANTS, *DATA_VARIANTS])
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="the demo's by default")
     parser.add_argument("--no-remeasure", action="store_true", help="skip Fig. 4's classical fits")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="evaluate the variants' saved runs again (after a change to the evaluation)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shipped", nargs="*", default=[], metavar="MODEL",
                         help="also the flux sweep of shipped models on survey stamps (e.g. survey survey-v1)")
     args = parser.parse_args()
     sweeps = simulate_paper_sets(args.out, args.workers) if not (args.out / "dataset").exists() else \
         [args.out / f"sweep_{parameter}" for parameter in SWEPT]
-    results = [run_variant(args.out, sweeps, name, args.epochs, not args.no_remeasure, args.workers)
+    results = [run_variant(args.out, sweeps, name, args.epochs, not args.no_remeasure, args.workers, args.reevaluate)
                for name in args.variants]
     limit = results[0]["controlled"]["half_light_radius"]["claims"].get("resolvable_up_to")
     pca = results[0]["r2"]["pca_all"]
