@@ -115,6 +115,8 @@ DATA_VARIANTS = {
                                                             PHYSICAL + ["epochs=100"]),
     "centred, log-uniform + physical decoder, channels=[32,64,128]": (
         "centred, log-uniform flux and r½", PHYSICAL + ["channels=[32,64,128]"]),
+    "centred, log-uniform + physical decoder, head_hidden=256": (
+        "centred, log-uniform flux and r½", PHYSICAL + ["head_hidden=256"]),
     # Everything that helped at once: how far the paper's network (plus a block) can get.
     "centred + channels + fresh, 100 epochs": ("centred galaxies", ["channels=[32,64,128]",
                                                                      "fresh_galaxies=true", "epochs=100"]),
@@ -164,34 +166,50 @@ def run_variant(out: Path, sweeps, name: str, epochs: int, remeasure: bool, work
     return summary
 
 
-#: The shipped models' Fig. 3 flux sweep, for comparison: the survey preset at one seeing
-#: (Moffat FWHM 0.8", beta 3.5), r½ fixed at 1", flux 1,000-100,000 ADU.
-SURVEY_SWEEP = ["psf.fwhm=0.8", "psf.beta=3.5", "ranges.flux=[1000,100000]"]
+#: The shipped models' Fig. 3 sweeps, for comparison: the survey preset at one seeing
+#: (Moffat FWHM 0.8", beta 3.5); the flux sweep at r½ 1" over 1,000-100,000 ADU, the r½
+#: sweep at 10,000 ADU over the survey's 0.15-3".
+SURVEY_SEEING = ["psf.fwhm=0.8", "psf.beta=3.5"]
+SURVEY_SWEEPS = {"flux": ["ranges.flux=[1000,100000]"], "half_light_radius": []}
 
 
-def shipped_flux_sweep(out: Path, names: list[str], workers: int) -> list[str]:
-    """Fig. 3's flux-sweep numbers of shipped models on survey stamps, as table rows: the
-    range of z[r½] in its standard deviation over 400 random survey galaxies at the same
-    seeing, the power law k of the predicted r½, and that r½ at the faintest and brightest."""
-    sweep_path, random_path = out / "survey_sweep_flux", out / "survey_random"
-    if not sweep_path.exists():
-        simulate_dataset(load_stage("simulate", "survey", [*SURVEY_SWEEP, "n_galaxies=200", "sweep.parameter=flux"]),
-                         sweep_path, workers=workers)
+def shipped_sweeps(out: Path, names: list[str], workers: int) -> list[str]:
+    """Fig. 3's numbers of shipped models on survey stamps, as table rows: over the flux
+    sweep, the range of z[r½] in its standard deviation over 400 random survey galaxies at
+    the same seeing, the power law k of the predicted r½, and that r½ at the faintest and
+    brightest; over the r½ sweep, the range of z[flux] and the predicted flux at the
+    smallest and largest."""
+    random_path = out / "survey_random"
     if not random_path.exists():
-        simulate_dataset(load_stage("simulate", "survey", [*SURVEY_SWEEP[:2], "n_galaxies=400", "seed=11"]),
+        simulate_dataset(load_stage("simulate", "survey", [*SURVEY_SEEING, "n_galaxies=400", "seed=11"]),
                          random_path, workers=workers)
-    sweep, random = Dataset.open(sweep_path), Dataset.open(random_path)
+    sweeps = {}
+    for parameter, ranges in SURVEY_SWEEPS.items():
+        path = out / f"survey_sweep_{parameter}"
+        if not path.exists():
+            simulate_dataset(load_stage("simulate", "survey", [*SURVEY_SEEING, *ranges, "n_galaxies=200",
+                                                               f"sweep.parameter={parameter}"]),
+                             path, workers=workers)
+        sweeps[parameter] = Dataset.open(path)
+    random = Dataset.open(random_path)
     rows = []
     for name in names:
         model = load_model(resolve_model(name), device="cpu")
-        on_sweep, test = (_predict(model, data) for data in (sweep, random))
-        latents = {n: on_sweep["latents"][:, k] for k, n in enumerate(model.supervised) if n in SWEPT}
+        test = _predict(model, random)
         std = {n: float(test["latents"][:, k].std()) for k, n in enumerate(model.supervised)}
-        flux = sweep.params["flux"][sweep.usable]
-        numbers = sweep_claims(flux, latents, "flux", std, on_sweep)["other"]["half_light_radius"]
-        _, radius, _ = binned_medians(flux, on_sweep["half_light_radius"])
-        rows.append(f"| `{name}` (shipped) | {numbers['range_in_std']:.2f} | {numbers['power_law_index']:.2f} | "
-                    f"{radius[0]:.2f}″ → {radius[-1]:.2f}″ |")
+        cells = []
+        for parameter, other in (("flux", "half_light_radius"), ("half_light_radius", "flux")):
+            sweep = sweeps[parameter]
+            on_sweep = _predict(model, sweep)
+            latents = {n: on_sweep["latents"][:, k] for k, n in enumerate(model.supervised) if n in SWEPT}
+            values = sweep.params[parameter][sweep.usable]
+            numbers = sweep_claims(values, latents, parameter, std, on_sweep)["other"][other]
+            _, predicted, _ = binned_medians(values, on_sweep[other])
+            unit = "″" if other == "half_light_radius" else " ADU"
+            cells += [f"{numbers['range_in_std']:.2f}"] + (
+                [f"{numbers['power_law_index']:.2f}"] if parameter == "flux" else []) + [
+                f"{predicted[0]:.3g}{unit} → {predicted[-1]:.3g}{unit}"]
+        rows.append(f"| `{name}` (shipped) | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -247,7 +265,7 @@ def main() -> None:
                         help="evaluate the variants' saved runs again (after a change to the evaluation)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shipped", nargs="*", default=[], metavar="MODEL",
-                        help="also the flux sweep of shipped models on survey stamps (e.g. survey survey-v1)")
+                        help="also the sweeps of shipped models on survey stamps (e.g. survey survey-v1)")
     args = parser.parse_args()
     sweeps = simulate_paper_sets(args.out, args.workers) if not (args.out / "dataset").exists() else \
         [args.out / f"sweep_{parameter}" for parameter in SWEPT]
@@ -264,11 +282,12 @@ def main() -> None:
     for s in results:
         print("| " + " | ".join(row(s)) + " |")
     if args.shipped:
-        print("\nThe shipped models' flux sweep on survey stamps (r½ 1″, Moffat 0.8″; z[r½]'s std over "
-              "400 random survey galaxies at that seeing)")
-        print("| model | F3 flux: z[r½] range | F3 flux: r½ ∝ flux^k, k | predicted r½, faintest → brightest bin |")
-        print("|---|---|---|---|")
-        print("\n".join(shipped_flux_sweep(args.out, args.shipped, args.workers)))
+        print("\nThe shipped models' sweeps on survey stamps (Moffat 0.8″; each latent's std over 400 random "
+              "survey galaxies at that seeing)")
+        print("| model | F3 flux sweep: z[r½] range | k | predicted r½, faintest → brightest bin | "
+              "F3 r½ sweep: z[flux] range | predicted flux, smallest → largest bin |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(shipped_sweeps(args.out, args.shipped, args.workers)))
 
 
 if __name__ == "__main__":
