@@ -117,6 +117,12 @@ DATA_VARIANTS = {
         "centred, log-uniform flux and r½", PHYSICAL + ["channels=[32,64,128]"]),
     "centred, log-uniform + physical decoder, head_hidden=256": (
         "centred, log-uniform flux and r½", PHYSICAL + ["head_hidden=256"]),
+    "centred, log-uniform + physical decoder, head_hidden=256, 100 epochs": (
+        "centred, log-uniform flux and r½", PHYSICAL + ["head_hidden=256", "epochs=100"]),
+    # The same with another seed (the network's initial weights and batch order): how much of
+    # a difference between rows is the training's own scatter.
+    "centred, log-uniform + physical decoder, head_hidden=256, seed 1": (
+        "centred, log-uniform flux and r½", PHYSICAL + ["head_hidden=256", "seed=1"]),
     # Everything that helped at once: how far the paper's network (plus a block) can get.
     "centred + channels + fresh, 100 epochs": ("centred galaxies", ["channels=[32,64,128]",
                                                                      "fresh_galaxies=true", "epochs=100"]),
