@@ -192,8 +192,7 @@ class CAE(nn.Module):
         # of the galaxy would then leave behind.
         free = z[:, n_sup:]
         if self.arch.residual_conditions and c is not None:
-            both = self.decoder(self.with_conditions(torch.cat([free, torch.zeros_like(free)]),
-                                                     None if c is None else torch.cat([c, c])))
+            both = self.decoder(self.with_conditions(torch.cat([free, torch.zeros_like(free)]), torch.cat([c, c])))
             residual = both[:len(z)] - both[len(z):]
         else:  # one zero point for all: the branch does not see the conditions (or has none)
             residual = self.decoder(free) - self.decoder(free.new_zeros(1, free.shape[1]))
