@@ -23,8 +23,13 @@ Training seconds.
 
 import argparse
 import json
+import os
+import platform
+import subprocess
 import time
 from pathlib import Path
+
+import torch
 
 from galcae.card import resolve_model
 from galcae.checkpoint import load_model
@@ -260,6 +265,21 @@ HEADER = ["variant", "R² flux", "R² r½", "F3 flux: z[r½] range", "F3 flux: r
           "F2 g1 R²", "F2 g2 R²", "F2 χ²/px S/N>100", "train s"]
 
 
+def save_table(path: Path, results: list[dict], epochs: int) -> None:
+    """The table as JSON: header, rows (without the training times, which depend on what else
+    ran), and when the rows were evaluated, at which commit and on what machine it was made."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    dates = sorted({s.get("evaluated", "before 2026-12-04") for s in results})
+    path.write_text(json.dumps({
+        "command": "python benchmarks/paper_ablation.py --out DIR --variants ... --save " + path.name,
+        "measured": " to ".join(dict.fromkeys([dates[0], dates[-1]])), "commit": commit,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                   f"PyTorch {torch.__version__}",
+        "epochs": epochs, "header": HEADER[:-1], "rows": [row(s)[:-1] for s in results]},
+        indent=1, ensure_ascii=False) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="data, runs and results (reused)")
@@ -267,12 +287,17 @@ def main() -> None:
                         choices=[*VARIANTS, *DATA_VARIANTS])
     parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help="the demo's by default")
     parser.add_argument("--no-remeasure", action="store_true", help="skip Fig. 4's classical fits")
+    parser.add_argument("--save", type=Path, metavar="JSON",
+                        help="also write the table, with its date, commit and machine, as JSON (the demo's "
+                             "report shows galcae/data/paper_ablation.json)")
     parser.add_argument("--reevaluate", action="store_true",
                         help="evaluate the variants' saved runs again (after a change to the evaluation)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shipped", nargs="*", default=[], metavar="MODEL",
                         help="also the sweeps of shipped models on survey stamps (e.g. survey survey-v1)")
     args = parser.parse_args()
+    if not args.variants:
+        parser.error("--variants: name at least one variant")
     sweeps = simulate_paper_sets(args.out, args.workers) if not (args.out / "dataset").exists() else \
         [args.out / f"sweep_{parameter}" for parameter in SWEPT]
     results = [run_variant(args.out, sweeps, name, args.epochs, not args.no_remeasure, args.workers, args.reevaluate)
@@ -287,6 +312,8 @@ def main() -> None:
     print("|" + "---|" * len(HEADER))
     for s in results:
         print("| " + " | ".join(row(s)) + " |")
+    if args.save:
+        save_table(args.save, results, args.epochs)
     if args.shipped:
         print("\nThe shipped models' sweeps on survey stamps (Moffat 0.8″; each latent's std over 400 random "
               "survey galaxies at that seeing)")

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import shutil
+from importlib import resources
 from types import SimpleNamespace
 
 import numpy as np
@@ -73,6 +74,11 @@ def test_the_papers_claims_are_measured_and_judged(evaluated):
     figures = {row["figure"] for row in saved["claims"]}
     assert "fig3" in figures and all(row["sentence"] for row in saved["claims"])
     assert "The paper's claims for Figs. 2–4, measured" in evaluated.report
+    # The ablation's table as galcae ships it, with its provenance, every variant a row.
+    table = json.loads(resources.files("galcae").joinpath("data", "paper_ablation.json").read_text("utf-8"))
+    assert f"The ablation's table ({len(table['rows'])} variants" in evaluated.report
+    assert f"commit {table['commit']}" in evaluated.report
+    assert evaluated.report.count("<td>centred, log-uniform + physical decoder") >= 1
 
 
 def test_metrics_give_relative_errors_per_snr_bin(evaluated):
