@@ -172,7 +172,7 @@ def _ablation_html() -> list[str]:
     return [f"<details><summary>The ablation's table ({len(table['rows'])} variants, each trained "
             f"{table['epochs']} epochs unless it says; measured {table['measured']}, commit "
             f"{table['commit']}, {html.escape(table['machine'])}; not this run)</summary>",
-            _table(table["header"], [[html.escape(c) for c in r] for r in table["rows"]]),
+            _table(table["header"], table["rows"]),
             "<p>Fig. 3 columns: range of the other latent over each controlled set, in its "
             "test-set std (target &lt; 0.3), and k of the predicted r½ ∝ flux^k; Fig. 4: median "
             "response (≥ 0.7) and cross-talk (≤ 0.3); Fig. 2: R² of the reconstructions' g1, g2 "
