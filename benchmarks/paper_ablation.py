@@ -128,6 +128,8 @@ DATA_VARIANTS = {
     # a difference between rows is the training's own scatter.
     "centred, log-uniform + physical decoder, head_hidden=256, seed 1": (
         "centred, log-uniform flux and r½", PHYSICAL + ["head_hidden=256", "seed=1"]),
+    "centred, log-uniform + physical decoder, head_hidden=256, seed 2": (
+        "centred, log-uniform flux and r½", PHYSICAL + ["head_hidden=256", "seed=2"]),
     # Everything that helped at once: how far the paper's network (plus a block) can get.
     "centred + channels + fresh, 100 epochs": ("centred galaxies", ["channels=[32,64,128]",
                                                                      "fresh_galaxies=true", "epochs=100"]),
