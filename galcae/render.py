@@ -27,6 +27,10 @@ from .params import DRAWN
 
 #: Sérsic indices GalSim can draw; the renderer clamps to them.
 SERSIC_N = (0.3, 6.19)
+#: Largest shear |g| drawn: |g| >= 1 is no ellipse, and a decoder's unconstrained latents
+#: may ask for one; the renderer scales such a shear down to this (a fit's box, |g1|, |g2|
+#: <= 0.7, stays inside it).
+MAX_SHEAR = 0.99
 #: Moffat betas tabulated; the renderer clamps to them.
 MOFFAT_BETA = (1.5, 8.0)
 #: ``k * scale`` range of the tables (scale: half-light radius or FWHM); beyond it, the end values.
@@ -137,7 +141,9 @@ def _interpolate(profiles: torch.Tensor, at: torch.Tensor) -> tuple[torch.Tensor
     ``[value, d / d row (with slopes)]``, each ``(B, G)``, and d value / d column."""
     n_columns, width = profiles.shape[1], profiles.shape[2]
     at = (at + 1).clamp(0, n_columns - 1)
-    j = at.detach().floor().clamp_(max=n_columns - 2)
+    # A NaN (a diverged network's latent) reads column 0 and stays NaN through ``frac``: the
+    # image is NaN, the loss too, and training stops saying so (no bad index here).
+    j = torch.nan_to_num(at.detach(), nan=0.0).floor().clamp_(max=n_columns - 2)
     index = j.long()
     if torch.is_grad_enabled() and profiles.requires_grad:
         found = torch.stack([profiles[..., c].gather(1, index) for c in range(width)], -1)
@@ -257,17 +263,19 @@ class SersicRenderer(torch.nn.Module):
         self._load_tables()
         dtype, batch = self.kx.dtype, len(p["flux"])
         g1, g2 = (p[k].to(dtype) for k in ("g1", "g2"))
+        inside = (MAX_SHEAR / torch.sqrt(g1 ** 2 + g2 ** 2 + 1e-30)).clamp(max=1.0)
+        g1, g2 = g1 * inside, g2 * inside
         # GalSim's shear: f(A^-1 x), A = M / sqrt(det), M = [[1 + g1, g2], [g2, 1 - g1]],
         # det = 1 - g^2, whose transform is f^(A k) (A is symmetric with determinant 1).
         # |M k|^2 and the numerators of its log's derivatives in g1 and g2 are each a
         # combination of kx^2, ky^2 and kx ky: one matrix product for the batch.
-        det = (1 - g1 ** 2 - g2 ** 2).clamp_min(1e-2)
+        det = 1 - g1 ** 2 - g2 ** 2
         weights = [torch.stack([(1 + g1) ** 2 + g2 ** 2, (1 - g1) ** 2 + g2 ** 2, 4 * g2], -1)]
         if derivatives:  # (u kx - v ky) and (u ky + v kx), u, v = M k
             weights += [torch.stack([1 + g1, g1 - 1, torch.zeros_like(g1)], -1),
                         torch.stack([g2, g2, torch.full_like(g2, 2.0)], -1)]
         combined = torch.stack(weights, 1) @ self.shear_basis  # (B, 1 or 3, G)
-        k2 = combined[:, 0] + 1e-20
+        k2 = combined[:, 0].clamp_min(1e-20)  # >= 0 but for rounding; 0 at k = 0
         # The table's column at q = r_half |A k|, in log10 q: linear in log |M k|^2.
         per_column = (self.sersic.shape[1] - 1) / (LOG_K[1] - LOG_K[0])
         r_half = p["half_light_radius"].to(dtype) / self.pixel_scale

@@ -1,5 +1,7 @@
 """The differentiable Sérsic renderer against GalSim, and its derivatives."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ import torch
 from galcae.config import load_stage
 from galcae.params import DRAWN, ellipticity_from_shear
 from galcae.physics import render
-from galcae.render import SersicRenderer
+from galcae.render import MAX_SHEAR, SersicRenderer
 
 GALAXIES = [  # round and centred; sheared, off-centre, cuspy; large, faint wings; tiny in bad seeing
     {"flux": 1e4, "half_light_radius": 0.5, "sersic_n": 1.0, "g1": 0.0, "g2": 0.0, "x": 32.0, "y": 32.0,
@@ -52,6 +54,21 @@ def test_renderer_is_differentiable_in_every_parameter():
     (SersicRenderer(64, 0.2)(p) * weights).sum().backward()
     for name in DRAWN:
         assert torch.isfinite(p[name].grad).all() and (p[name].grad != 0).all(), name
+
+
+def test_a_shear_beyond_one_is_drawn_at_the_largest_and_a_nan_stays_a_nan():
+    """An unconstrained latent may ask for |g| >= 1 (no ellipse) or, diverged, for NaN: the
+    first is drawn at MAX_SHEAR along its direction, in float32 as a network draws it; the
+    second gives a NaN image for the loss to catch, not an indexing error."""
+    renderer = SersicRenderer(64, 0.2)
+    largest = MAX_SHEAR / math.hypot(0.17, 0.985)
+    rows = [{**GALAXIES[0], "g1": 0.17 * s, "g2": -0.985 * s} for s in (1.0, 1.4, largest)]
+    images = renderer({k: v.float() for k, v in batch(rows).items()})
+    assert torch.isfinite(images).all()
+    for image in images[:2]:
+        assert (image - images[2]).abs().max() < 1e-5 * images[2].max()
+    nan = renderer(batch([{**GALAXIES[0], "half_light_radius": math.nan}]))
+    assert torch.isnan(nan).all()
 
 
 def test_closed_form_derivatives_match_finite_differences():
