@@ -35,6 +35,20 @@ def test_a_latent_that_ignores_the_sweep_is_flat_and_one_that_follows_it_is_not(
     assert leaking["other"]["half_light_radius"]["change_in_std"] < -1
 
 
+def test_the_noise_range_is_the_scatters_and_not_the_trends():
+    rng = np.random.default_rng(1)
+    flux = np.linspace(500, 50000, 200)
+    noise = 0.2 * rng.normal(size=200)
+    alone = claims.noise_range(flux, noise)
+    # Medians of 20 draws scatter by 1.25 * 0.2 / sqrt(20) = 0.056; ten of them span ~3 of that.
+    assert 0.1 < alone < 0.35
+    assert claims.noise_range(flux, noise - np.log10(flux)) == pytest.approx(alone, rel=0.3)
+    out = claims.sweep_claims(flux, {"flux": np.log10(flux), "half_light_radius": noise}, "flux",
+                              {"flux": 1.0, "half_light_radius": 2.0})["other"]["half_light_radius"]
+    assert out["noise_range_in_std"] == pytest.approx(alone / 2)
+    assert out["range_in_std"] <= out["noise_range_in_std"]
+
+
 def _galaxy(g1, g2, flux=1e4):
     gal = galsim.Exponential(half_light_radius=1.0, flux=flux).shear(g1=g1, g2=g2)
     return gal.drawImage(nx=48, ny=48, scale=0.2).array

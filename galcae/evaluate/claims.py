@@ -57,6 +57,20 @@ def monotonic_up_to(centres: np.ndarray, medians: np.ndarray) -> float:
     return float(centres[falls[0]] if len(falls) else centres[-1])
 
 
+def noise_range(values: np.ndarray, z: np.ndarray, n_bins: int = SWEEP_BINS, draws: int = 200,
+                quantile: float = 95.0) -> float:
+    """The range of binned medians that the scatter of ``z`` alone gives, with no trend.
+
+    The scatter is ``z`` about its binned medians (the stamps' noise, the sweep's other
+    values held fixed); shuffled over the sweep ``draws`` times, its ``quantile`` percentile
+    range is how far a latent that ignores the swept value would still seem to move."""
+    centres, medians, _ = binned_medians(values, z, n_bins)
+    scatter = z - np.interp(values, centres, medians)
+    rng = np.random.default_rng(0)
+    ranges = [np.ptp(binned_medians(values, rng.permutation(scatter), n_bins)[1]) for _ in range(draws)]
+    return float(np.percentile(ranges, quantile))
+
+
 def sweep_claims(values: np.ndarray, latents: dict, parameter: str, test_std: dict,
                  predicted: dict | None = None) -> dict:
     """Fig. 3 numbers of one controlled set.
@@ -64,7 +78,9 @@ def sweep_claims(values: np.ndarray, latents: dict, parameter: str, test_std: di
     ``latents``: each supervised latent over the sweep; ``test_std``: each latent's standard
     deviation over the test galaxies (the unit in which "flat" is judged); ``predicted``: the
     latents in physical units, for the power law an unwanted dependence follows (on the
-    flux sweep, r½ ∝ flux^-0.5 is a radius read off the surface brightness alone)."""
+    flux sweep, r½ ∝ flux^-0.5 is a radius read off the surface brightness alone). Each
+    other latent's range comes with the range its noise alone would give (:func:`noise_range`):
+    "flat up to the noise" is a range not far above it."""
     out = {}
     for name, z in latents.items():
         centres, medians, _ = binned_medians(values, z)
@@ -73,6 +89,7 @@ def sweep_claims(values: np.ndarray, latents: dict, parameter: str, test_std: di
             continue
         other = out.setdefault("other", {})[name] = {
             "range_in_std": float((medians.max() - medians.min()) / test_std[name]),
+            "noise_range_in_std": float(noise_range(values, z) / test_std[name]),
             "change_in_std": float((medians[-1] - medians[0]) / test_std[name])}
         if predicted is not None and np.all(values > 0):
             _, physical, _ = binned_medians(values, predicted[name])
@@ -189,7 +206,9 @@ def verdicts(metrics: dict) -> list[dict]:
             largest = max(others, key=lambda n: others[n]["range_in_std"], default=None)
             which = ("the other latent" if largest is None else f"z[{largest}]"
                      + (", the other latent that moves most" if len(others) > 1 else ""))
-            add("fig3", f"sweep of {parameter}: range of {which}, in its test-set std",
+            noise = others.get(largest, {}).get("noise_range_in_std")
+            add("fig3", f"sweep of {parameter}: range of {which}, in its test-set std"
+                + ("" if noise is None else f" (the stamps' noise alone: up to {noise:.2f})"),
                 value, f"< {FLAT_WITHIN_STD}", value < FLAT_WITHIN_STD)
         for other, numbers in claims.get("other", {}).items():
             if numbers.get("power_law_index") is not None:  # why, not a claim: no verdict
