@@ -15,7 +15,10 @@ Columns: R² of flux and r½ (the CAE's one latent each; PCA-64's beside the bas
 Fig. 3: how far the other latent moves over each controlled set, in its own test-set
 standard deviations (target < 0.3), and in brackets how far it would seem to move from the
 stamps' noise alone (95th percentile, no trend); the power law k of the predicted r½ over the flux sweep
-(k = 0 flux-independent, k = -0.5 a radius read off the surface brightness alone); up to
+(k = 0 flux-independent, k = -0.5 a radius read off the surface brightness alone); the
+largest miss of the predicted r½ (flux) from its true, fixed value over the bins of the flux
+(r½) sweep, in Cramér-Rao bounds at that bin (an efficient, unbiased estimator: about 0.3,
+its bin median's noise; many bounds: the range is the estimator's error, not the data's); up to
 which r½ z[r½] rises monotonically (the Cramér-Rao limit in the header). Fig. 4: median
 response (>= 0.7) and cross-talk (<= 0.3) of each latent's traversal. Fig. 2: R² of the
 reconstructions' g1, g2 at S/N > 30 (>= 0.7) and their chi² per pixel at S/N > 100.
@@ -272,7 +275,8 @@ def row(s: dict) -> list[str]:
     flux_on_radius = radius_sweep.get("other", {}).get("flux", {})
     return [s["name"], num(r2["flux"], ".3f"), num(r2["half_light_radius"], ".3f"),
             flatness(radius_on_flux), num(radius_on_flux.get("power_law_index")),
-            flatness(flux_on_radius),
+            num(radius_on_flux.get("largest_miss_in_crb"), ".1f"),
+            flatness(flux_on_radius), num(flux_on_radius.get("largest_miss_in_crb"), ".1f"),
             num(radius_sweep["own_monotonic_up_to"]),
             median("flux", "response_median"), median("flux", "cross_talk_median"),
             median("half_light_radius", "response_median"), median("half_light_radius", "cross_talk_median"),
@@ -280,7 +284,7 @@ def row(s: dict) -> list[str]:
 
 
 HEADER = ["variant", "R² flux", "R² r½", "F3 flux: z[r½] range (noise)", "F3 flux: r½ ∝ flux^k, k",
-          "F3 r½: z[flux] range (noise)",
+          "F3 flux: r½ miss (CRB)", "F3 r½: z[flux] range (noise)", "F3 r½: flux miss (CRB)",
           "F3 z[r½] rises to", "F4 z[flux] resp", "F4 z[flux] xtalk", "F4 z[r½] resp", "F4 z[r½] xtalk",
           "F2 g1 R²", "F2 g2 R²", "F2 χ²/px S/N>100", "train s"]
 

@@ -110,3 +110,20 @@ def test_a_radius_read_off_the_surface_brightness_follows_flux_to_the_minus_one_
     flat = claims.sweep_claims(flux, z, "flux", std, constant)["other"]["half_light_radius"]
     assert flat["power_law_index"] == pytest.approx(0.0, abs=1e-9)
     assert "power_law_index" not in claims.sweep_claims(flux, z, "flux", std)["other"]["half_light_radius"]
+
+
+def test_a_fixed_parameters_miss_is_counted_in_its_bound_at_each_bin():
+    """r½ held at 1″ over a flux sweep: an estimator that reads 0.8″ at the bright end,
+    where the bound is 0.01″, misses by 20 bounds there; one that reads 1″ misses by none."""
+    flux = np.linspace(500, 50000, 200)
+    crb = list(np.linspace(0.2, 0.01, 10))
+    biased = np.where(flux > 45000, 0.8, 1.0)
+    out = claims.bias_in_bounds(flux, biased, 1.0, crb)
+    assert out["largest_miss_in_crb"] == pytest.approx(-20.0)
+    assert out["largest_miss_at"] > 45000 and len(out["miss_in_crb"]) == 10
+    assert claims.bias_in_bounds(flux, np.ones(200), 1.0, crb)["largest_miss_in_crb"] == 0.0
+    # Shown as a why beside the range, with no verdict of its own.
+    metrics = {"controlled": {"flux": {"claims": {"other_range_in_std": 1.0, "other": {
+        "half_light_radius": {"range_in_std": 1.0, **out}}}}}}
+    why = [r for r in claims.verdicts(metrics) if "Cramér-Rao bounds" in r["measure"]]
+    assert len(why) == 1 and why[0]["value"] == pytest.approx(-20.0) and why[0]["verdict"] is None

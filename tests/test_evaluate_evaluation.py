@@ -71,6 +71,8 @@ def test_the_papers_claims_are_measured_and_judged(evaluated):
     assert saved["reconstruction"]["chi2_per_pixel"][0]["snr_min"] == 0.0
     sweep = saved["controlled"]["flux"]["claims"]
     assert np.isfinite(sweep["other_range_in_std"]) and sweep["resolvable_up_to"] > 0
+    # r½, held fixed over the flux sweep: how far its prediction misses, in its bound.
+    assert np.isfinite(sweep["other"]["half_light_radius"]["largest_miss_in_crb"])
     figures = {row["figure"] for row in saved["claims"]}
     assert "fig3" in figures and all(row["sentence"] for row in saved["claims"])
     assert "The paper's claims for Figs. 2–4, measured" in evaluated.report

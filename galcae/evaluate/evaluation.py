@@ -79,7 +79,12 @@ def _sweep_section(model, path, sweep: Dataset, test_std: dict) -> tuple[dict, d
     if parameter in model.supervised:
         bound = claims.resolvable_up_to(sweep, parameter)
         metrics["claims"]["resolvable_up_to"] = bound.pop("up_to")
+        crb_of = bound.pop("crb_of")
         metrics["claims"]["crb"] = bound
+        for name, other in metrics["claims"].get("other", {}).items():
+            truth = sweep.params[name][ok]
+            if name in crb_of and np.ptp(truth) == 0:  # a parameter the sweep holds fixed
+                other.update(claims.bias_in_bounds(values, predicted[name], float(truth[0]), crb_of[name]))
     return {"parameter": parameter, "values": values, "latents": latents}, metrics
 
 
