@@ -233,10 +233,9 @@ def verdicts(metrics: dict) -> list[dict]:
                     numbers["power_law_index"], "0 (-0.5: surface brightness)"
                     if parameter == "flux" else "0", None)
             if numbers.get("largest_miss_in_crb") is not None:  # why, not a claim: no verdict
-                add("fig3", f"sweep of {parameter}: predicted {other} minus its true {numbers['truth']:.3g}, "
-                    f"largest over the bins (at {parameter} {numbers['largest_miss_at']:.3g}), "
-                    "in Cramér-Rao bounds", numbers["largest_miss_in_crb"],
-                    "about 0.3 (an efficient, unbiased estimator's bin median)", None)
+                add("fig3", f"sweep of {parameter}: largest miss of predicted {other} (true "
+                    f"{numbers['truth']:.3g}), in Cramér-Rao bounds", numbers["largest_miss_in_crb"],
+                    "~0.3 (efficient, unbiased)", None)
         if "own_monotonic_up_to" in claims:
             limit = claims.get("resolvable_up_to")
             value = claims["own_monotonic_up_to"]
