@@ -140,6 +140,10 @@ DATA_VARIANTS = {
     # the 909 training galaxies' doing.
     "centred, log-uniform + physical decoder, head_hidden=256, fresh galaxies": (
         "centred, log-uniform flux and r½", PHYSICAL + ["head_hidden=256", "fresh_galaxies=true"]),
+    # ... and trained longer: with fresh galaxies the training and test losses stay equal
+    # (it underfits), so more steps, not more galaxies, is what the encoder may lack.
+    "centred, log-uniform + physical decoder, head_hidden=256, fresh galaxies, 200 epochs": (
+        "centred, log-uniform flux and r½", PHYSICAL + ["head_hidden=256", "fresh_galaxies=true", "epochs=200"]),
     # ... and with the survey preset's target scaling (flux, r½ and n in log10: the loss
     # weighs a relative error alike at every flux), at three seeds.
     **{f"centred, log-uniform + physical decoder, head_hidden=256, log10 targets{seed}": (
