@@ -149,6 +149,12 @@ DATA_VARIANTS = {
     **{f"centred, log-uniform + physical decoder, head_hidden=256, log10 targets{seed}": (
         "centred, log-uniform flux and r½", PHYSICAL + ["head_hidden=256", SURVEY_LOG_SCALED, *extra])
        for seed, extra in (("", []), (", seed 1", ["seed=1"]), (", seed 2", ["seed=2"]))},
+    # ... and with the survey encoder's third block too (the survey preset's network on the
+    # paper's galaxies, less its conditions), at three seeds: whether the capacity the
+    # survey models have is what holds both of Fig. 3's sweeps at once.
+    **{f"centred, log-uniform + physical decoder, head_hidden=256, channels=[32,64,128]{seed}": (
+        "centred, log-uniform flux and r½", PHYSICAL + ["head_hidden=256", "channels=[32,64,128]", *extra])
+       for seed, extra in (("", []), (", seed 1", ["seed=1"]), (", seed 2", ["seed=2"]))},
     # Everything that helped at once: how far the paper's network (plus a block) can get.
     "centred + channels + fresh, 100 epochs": ("centred galaxies", ["channels=[32,64,128]",
                                                                      "fresh_galaxies=true", "epochs=100"]),
