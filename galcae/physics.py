@@ -232,5 +232,5 @@ def stamp_snr(images: np.ndarray, noise_sigma: np.ndarray, gain: float, mask: np
             if mask is not None:
                 v[mask[start:start + SNR_BLOCK]] = 0.0
             chi2[start:start + SNR_BLOCK] = v.sum(axis=(1, 2), dtype=np.float64)
-    chi2 -= int(np.prod(d.shape[1:])) if mask is None else (~np.asarray(mask, bool)).reshape(len(d), -1).sum(axis=1)
+    chi2 -= int(np.prod(d.shape[1:])) if mask is None else (~np.asarray(mask, bool)).sum(axis=(1, 2))
     return np.sqrt(np.clip(chi2, 0.0, None))

@@ -341,6 +341,18 @@ def test_impossible_psf_keyword_flags_the_row_when_refining(survey_run, survey_d
     assert np.isnan(cat["flux"][0]) and np.isfinite(cat["flux"][1]) and np.isnan(cat["psf_fwhm"][0])
 
 
+
+def test_a_chunk_with_nothing_measurable_is_flagged_when_refining(survey_run, tmp_path):
+    """Every stamp blank (NaN), refinement on: the refinement gets no stamps, and each row is
+    flagged and left NaN instead of the run stopping on an empty array."""
+    cube = tmp_path / "blank.fits"
+    fits.PrimaryHDU(np.full((2, 32, 32), np.nan, np.float32),
+                    header=fits.Header({"PSFFWHM": 0.8, "PSFBETA": 3.0})).writeto(cube)
+    out = tmp_path / "c.parquet"
+    assert main(["infer", str(survey_run), str(cube), "--refine-snr", "0", "-o", str(out)]) == 0
+    cat = QTable.read(out)
+    assert list(cat["flag_nan_pixels"]) == [True, True] and np.all(np.isnan(cat["flux"]))
+
 # --- one line, whatever the system says ------------------------------------------------------------
 
 
