@@ -221,7 +221,7 @@ def stamp_snr(images: np.ndarray, noise_sigma: np.ndarray, gain: float, mask: np
     chi2 = np.empty(len(d))
     var = np.empty((min(SNR_BLOCK, len(d)),) + d.shape[1:], np.float32)
     square = np.empty_like(var)
-    with np.errstate(divide="ignore", invalid="ignore"):  # noiseless or blank stamps: inf or NaN
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # noiseless, blank or absurd stamps: inf or NaN
         for start in range(0, len(d), SNR_BLOCK):
             block = d[start:start + SNR_BLOCK]
             v, sq = var[:len(block)], square[:len(block)]

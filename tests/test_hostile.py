@@ -353,6 +353,21 @@ def test_a_chunk_with_nothing_measurable_is_flagged_when_refining(survey_run, tm
     cat = QTable.read(out)
     assert list(cat["flag_nan_pixels"]) == [True, True] and np.all(np.isnan(cat["flux"]))
 
+
+def test_absurd_pixel_values_are_flagged_without_warnings(survey_run, survey_dataset, tmp_path):
+    """An infinite pixel and a stamp of 1e30 everywhere: rows flagged, the run quiet (the test
+    suite turns numpy's overflow and log10(0) warnings into errors, which main reports as exit 1)."""
+    images = survey_dataset.load_images(np.arange(3)).copy()
+    images[0, 10, 10] = np.inf
+    images[1] = 1e30
+    cube = tmp_path / "absurd.fits"
+    fits.PrimaryHDU(images, header=fits.Header({"PSFFWHM": 0.8, "PSFBETA": 3.0})).writeto(cube)
+    out = tmp_path / "c.parquet"
+    assert main(["infer", str(survey_run), str(cube), "--refine-snr", "0", "-o", str(out)]) == 0
+    cat = QTable.read(out)
+    assert bool(cat["flag_nan_pixels"][0]) and bool(cat["flag_out_of_range"][1] or cat["flag_background"][1])
+    assert np.isfinite(cat["flux"][2])
+
 # --- one line, whatever the system says ------------------------------------------------------------
 
 
