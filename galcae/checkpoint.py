@@ -92,7 +92,8 @@ class TrainedModel:
         ``noise_sigma`` is measured on the stamps unless given."""
         if not self.conditions:
             return None
-        # A blank stamp measures a noise of 0 (log10: -inf): out of range, flagged by the caller.
+        # A constant stamp (blank, saturated) measures a noise of 0 (log10: -inf): out of range,
+        # flagged by the caller.
         with np.errstate(divide="ignore", invalid="ignore"):
             return self.conditioning.to_latent(condition_table(self.conditions, images, conditions or {}))
 
