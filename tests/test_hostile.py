@@ -341,7 +341,6 @@ def test_impossible_psf_keyword_flags_the_row_when_refining(survey_run, survey_d
     assert np.isnan(cat["flux"][0]) and np.isfinite(cat["flux"][1]) and np.isnan(cat["psf_fwhm"][0])
 
 
-
 def test_a_chunk_with_nothing_measurable_is_flagged_when_refining(survey_run, tmp_path):
     """Every stamp blank (NaN), refinement on: the refinement gets no stamps, and each row is
     flagged and left NaN instead of the run stopping on an empty array."""
@@ -367,6 +366,7 @@ def test_absurd_pixel_values_are_flagged_without_warnings(survey_run, survey_dat
     cat = QTable.read(out)
     assert bool(cat["flag_nan_pixels"][0]) and bool(cat["flag_out_of_range"][1] or cat["flag_background"][1])
     assert np.isfinite(cat["flux"][2])
+
 
 # --- one line, whatever the system says ------------------------------------------------------------
 
